@@ -1,0 +1,69 @@
+# Entry points of the project. `make help` lists them. Every target runs the one Hydra app,
+# `python -m coordchannels`; ARGS passes any Hydra override through, e.g.
+#   make reproduce TASK=ecg ARGS="train.epochs=3 stats.method=exact"
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+TASK ?= all
+ARGS ?=
+VFDB_DIR ?=
+SIPAKMED_DIR ?=
+LOGS ?=
+OUT ?=
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TASKS := $(if $(filter all,$(TASK)),ecg sipakmed coordgate,$(TASK))
+# Local mirrors become Hydra overrides of the paths config.
+MIRRORS := $(if $(VFDB_DIR),paths.vfdb_mirror='$(VFDB_DIR)') $(if $(SIPAKMED_DIR),paths.sipakmed_mirror='$(SIPAKMED_DIR)')
+APP := $(PY) -m coordchannels
+
+.PHONY: help setup test test-slow reproduce data train stats table3 demo clean-runs
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "Variables: TASK=ecg|sipakmed|coordgate|all (default all)  ARGS='<hydra overrides>'"
+	@echo "           VFDB_DIR=<local VFDB mirror>  SIPAKMED_DIR=<local SiPaKMeD archives or tree>"
+	@echo "           LOGS=<per-fold log folder> OUT=<output folder> (for make stats)"
+
+setup: $(STAMP) ## create .venv and install the pinned dependencies (idempotent)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: setup ## run the default test suite (no network, no GPU, no slow tests)
+	$(PY) -m pytest
+
+test-slow: setup ## run every test, the slow ones included
+	$(PY) -m pytest -m ""
+
+reproduce: setup ## the whole pipeline, every stage, for TASK
+	@for t in $(TASKS); do \
+	  echo "== reproduce: task $$t =="; \
+	  $(APP) task=$$t $(MIRRORS) $(ARGS) || exit 1; \
+	done
+
+data: setup ## download and prepare the data (stages before training) for TASK
+	@for t in $(TASKS); do \
+	  echo "== data: task $$t =="; \
+	  $(APP) task=$$t 'stages=$${task.data_stages}' $(MIRRORS) $(ARGS) || exit 1; \
+	done
+
+train: setup ## train every job (model x arm x fold) of TASK, skipping finished ones
+	@for t in $(TASKS); do $(APP) task=$$t stages=[train] $(ARGS) || exit 1; done
+
+stats: setup ## statistics and figures for a folder of per-fold logs: make stats LOGS=<dir> OUT=<dir>
+	@test -n "$(LOGS)" -a -n "$(OUT)" || { echo "usage: make stats LOGS=<dir> OUT=<dir>"; exit 2; }
+	$(APP) stages=[stats,report] stats.logs_dir='$(LOGS)' stats.out_dir='$(OUT)' $(ARGS)
+
+table3: setup ## fetch the authors' published per-fold logs and re-derive the paper's Table 3
+	$(APP) stages=[published_logs,stats,report] 'stats.logs_dir=$${paths.published_logs_dir}' \
+	  'stats.out_dir=$${paths.results_dir}/published_table3' $(ARGS)
+
+clean-runs: ## delete training runs (checkpoints and logs under data/runs)
+	rm -rf data/runs

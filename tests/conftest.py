@@ -1,0 +1,55 @@
+"""Shared fixtures: the real config tree, composed and shrunk to run in seconds on a CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+SHARED_DATA = REPO.parent / "shared" / "data"
+VFDB_DIR = SHARED_DATA / "vfdb"
+PUBLISHED_LOGS = SHARED_DATA / "published_logs"
+
+# Two cores on CI: keep every test single-threaded so parallel work does not thrash.
+torch.set_num_threads(1)
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """Compose conf/config.yaml exactly as the app does, with `overrides`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides or [], return_hydra_config=False)
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """Factory: the real config for a task, with every path under tmp_path and training shrunk."""
+
+    def factory(*overrides: str) -> DictConfig:
+        cfg = compose_config(
+            [
+                f"paths.root_dir={tmp_path}",
+                "train.epochs=1",
+                "train.device=cpu",
+                "train.num_threads=1",
+                *overrides,
+            ]
+        )
+        with open_dict(cfg):
+            cfg.hydra_free = True  # marks a config composed outside a Hydra run
+        return cfg
+
+    return factory
+
+
+def require(path: Path, what: str) -> Path:
+    """Skip (saying why) when the shared real data is not beside the checkout."""
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path} (it lives in ../shared/data beside the checkout)")
+    return path
