@@ -7,6 +7,7 @@ stage is adding a function and one config entry.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -15,6 +16,9 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.io import write_text
+
+# One file per task that remembers how long each stage last took; the manifest reports it.
+TIMINGS_FILE = "stage_times.json"
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,21 @@ def run_stage(cfg: DictConfig, name: str, fn, out: Path) -> None:
     log.info("stage %s (task %s) -> %s", name, cfg.task.name, out)
     try:
         fn(cfg)
-        log.info("stage %s finished in %.1f s", name, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        log.info("stage %s finished in %.1f s", name, seconds)
+        record_timing(cfg, name, seconds)
     finally:
         root.removeHandler(handler)
         handler.close()
+
+
+def timings_path(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.log_dir) / cfg.task.name / TIMINGS_FILE
+
+
+def record_timing(cfg: DictConfig, name: str, seconds: float) -> None:
+    """Remember the wall time of the latest successful run of stage `name` for this task."""
+    path = timings_path(cfg)
+    times = json.loads(path.read_text()) if path.exists() else {}
+    times[name] = {"seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_text(path, json.dumps(times, indent=2) + "\n")

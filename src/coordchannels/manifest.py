@@ -1,0 +1,119 @@
+"""The run manifest: what a reader needs to trust and redo a committed result.
+
+`manifest_stage` writes `<stats.out_dir>/manifest.json` (config, commit, package versions, data
+checksums, hardware, seed, wall time per stage) and copies the per-fold logs the statistics were
+computed from into `<stats.out_dir>/logs/`, so that a results folder stands on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from coordchannels.io import atomic_dir, write_text
+from coordchannels.pipeline import timings_path
+
+PACKAGES = ("torch", "numpy", "scipy", "pandas", "scikit-learn", "wfdb", "pillow", "hydra-core",
+            "omegaconf", "matplotlib", "py7zr", "requests", "tqdm", "coordchannels")
+
+
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_state(root: Path) -> dict:
+    """Commit and whether the working tree had uncommitted changes (None outside a checkout)."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                  check=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
+
+
+def package_versions() -> dict:
+    versions = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def hardware() -> dict:
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    info = {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages * page_size / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return info
+
+
+def data_checksums(raw_dir: Path) -> dict:
+    """SHA-256 of every input file directly in the task's raw data folder."""
+    if not raw_dir.is_dir():
+        return {}
+    return {p.name: sha256(p) for p in sorted(raw_dir.iterdir())
+            if p.is_file() and not p.name.endswith(".part") and not p.name.startswith(".")}
+
+
+def copy_logs(src: Path, dest: Path) -> int:
+    """Copy the per-fold CSV logs (not checkpoints) into the results folder; return how many."""
+    if not src.is_dir() or src.resolve() == dest.resolve():
+        return 0
+    files = sorted(src.rglob("*_log.csv"))
+    with atomic_dir(dest) as tmp:
+        for f in files:
+            target = tmp / f.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, target)
+    return len(files)
+
+
+def manifest_stage(cfg: DictConfig) -> None:
+    out = Path(cfg.stats.out_dir)
+    root = Path(cfg.paths.root_dir)
+    n_logs = copy_logs(Path(cfg.stats.logs_dir), out / "logs")
+    times = json.loads(timings_path(cfg).read_text()) if timings_path(cfg).exists() else {}
+    raw_dir = Path(cfg.task.data.raw_dir) if "raw_dir" in cfg.task.get("data", {}) else None
+    manifest = {
+        "task": cfg.task.name,
+        "seed": cfg.seed,
+        "train_seeds": list(cfg.train.seeds),
+        "git": git_state(root),
+        "packages": package_versions(),
+        "hardware": hardware(),
+        "stage_wall_time": times,
+        "data_sha256": data_checksums(raw_dir) if raw_dir else {},
+        "logs_copied": n_logs,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")

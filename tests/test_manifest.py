@@ -1,0 +1,37 @@
+"""The manifest records what a committed result needs: config, commit, versions, data, hardware."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from coordchannels.manifest import manifest_stage
+from coordchannels.pipeline import record_timing
+
+
+def test_manifest_records_run_and_copies_logs(make_cfg, tmp_path):
+    cfg = make_cfg("task=ecg")
+    raw = Path(cfg.task.data.raw_dir)
+    raw.mkdir(parents=True)
+    (raw / "418.hea").write_text("418 2 250 525000\n")
+    (raw / "418.dat.part").write_text("partial download: must not be listed")
+    log = Path(cfg.stats.logs_dir) / "NimeshaNet" / "control_set_fold_1_log.csv"
+    log.parent.mkdir(parents=True)
+    log.write_text("epoch,train_r2,test_r2\n1,0.5,0.4\n")
+    (log.parent / "checkpoint.pt").write_bytes(b"not a log")
+    record_timing(cfg, "train", 12.5)
+
+    manifest_stage(cfg)
+
+    out = Path(cfg.stats.out_dir)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["task"] == "ecg" and manifest["seed"] == 42
+    assert manifest["data_sha256"] == {"418.hea": hashlib.sha256(b"418 2 250 525000\n").hexdigest()}
+    assert manifest["stage_wall_time"]["train"]["seconds"] == 12.5
+    assert manifest["packages"]["torch"].startswith("2.")
+    assert manifest["hardware"]["cpu_count"] >= 1
+    assert manifest["config"]["train"]["lr"] == 1e-3
+    assert manifest["logs_copied"] == 1
+    assert (out / "logs" / "NimeshaNet" / "control_set_fold_1_log.csv").read_text() == log.read_text()
+    assert not (out / "logs" / "NimeshaNet" / "checkpoint.pt").exists()
