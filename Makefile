@@ -9,6 +9,7 @@ TASK ?= all
 ARGS ?=
 VFDB_DIR ?=
 SIPAKMED_DIR ?=
+PUBLISHED_LOGS_DIR ?=
 LOGS ?=
 OUT ?=
 
@@ -17,7 +18,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TASKS := $(if $(filter all,$(TASK)),ecg sipakmed coordgate,$(TASK))
 # Local mirrors become Hydra overrides of the paths config.
-MIRRORS := $(if $(VFDB_DIR),paths.vfdb_mirror='$(VFDB_DIR)') $(if $(SIPAKMED_DIR),paths.sipakmed_mirror='$(SIPAKMED_DIR)')
+MIRRORS := $(if $(VFDB_DIR),paths.vfdb_mirror='$(VFDB_DIR)') $(if $(SIPAKMED_DIR),paths.sipakmed_mirror='$(SIPAKMED_DIR)') \
+  $(if $(PUBLISHED_LOGS_DIR),paths.published_logs_mirror='$(PUBLISHED_LOGS_DIR)')
 APP := $(PY) -m coordchannels
 
 .PHONY: help setup test test-slow reproduce data train stats table3 demo clean-runs
@@ -62,7 +64,7 @@ stats: setup ## statistics and figures for a folder of per-fold logs: make stats
 	$(APP) stages=[stats,report] stats.logs_dir='$(LOGS)' stats.out_dir='$(OUT)' $(ARGS)
 
 table3: setup ## fetch the authors' published per-fold logs and re-derive the paper's Table 3
-	$(APP) stages=[published_logs,stats,report] 'stats.logs_dir=$${paths.published_logs_dir}' \
+	$(APP) stages=[published_logs,stats,report] $(MIRRORS) 'stats.logs_dir=$${paths.published_logs_dir}' \
 	  'stats.out_dir=$${paths.results_dir}/published_table3' $(ARGS)
 
 clean-runs: ## delete training runs (checkpoints and logs under data/runs)

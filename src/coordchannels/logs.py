@@ -178,7 +178,7 @@ def check_complete(logs_dir: Path, model: str, arms: dict[str, dict], wanted: Se
             f"(arms present: {present}); expected files like {log_path(logs_dir, model, missing_arms[0], 1).name}"
         )
     units = expected_units(set().union(*(set(arms[a]) for a in wanted)))
-    for arm in wanted:
+    for arm in order_arms(wanted):
         lacking = sorted(units - set(arms[arm]), key=unit_key)
         if lacking:
             seed, fold = lacking[0]
@@ -238,7 +238,7 @@ def load_logs(logs_dir: str | Path, compare=("study", "control")) -> dict[str, d
                 read_log(arms[arm][unit], model, arm, *unit)
                 for unit in sorted(arms[arm], key=unit_key)
             ]
-            for arm in wanted
+            for arm in order_arms(wanted)
         }
         check_consistent(logs_dir / model, [log for logs in per_arm.values() for log in logs])
         loaded[model] = per_arm

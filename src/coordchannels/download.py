@@ -1,0 +1,488 @@
+"""Verified downloads: every input file is checked against a known SHA-256 or size before use.
+
+Two layers:
+
+* generic pieces: `fetch` (HTTP, resumable, retried, verified), `copy_from_mirror` (a local copy,
+  verified), `obtain` (do nothing if the file is already there and verifies, else mirror or
+  network), `check_or_record_lock` (pin the SHA-256 of files that are only known by size);
+* the download stages of the project: `vfdb_stage`, `published_logs_stage`, and the helpers
+  `invalid_samples` and `sipakmed_archives` used by the SiPaKMeD stages.
+
+The expected checksums and sizes are facts shipped with the package in
+`coordchannels/registry/` (see `registry`).
+
+Policy for a file that is already present but does NOT verify: it is never silently replaced,
+because it may be the user's own data put there on purpose. The functions raise `ChecksumError`
+saying which file and how to fix it; `replace_bad=True` (the stages pass `cfg.overwrite`) deletes
+it and fetches a fresh copy instead.
+
+Why the download goes to `<dest>.part` rather than through `coordchannels.io.atomic_path`: a
+stable temporary name is what makes a broken download resumable (the next run continues the same
+`.part` with an HTTP Range request). The guarantee is the same: the finished name only appears, by
+an atomic rename, after the content has been verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from urllib.parse import quote
+
+import requests
+import urllib3
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from coordchannels.io import atomic_path, write_text
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20  # 1 MiB: small enough for a smooth progress bar, large enough to be fast
+# Ask for the bytes as stored: a compressed transfer would make sizes and Range offsets refer to
+# something other than the file on disk.
+HEADERS = {"Accept-Encoding": "identity", "User-Agent": "coordchannels (research reproduction)"}
+# HTTP statuses worth another try: the server is busy or failing, not saying "no".
+RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+VFDB_EXTENSIONS = ("hea", "dat", "atr")
+
+
+class DownloadError(RuntimeError):
+    """A file could not be obtained (network failure after all retries, HTTP error)."""
+
+
+class ChecksumError(DownloadError):
+    """A file's SHA-256 or size is not the expected one."""
+
+
+class _RetryableError(Exception):
+    """One attempt failed in a way that another attempt may fix (drop, busy server)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Registry: the expected checksums and sizes shipped with the package.
+# --------------------------------------------------------------------------------------------
+
+
+def registry(name: str) -> dict:
+    """The registry file `name`: `<name>.sha256` -> {file: sha256}, `<name>.json` -> its mapping.
+
+    Checksum files use the `sha256sum` format, `<hash>  <name>`; the name is everything after the
+    two spaces, so names with spaces (`Reduced Parameter NimeshaNet/...`) work. `#` lines are
+    comments. `sipakmed_archives` (JSON) maps archive name -> size in bytes.
+    """
+    folder = resources.files("coordchannels") / "registry"
+    for suffix, parse in ((".sha256", _parse_sha256sums), (".json", json.loads)):
+        entry = folder / f"{name}{suffix}"
+        if entry.is_file():
+            return parse(entry.read_text())
+    known = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    raise KeyError(f"no registry file named {name!r} in coordchannels/registry; known: {known}")
+
+
+def _parse_sha256sums(text: str) -> dict[str, str]:
+    sums = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64:
+            raise ValueError(f"registry line {number} is not '<sha256>  <name>': {line!r}")
+        sums[name.strip().lstrip("*")] = digest.lower()
+    return sums
+
+
+# --------------------------------------------------------------------------------------------
+# Verification
+# --------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = CHUNK) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(path: Path, *, sha256: str | None = None, size: int | None = None,
+                label: str | None = None, advice: str = "") -> None:
+    """Raise ChecksumError unless `path` has the expected size and SHA-256 (those given).
+
+    The size is checked first: it is free, and a wrong size makes hashing pointless.
+    `label` is how the file is named in the message (e.g. its final name, not a temporary one).
+    """
+    label = label or str(path)
+    if size is not None:
+        actual_size = path.stat().st_size
+        if actual_size != size:
+            raise ChecksumError(f"{label}: size is {actual_size} bytes, expected {size}. {advice}".strip())
+    if sha256 is not None:
+        actual = file_sha256(path)
+        if actual != sha256.lower():
+            raise ChecksumError(f"{label}: SHA-256 is {actual}, expected {sha256.lower()}. {advice}".strip())
+
+
+def _verifies(path: Path, sha256: str | None, size: int | None) -> bool:
+    try:
+        verify_file(path, sha256=sha256, size=size)
+        return True
+    except ChecksumError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP download
+# --------------------------------------------------------------------------------------------
+
+
+def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size: int | None = None,
+          retries: int = 4, backoff: float = 1.0, timeout: float = 60, progress: bool = True) -> Path:
+    """Download `url` to `dest`, resumably, and verify it; return `dest`.
+
+    Bytes go to `<dest>.part`. An existing `.part` (from an interrupted run) is continued with an
+    HTTP Range request; a server that ignores Range (200 instead of 206) makes it start over.
+    Dropped connections, timeouts and busy-server statuses are retried up to `retries` more
+    times, waiting backoff, 2*backoff, 4*backoff ... seconds. Only once the size and/or SHA-256
+    match is the `.part` renamed onto `dest`. On a mismatch the `.part` is deleted and
+    ChecksumError raised, so a failed download never leaves a file that looks complete (when the
+    bad bytes may come from a `.part` left by an earlier run, it first tries once from scratch).
+    """
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    resumed = part.exists() and part.stat().st_size > 0
+    with requests.Session() as session:
+        session.headers.update(HEADERS)
+        for attempt in range(retries + 1):
+            try:
+                _download_once(session, url, part, size=size, timeout=timeout, progress=progress)
+                break
+            except _RetryableError as err:
+                if attempt == retries:
+                    raise DownloadError(
+                        f"could not download {url} after {retries + 1} attempts: {err}. The partial "
+                        f"file {part} is kept; re-run to resume it.") from err
+                wait = backoff * 2**attempt
+                log.warning("%s: %s; retry %d/%d in %.2f s", dest.name, err, attempt + 1, retries, wait)
+                time.sleep(wait)
+    try:
+        verify_file(part, sha256=sha256, size=size, label=f"download of {url}",
+                    advice=f"The partial file was deleted and nothing was written to {dest}. Re-run to "
+                           "fetch it again; if this repeats, the server holds a different file than "
+                           "the registry expects (check the URL or mirror).")
+    except ChecksumError:
+        part.unlink(missing_ok=True)
+        if resumed:  # the old .part may have come from another version of the file: one clean try
+            log.warning("%s: resumed download does not verify; downloading it again from the start", dest.name)
+            return fetch(url, dest, sha256=sha256, size=size, retries=retries, backoff=backoff,
+                         timeout=timeout, progress=progress)
+        raise
+    os.replace(part, dest)
+    return dest
+
+
+def _download_once(session: requests.Session, url: str, part: Path, *, size: int | None,
+                   timeout: float, progress: bool) -> None:
+    """One attempt: continue (or start) `part`; raise _RetryableError if it stops short."""
+    offset = part.stat().st_size if part.exists() else 0
+    if size is not None and offset > size:  # cannot be a prefix of the right file
+        part.unlink()
+        offset = 0
+    if size is not None and offset == size:  # finished earlier, only the rename was missing
+        return
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        response = session.get(url, headers=headers, stream=True, timeout=timeout)
+    except (requests.ConnectionError, requests.Timeout) as err:
+        raise _RetryableError(f"connection failed ({err.__class__.__name__}: {err})") from err
+    with response:
+        offset = _start_offset(response, url, part, offset)
+        total = _total_size(response, offset)
+        if size is not None and total is not None and total != size:
+            part.unlink(missing_ok=True)
+            raise ChecksumError(f"{url}: the server reports {total} bytes, the registry expects {size}. "
+                                "Nothing was downloaded; the server holds a different file (check the URL).")
+        _stream_to(response, part, offset, total, progress)
+    expected = total if total is not None else size
+    got = part.stat().st_size
+    if expected is not None and got < expected:
+        raise _RetryableError(f"connection closed after {got} of {expected} bytes")
+
+
+def _start_offset(response: requests.Response, url: str, part: Path, offset: int) -> int:
+    """Where the response body starts in the file; check the status first."""
+    status = response.status_code
+    if status == 416 and offset:  # our .part is not a prefix the server can continue
+        part.unlink(missing_ok=True)
+        raise _RetryableError("server refused to resume (416); starting over")
+    if status in RETRY_STATUS:
+        raise _RetryableError(f"HTTP {status} from {url}")
+    if status not in (200, 206):
+        raise DownloadError(f"cannot download {url}: HTTP {status} {response.reason}")
+    if status == 206:
+        start = _content_range(response)[0]
+        if start != offset:  # an answer for some other range: do not trust it
+            part.unlink(missing_ok=True)
+            raise _RetryableError(f"server sent bytes from {start}, asked from {offset}; starting over")
+        return offset
+    if offset:
+        log.info("%s: server ignored the Range request; downloading from the start", part.name)
+    return 0  # a 200 is always the whole file
+
+
+def _content_range(response: requests.Response) -> tuple[int, int | None]:
+    """(first byte, total size or None) from a 206's `Content-Range: bytes a-b/total`."""
+    value = response.headers.get("Content-Range", "")
+    try:
+        unit, _, spec = value.partition(" ")
+        span, _, total = spec.partition("/")
+        if unit != "bytes":
+            raise ValueError
+        return int(span.split("-")[0]), None if total in ("", "*") else int(total)
+    except ValueError:
+        raise DownloadError(f"{response.url}: unreadable Content-Range header {value!r}") from None
+
+
+def _total_size(response: requests.Response, offset: int) -> int | None:
+    """Size of the whole file as the server reports it, or None when it does not say."""
+    if response.status_code == 206:
+        total = _content_range(response)[1]
+        if total is not None:
+            return total
+    length = response.headers.get("Content-Length")
+    return offset + int(length) if length is not None and length.isdigit() else None
+
+
+def _stream_to(response: requests.Response, part: Path, offset: int, total: int | None,
+               progress: bool) -> None:
+    """Append the body to `part` (truncated first when starting at 0), with a progress bar."""
+    mode = "ab" if offset else "wb"
+    bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+               desc=part.name[: -len(".part")], leave=False, disable=None if progress else True)
+    # read1 hands over whatever has arrived; iter_content/read(n) wait for n bytes and throw
+    # away a partly filled block when the connection drops, losing what resuming should keep.
+    read1 = getattr(response.raw, "read1", None)
+    blocks = iter(lambda: read1(CHUNK), b"") if read1 else response.iter_content(CHUNK)
+    try:
+        with open(part, mode) as fh:
+            for block in blocks:
+                fh.write(block)
+                bar.update(len(block))
+    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, requests.Timeout,
+            urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError) as err:
+        # What arrived is kept in .part: the next attempt resumes after it.
+        raise _RetryableError(f"connection dropped ({err.__class__.__name__})") from err
+    finally:
+        bar.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Local mirror, and the one entry point used by the stages
+# --------------------------------------------------------------------------------------------
+
+
+def copy_from_mirror(src: str | os.PathLike, dest: str | os.PathLike, *, sha256: str | None = None,
+                     size: int | None = None) -> Path:
+    """Copy a file from a local mirror to `dest`, verifying the copy before it gets its name."""
+    src, dest = Path(src), Path(dest)
+    if not src.is_file():
+        raise FileNotFoundError(f"mirror file {src} not found: the mirror folder must hold every file "
+                                f"to be copied (or unset the mirror to download from the network)")
+    advice = f"Nothing was written to {dest}; replace the mirror's copy with a good one."
+    verify_file(src, size=size, label=f"mirror file {src}", advice=advice)  # cheap check first
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+        verify_file(tmp, sha256=sha256, size=size, label=f"mirror file {src}", advice=advice)
+    return dest
+
+
+def url_for(base_url: str, name: str) -> str:
+    """`base_url` + `name` with each path segment URL-quoted (folder names contain spaces)."""
+    return base_url.rstrip("/") + "/" + "/".join(quote(segment) for segment in name.split("/"))
+
+
+def obtain(name: str, dest_dir: str | os.PathLike, *, base_url: str, mirror: str | os.PathLike | None = None,
+           sha256: str | None = None, size: int | None = None, progress: bool = True,
+           replace_bad: bool = False, retries: int = 4, backoff: float = 1.0, timeout: float = 60) -> Path:
+    """Make sure `dest_dir/name` exists and verifies; return its path.
+
+    Already there and verifies: nothing is fetched. Already there and does not verify: raise
+    ChecksumError (or, with `replace_bad`, delete it and fetch again). Otherwise copy it from
+    `mirror/name` when a mirror folder is given, else download `base_url + name`.
+    """
+    dest = Path(dest_dir) / name
+    if dest.exists():
+        if _verifies(dest, sha256, size):
+            log.debug("%s already present and verified", dest)
+            return dest
+        if not replace_bad:
+            verify_file(dest, sha256=sha256, size=size, label=f"existing file {dest}",
+                        advice="It was left untouched. Delete it and re-run (or run with overwrite=true) "
+                               "to fetch a fresh copy.")
+        log.warning("%s does not verify: replacing it", dest)
+        dest.unlink()
+    if mirror is not None:
+        log.info("copying %s from mirror %s", name, mirror)
+        return copy_from_mirror(Path(mirror) / name, dest, sha256=sha256, size=size)
+    url = url_for(base_url, name)
+    log.info("downloading %s", url)
+    return fetch(url, dest, sha256=sha256, size=size, retries=retries, backoff=backoff,
+                 timeout=timeout, progress=progress)
+
+
+def obtain_all(files: dict[str, str], dest_dir: str | os.PathLike, *, base_url: str,
+               mirror: str | os.PathLike | None = None, replace_bad: bool = False,
+               progress: bool = True) -> list[Path]:
+    """`obtain` every {name: sha256} in `files`; return their paths in the same order."""
+    names = tqdm(files, desc="files", unit="file", disable=None if progress else True)
+    return [obtain(name, dest_dir, base_url=base_url, mirror=mirror, sha256=files[name],
+                   replace_bad=replace_bad, progress=progress) for name in names]
+
+
+# --------------------------------------------------------------------------------------------
+# Lock file: pin SHA-256 of files known only by size
+# --------------------------------------------------------------------------------------------
+
+
+def check_or_record_lock(files: Iterable[str | os.PathLike], lock_path: str | os.PathLike) -> dict:
+    """Verify `files` against the lock file, recording any file it does not list yet.
+
+    Some sources publish only sizes (the SiPaKMeD archives). After the first complete download
+    this pins each file's SHA-256 and size in a JSON lock file beside them, so a later run notices
+    a file that changed (a replaced or corrupted archive) even though its size still matches.
+    Returns the lock's content {name: {"sha256": ..., "size": ...}}.
+    """
+    lock_path = Path(lock_path)
+    lock = _read_lock(lock_path)
+    changed, added = [], False
+    for path in map(Path, files):
+        key = _lock_key(path, lock_path)
+        entry = {"sha256": file_sha256(path), "size": path.stat().st_size}
+        if key not in lock:
+            lock[key], added = entry, True
+        elif lock[key] != entry:
+            changed.append(f"{path}: now {entry}, locked {lock[key]}")
+    if changed:
+        raise ChecksumError(
+            f"files differ from the lock file {lock_path} (written after their first complete download):\n  "
+            + "\n  ".join(changed)
+            + "\nDelete the changed files and re-run to fetch them again; delete the lock file only if "
+              "the source really published new versions.")
+    if added:
+        write_text(lock_path, json.dumps(dict(sorted(lock.items())), indent=2) + "\n")
+    return lock
+
+
+def _read_lock(lock_path: Path) -> dict:
+    if not lock_path.exists():
+        return {}
+    try:
+        lock = json.loads(lock_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"lock file {lock_path} is not valid JSON ({err}); delete it to record a new one") from err
+    if not isinstance(lock, dict):
+        raise ValueError(f"lock file {lock_path} should hold a JSON object {{name: {{sha256, size}}}}")
+    return lock
+
+
+def _lock_key(path: Path, lock_path: Path) -> str:
+    """A file's name in the lock: its path relative to the lock's folder (its name when beside it)."""
+    try:
+        return path.resolve().relative_to(lock_path.parent.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------
+
+
+def _mirror(cfg: DictConfig, key: str) -> Path | None:
+    value = OmegaConf.select(cfg, key, default=None)
+    return Path(value) if value else None
+
+
+def vfdb_files(records: Iterable[int | str]) -> dict[str, str]:
+    """{file name: sha256} of the .hea/.dat/.atr files of `records`, from the registry."""
+    known = registry("vfdb")
+    wanted = [f"{record}.{ext}" for record in records for ext in VFDB_EXTENSIONS]
+    missing = sorted({name.rsplit(".", 1)[0] for name in wanted if name not in known})
+    if missing:
+        known_records = sorted({name.rsplit(".", 1)[0] for name in known})
+        raise ValueError(f"VFDB record(s) {missing} are not in the registry "
+                         f"(coordchannels/registry/vfdb.sha256); known records: {known_records}")
+    return {name: known[name] for name in wanted}
+
+
+def vfdb_stage(cfg: DictConfig) -> None:
+    """The VFDB records of `cfg.task.data.records` into `cfg.task.data.raw_dir`, SHA-256 verified.
+
+    Source: the local folder `cfg.task.data.mirror` when set (Make variable VFDB_DIR), else
+    PhysioNet at `cfg.task.data.url`.
+    """
+    data = cfg.task.data
+    files = vfdb_files(data.records)
+    paths = obtain_all(files, data.raw_dir, base_url=data.url, mirror=_mirror(cfg, "task.data.mirror"),
+                       replace_bad=bool(cfg.overwrite))
+    log.info("VFDB: %d files verified in %s", len(paths), data.raw_dir)
+
+
+def published_logs_stage(cfg: DictConfig) -> None:
+    """The authors' 40 per-fold logs into `cfg.paths.published_logs_dir`, SHA-256 verified.
+
+    Layout `<Model>/<arm>_set_fold_<k>_log.csv` (SPEC section 6), fetched from
+    `cfg.sources.published_logs_url` or copied from the optional folder `paths.published_logs_mirror`.
+    """
+    files = registry("published_logs")
+    paths = obtain_all(files, cfg.paths.published_logs_dir, base_url=cfg.sources.published_logs_url,
+                       mirror=_mirror(cfg, "paths.published_logs_mirror"), replace_bad=bool(cfg.overwrite))
+    log.info("published logs: %d files verified in %s", len(paths), cfg.paths.published_logs_dir)
+
+
+def invalid_samples(cfg: DictConfig) -> Path:
+    """The authors' list of invalid SiPaKMeD samples as `<raw_dir>/invalid_samples.csv`, verified."""
+    name = "invalid_samples.csv"
+    dest = Path(cfg.task.data.raw_dir) / name
+    sha256 = registry("invalid_samples")[name]
+    if dest.exists() and _verifies(dest, sha256, None):
+        return dest
+    if dest.exists() and not cfg.overwrite:
+        verify_file(dest, sha256=sha256, label=f"existing file {dest}",
+                    advice="Delete it and re-run (or run with overwrite=true) to fetch a fresh copy.")
+    dest.unlink(missing_ok=True)
+    return fetch(cfg.sources.invalid_samples_url, dest, sha256=sha256, progress=False)
+
+
+SIPAKMED_LOCK = "sipakmed_archives.lock.json"
+
+
+def sipakmed_archives(cfg: DictConfig) -> list[Path]:
+    """The five SiPaKMeD 7z archives in `cfg.task.data.raw_dir`, verified; return their paths.
+
+    The source publishes only sizes, so archives are checked by size, then pinned by SHA-256 in
+    `<raw_dir>/sipakmed_archives.lock.json` on the first complete download and checked against it
+    on every later run. Source: `cfg.task.data.mirror` when set (a folder holding the archives),
+    else `cfg.task.data.url` (slow server: resumable, retried). A mirror that holds none of the
+    archives is taken to be an already extracted tree: nothing is downloaded and [] returned; one
+    that holds only some of them is an error naming the missing archive.
+    """
+    data = cfg.task.data
+    sizes = registry("sipakmed_archives")
+    mirror = _mirror(cfg, "task.data.mirror")
+    if mirror is not None and not any((mirror / name).is_file() for name in sizes):
+        log.info("SiPaKMeD mirror %s holds no archives (an extracted tree?): nothing to download", mirror)
+        return []
+    paths = [obtain(name, data.raw_dir, base_url=data.url, mirror=mirror, size=size,
+                    replace_bad=bool(cfg.overwrite)) for name, size in sizes.items()]
+    log.info("SiPaKMeD: checking %d archives against the lock file (SHA-256 of %.1f GB)",
+             len(paths), sum(sizes.values()) / 1e9)
+    check_or_record_lock(paths, Path(data.raw_dir) / SIPAKMED_LOCK)
+    return paths

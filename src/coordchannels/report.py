@@ -1,0 +1,122 @@
+"""Figures of the statistics stage: the learning curves of the paper's Figure 2.
+
+One panel per model: per epoch the mean over folds (and seeds) of train R^2 (solid) and test
+R^2 (dashed) for each compared arm, control red and study blue as in the paper, with a shaded
+band of +-1 SD over folds (the paper shows these as error bars in a second version). Drawn with
+matplotlib's Agg canvas only (no display, no pyplot global state) and written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import rc_context
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
+
+from coordchannels.io import atomic_path, write_csv
+from coordchannels.logs import FoldLog, load_logs
+from coordchannels.stats import compare_setting
+
+log = logging.getLogger(__name__)
+
+FIGURE_NAME = "learning_curves.png"
+CURVES_NAME = "learning_curves.csv"
+# Legend label and colour per arm: the paper's names and colours for its two arms.
+ARM_STYLE = {
+    "control": ("CoordConv", "red"),
+    "study": ("Proposed Method", "blue"),
+    "none": ("No coordinates", "black"),
+    "intensity": ("Intensity channel", "tab:green"),
+    "coordconv_norm": ("CoordConv (normalised)", "tab:orange"),
+    "coordgate": ("CoordGate", "tab:purple"),
+}
+OTHER_COLOURS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+SPLITS = (("train", "Train", "-"), ("test", "Test", "--"))
+STYLE = {"font.family": "serif", "font.serif": ["STIXGeneral", "DejaVu Serif"], "mathtext.fontset": "stix"}
+
+
+def arm_style(arm: str, index: int) -> tuple[str, str]:
+    """(label, colour) of an arm; unknown arms get their own name and a spare colour."""
+    return ARM_STYLE.get(arm, (arm, OTHER_COLOURS[index % len(OTHER_COLOURS)]))
+
+
+def curve_summary(logs: dict[str, dict[str, list[FoldLog]]]) -> pd.DataFrame:
+    """Per model, arm, split and epoch: mean, SD (ddof=1; 0 for one fold) and number of folds."""
+    rows = []
+    for model, arms in logs.items():
+        for arm, fold_logs in arms.items():
+            epochs = fold_logs[0].epochs  # validated identical across the model's logs
+            for split, _, _ in SPLITS:
+                curves = np.stack([getattr(fl, split) for fl in fold_logs])
+                sd = curves.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros(curves.shape[1])
+                for epoch, mean, spread in zip(epochs, curves.mean(axis=0), sd):
+                    rows.append({"model": model, "arm": arm, "split": split, "epoch": int(epoch),
+                                 "mean": float(mean), "sd": float(spread), "n": len(curves)})
+    return pd.DataFrame(rows, columns=["model", "arm", "split", "epoch", "mean", "sd", "n"])
+
+
+def draw_panel(ax, summary: pd.DataFrame, model: str) -> None:
+    """One model: every arm's train (solid) and test (dashed) mean curve with a +-SD band."""
+    arms = list(dict.fromkeys(summary.loc[summary.model == model, "arm"]))
+    spare = 0
+    for arm in arms:
+        label, colour = arm_style(arm, spare)
+        spare += arm not in ARM_STYLE
+        for split, split_label, linestyle in SPLITS:
+            sel = summary[(summary.model == model) & (summary.arm == arm) & (summary.split == split)]
+            ax.plot(sel.epoch, sel["mean"], color=colour, linestyle=linestyle, linewidth=1.6,
+                    label=f"{label} ({split_label})")
+            ax.fill_between(sel.epoch, sel["mean"] - sel.sd, sel["mean"] + sel.sd, color=colour,
+                            alpha=0.12, linewidth=0)
+    epochs = summary.loc[summary.model == model, "epoch"]
+    ax.set_xlim(epochs.min(), epochs.max())
+    ax.set_xticks(np.unique(epochs) if epochs.nunique() <= 20 else ax.get_xticks())
+    ax.set_title(model, fontweight="bold", fontsize=12)
+    ax.set_xlabel("Epoch", fontsize=11)
+    ax.set_ylabel("Average R² Score", fontsize=11)
+    ax.grid(True, linestyle="--", color="0.8", linewidth=0.8)
+    ax.legend(loc="lower right", fontsize=8, frameon=False)
+
+
+def learning_curves_figure(summary: pd.DataFrame) -> Figure:
+    """The Figure 2 layout: two panels per row, models in Table 3 order."""
+    models = list(dict.fromkeys(summary.model))
+    ncols = min(2, len(models))
+    nrows = math.ceil(len(models) / ncols)
+    with rc_context(STYLE):
+        fig = Figure(figsize=(7 * ncols, 5 * nrows + 0.6), layout="constrained")
+        FigureCanvasAgg(fig)  # render with Agg: no display needed
+        axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+        for ax, model in zip(axes, models):
+            draw_panel(ax, summary, model)
+        for ax in axes[len(models):]:
+            ax.set_visible(False)
+        fig.suptitle("Model Performance Comparison (Average R² Curves, mean ± SD over folds)",
+                     fontweight="bold", fontsize=14)
+    return fig
+
+
+def save_png(fig: Figure, path: Path, dpi: int = 120) -> None:
+    """Write the figure atomically (the temporary name has no .png suffix, so say the format)."""
+    with rc_context(STYLE), atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+
+
+def report_stage(cfg: DictConfig) -> None:
+    """Draw the learning curves of the compared arms into cfg.stats.out_dir."""
+    out = Path(cfg.stats.out_dir)
+    if not cfg.get("overwrite", False) and (out / FIGURE_NAME).exists() and (out / CURVES_NAME).exists():
+        log.info("report: %s already in %s (set overwrite=true to redo)", FIGURE_NAME, out)
+        return
+    logs = load_logs(cfg.stats.logs_dir, compare_setting(cfg))  # validates before anything is written
+    summary = curve_summary(logs)
+    fig = learning_curves_figure(summary)
+    write_csv(summary, out / CURVES_NAME)
+    save_png(fig, out / FIGURE_NAME)
+    log.info("report: wrote %s and %s to %s", FIGURE_NAME, CURVES_NAME, out)

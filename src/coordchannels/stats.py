@@ -1,0 +1,412 @@
+"""Statistics of SPEC section 7: per-fold metrics, paired bootstrap of arm differences, Table 3.
+
+Per model and (seed, fold) the final-epoch train and test R^2 and the instability of the test
+curve (squared residuals of a smoothing spline, mean by default) are compared between two arms,
+paired by fold: d_i = a_i - b_i. The bootstrap resamples the d_i with replacement, either
+Monte-Carlo (`numpy.random.default_rng(seed)`, fresh per comparison: this reproduces the
+published confidence intervals) or by enumerating all n^n resamples. `stats_stage` writes the
+comparison table (csv, md, tex), every per-fold value and every per-fold difference.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from scipy.interpolate import UnivariateSpline
+
+from coordchannels.io import write_csv, write_text
+from coordchannels.logs import FoldLog, load_logs, order_arms, unit_key
+
+log = logging.getLogger(__name__)
+
+METRICS = ("instability", "test_r2", "train_r2")
+TABLE_COLUMNS = ["model", "metric", "mean_diff", "ci_low", "ci_high", "p_value", "conclusion"]
+METRIC_LABELS = {"instability": "Instability", "test_r2": "Test R²", "train_r2": "Train R²"}
+METRIC_LATEX = {"instability": "Instability", "test_r2": "Test $R^2$", "train_r2": "Train $R^2$"}
+# Exact enumeration materialises n^n resample means; beyond this it is a memory hazard.
+MAX_EXACT_RESAMPLES = 10_000_000
+
+
+# ---------------------------------------------------------------- per-fold metrics
+
+
+def instability(epochs: np.ndarray, curve: np.ndarray, how: str = "mean") -> float:
+    """Roughness of a test curve: squared residuals around a default UnivariateSpline fit.
+
+    The scripts (and hence the published numbers) take the mean; the paper's text says sum.
+    """
+    epochs = np.asarray(epochs, dtype=float)
+    curve = np.asarray(curve, dtype=float)
+    residuals = curve - UnivariateSpline(epochs, curve)(epochs)
+    squared = residuals**2
+    if how == "mean":
+        return float(squared.mean())
+    if how == "sum":
+        return float(squared.sum())
+    raise ValueError(f"stats.instability={how!r}: expected 'mean' or 'sum'")
+
+
+def fold_metrics(fold_log: FoldLog, how: str = "mean") -> dict[str, float]:
+    """The three compared values of one fold: instability, final test R^2, final train R^2."""
+    return {
+        "instability": instability(fold_log.epochs, fold_log.test, how),
+        "test_r2": float(fold_log.test[-1]),
+        "train_r2": float(fold_log.train[-1]),
+    }
+
+
+def fold_values(logs: dict[str, dict[str, list[FoldLog]]], how: str = "mean") -> pd.DataFrame:
+    """Long table of every per-fold value: model, arm, seed, fold, metric, value."""
+    rows = [
+        {"model": model, "arm": arm, "seed": fl.seed, "fold": fl.fold, "metric": metric, "value": value}
+        for model, arms in logs.items()
+        for arm, fold_logs in arms.items()
+        for fl in fold_logs
+        for metric, value in fold_metrics(fl, how).items()
+    ]
+    frame = pd.DataFrame(rows, columns=["model", "arm", "seed", "fold", "metric", "value"])
+    frame["seed"] = frame["seed"].astype("Int64")  # empty for single-seed layouts
+    return frame
+
+
+def paired_differences(values: pd.DataFrame, model: str, metric: str, arm_a: str, arm_b: str) -> pd.DataFrame:
+    """Per (seed, fold) of one model and metric: value of arm a, of arm b, and d = a - b."""
+    sel = values[(values.model == model) & (values.metric == metric)]
+    key = ["seed", "fold"]
+    a = sel[sel.arm == arm_a].set_index(key)["value"]
+    b = sel[sel.arm == arm_b].set_index(key)["value"]
+    if set(a.index) != set(b.index):
+        raise ValueError(f"{model}: arms {arm_a!r} and {arm_b!r} do not have the same (seed, fold) units")
+    units = sorted(a.index, key=lambda u: unit_key((None if pd.isna(u[0]) else int(u[0]), int(u[1]))))
+    frame = pd.DataFrame(
+        {
+            "model": model,
+            "metric": metric,
+            "seed": pd.array([u[0] for u in units], dtype="Int64"),
+            "fold": [u[1] for u in units],
+            "arm_a": arm_a,
+            "arm_b": arm_b,
+            "value_a": a.loc[units].to_numpy(),
+            "value_b": b.loc[units].to_numpy(),
+        }
+    )
+    frame["diff"] = frame["value_a"] - frame["value_b"]
+    return frame
+
+
+# ---------------------------------------------------------------- paired bootstrap
+
+
+def montecarlo_means(d: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """Means of `n_resamples` resamples (with replacement) of the paired differences `d`.
+
+    A fresh `default_rng(seed)` per comparison drawing an (n_resamples, n) index matrix is the
+    draw that reproduces the published CIs exactly (legacy `np.random.seed` + `choice` does not).
+    """
+    d = np.asarray(d, dtype=float)
+    if n_resamples < 1:
+        raise ValueError(f"stats.n_resamples={n_resamples}: must be at least 1")
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(d), size=(n_resamples, len(d)))
+    return d[index].mean(axis=1)
+
+
+def exact_means(d: np.ndarray) -> np.ndarray:
+    """Means of all n^n resamples of `d` (every index tuple once, in itertools.product order)."""
+    d = np.asarray(d, dtype=float)
+    n = len(d)
+    if n**n > MAX_EXACT_RESAMPLES:
+        raise ValueError(
+            f"exact bootstrap of {n} paired units needs {n}^{n} = {n**n:.3g} resamples "
+            f"(limit {MAX_EXACT_RESAMPLES:.0e}); use stats.method=montecarlo"
+        )
+    sums = np.zeros(1)
+    for _ in range(n):  # sums over all index tuples, built one position at a time
+        sums = np.add.outer(sums, d).ravel()
+    return sums / n
+
+
+def resample_means(d: np.ndarray, method: str, n_resamples: int, seed: int) -> np.ndarray:
+    """Bootstrap distribution of the mean paired difference by the configured method."""
+    if method == "montecarlo":
+        return montecarlo_means(d, n_resamples, seed)
+    if method == "exact":
+        return exact_means(d)
+    raise ValueError(f"stats.method={method!r}: expected 'montecarlo' or 'exact'")
+
+
+def one_sided_p(mean_diff: float, means: np.ndarray) -> float:
+    """Share of resampled means at or beyond zero on the side away from the observed mean."""
+    if mean_diff > 0:
+        return float(np.mean(means <= 0))
+    if mean_diff < 0:
+        return float(np.mean(means >= 0))
+    return 1.0  # an observed mean of exactly zero carries no evidence either way
+
+
+def effect_size(d: np.ndarray) -> float:
+    """Mean paired difference over the SD (ddof=1) of the differences; +-inf if they are all equal."""
+    d = np.asarray(d, dtype=float)
+    if len(d) < 2:
+        return float("nan")
+    sd = d.std(ddof=1)
+    if sd == 0:
+        return float(np.sign(d.mean()) * np.inf) if d.mean() != 0 else float("nan")
+    return float(d.mean() / sd)
+
+
+def conclusion(ci_low: float, ci_high: float, arm_a: str, arm_b: str) -> str:
+    """'a > b' or 'a < b' when the CI excludes zero, else 'not significant' (as in the paper)."""
+    if ci_low > 0:
+        return f"{arm_a} > {arm_b}"
+    if ci_high < 0:
+        return f"{arm_a} < {arm_b}"
+    return "not significant"
+
+
+def compare(d: np.ndarray, arm_a: str, arm_b: str, method: str = "montecarlo", n_resamples: int = 20000,
+            seed: int = 42, confidence: float = 0.95) -> dict:
+    """Paired bootstrap summary of the differences d = a - b (one row of the table, plus extras)."""
+    d = np.asarray(d, dtype=float)
+    if not 0 < confidence < 1:
+        raise ValueError(f"stats.confidence={confidence}: must lie strictly between 0 and 1")
+    means = resample_means(d, method, n_resamples, seed)
+    tail = (1 - confidence) / 2 * 100
+    ci_low, ci_high = np.percentile(means, [tail, 100 - tail])
+    mean_diff = float(d.mean())
+    return {
+        "mean_diff": mean_diff,
+        "ci_low": float(ci_low),
+        "ci_high": float(ci_high),
+        "p_value": one_sided_p(mean_diff, means),
+        "conclusion": conclusion(ci_low, ci_high, arm_a, arm_b),
+        "effect_size": effect_size(d),
+        "n_units": len(d),
+        "n_resamples": len(means),
+    }
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm step-down adjusted p-values (family-wise error control over the given tests)."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return adjusted
+
+
+# ---------------------------------------------------------------- comparisons of arms
+
+
+def arm_pairs(arms: Sequence[str], compare_cfg) -> list[tuple[str, str]]:
+    """The (a, b) pairs to compare, diff = a - b: the configured pair, or all pairs (later - earlier)."""
+    if isinstance(compare_cfg, str):
+        ordered = order_arms(list(arms))
+        return [(later, earlier) for earlier, later in itertools.combinations(ordered, 2)]
+    a, b = (str(x) for x in compare_cfg)
+    return [(a, b)]
+
+
+def compare_all(values: pd.DataFrame, logs: dict[str, dict[str, list[FoldLog]]], compare_cfg,
+                method: str, n_resamples: int, seed: int, confidence: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every comparison: (results, one row per model x pair x metric; per-fold differences)."""
+    results, differences = [], []
+    for model, arms in logs.items():
+        for arm_a, arm_b in arm_pairs(list(arms), compare_cfg):
+            for metric in METRICS:
+                diffs = paired_differences(values, model, metric, arm_a, arm_b)
+                summary = compare(diffs["diff"].to_numpy(), arm_a, arm_b, method, n_resamples, seed, confidence)
+                summary["fold_diffs"] = diffs["diff"].tolist()
+                results.append({"model": model, "arm_a": arm_a, "arm_b": arm_b, "metric": metric, **summary})
+                differences.append(diffs)
+    return pd.DataFrame(results), pd.concat(differences, ignore_index=True)
+
+
+def add_holm(results: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """Two-sided p (2 x one-sided, capped at 1) and its Holm adjustment over the pairs of each
+    model and metric, with the conclusion that survives the correction."""
+    out = results.copy()
+    out["p_two_sided"] = np.minimum(1.0, 2 * out["p_value"])
+    out["p_holm"] = out.groupby(["model", "metric"])["p_two_sided"].transform(lambda p: holm(p.to_numpy()))
+    alpha = 1 - confidence
+
+    def holm_conclusion(row) -> str:
+        if row.p_holm >= alpha or row.mean_diff == 0:
+            return "not significant"
+        return f"{row.arm_a} {'>' if row.mean_diff > 0 else '<'} {row.arm_b}"
+
+    out["conclusion_holm"] = out.apply(holm_conclusion, axis=1)
+    return out
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def format_p(p: float, n_resamples: int) -> str:
+    """5 decimals; below one resample in B (i.e. none at or beyond zero) as '<1/B', e.g. <0.00005."""
+    floor = 1 / n_resamples
+    return f"<{floor:.5f}" if p < floor else f"{p:.5f}"
+
+
+def _num(x: float) -> str:
+    return f"{x:.5f}"
+
+
+def describe(method: str, n_resamples: int, seed: int, how: str, confidence: float) -> str:
+    """One sentence saying how the numbers were made, for the table captions."""
+    draw = f"{n_resamples} Monte-Carlo resamples (seed {seed})" if method == "montecarlo" else "all n^n resamples (exact)"
+    return (
+        f"Paired bootstrap over (seed, fold) units, {draw}; {confidence:.0%} percentile CI; "
+        f"p = share of resampled means at or beyond 0 on the far side from the mean; "
+        f"instability = {how} of squared spline residuals of the test R² curve."
+    )
+
+
+def markdown_table(results: pd.DataFrame, note: str, confidence: float, all_pairs: bool = False) -> str:
+    """Table 3 as Markdown, with the effect size and per-fold differences the paper omits."""
+    header = ["Model"] + (["Comparison"] if all_pairs else [])
+    header += ["Metric", "Mean diff", f"{confidence:.0%} CI", "p-value", "Conclusion"]
+    if all_pairs:
+        header += ["p (two-sided)", "p (Holm)", "Conclusion (Holm)"]
+    header += ["Effect size (mean/SD)", "Per-fold differences"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in results.itertuples():
+        cells = [row.model] + ([f"{row.arm_a} − {row.arm_b}"] if all_pairs else [])
+        cells += [
+            METRIC_LABELS.get(row.metric, row.metric),
+            _num(row.mean_diff),
+            f"[{_num(row.ci_low)}, {_num(row.ci_high)}]",
+            format_p(row.p_value, row.n_resamples),
+            row.conclusion,
+        ]
+        if all_pairs:
+            cells += [format_p(row.p_two_sided, row.n_resamples), format_p(row.p_holm, row.n_resamples),
+                      row.conclusion_holm]
+        cells += [f"{row.effect_size:.3f}", ", ".join(_num(x) for x in row.fold_diffs)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return f"{note}\n\n" + "\n".join(lines) + "\n"
+
+
+def _tex(text: str) -> str:
+    """Escape the LaTeX specials that can occur in model and arm names."""
+    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        text = text.replace(char, repl)
+    return text.replace(">", "$>$").replace("<", "$<$")
+
+
+def _tex_note(note: str) -> str:
+    """The Markdown caption sentence in LaTeX: escaped, with its few Unicode symbols as math."""
+    return _tex(note).replace("R²", "$R^2$").replace("n^n", "$n^n$").replace("−", "$-$")
+
+
+def latex_table(results: pd.DataFrame, note: str, confidence: float, all_pairs: bool = False) -> str:
+    """Table 3 as a LaTeX (booktabs) table; the model name heads its group of rows, as in the paper."""
+    head = ["Model"] + (["Comparison"] if all_pairs else [])
+    head += ["Metric", "Mean diff", f"{confidence:.0%} CI".replace("%", r"\%"), "$p$", "Conclusion"]
+    spec = "l" + ("l" if all_pairs else "") + "lrcrl"
+    if all_pairs:
+        head += ["$p_\\mathrm{Holm}$", "Conclusion (Holm)"]
+        spec += "rl"
+    body, previous = [], None
+    for row in results.itertuples():
+        cells = [_tex(row.model) if row.model != previous else ""]
+        if all_pairs:
+            cells.append(f"{_tex(row.arm_a)} $-$ {_tex(row.arm_b)}")
+        cells += [
+            METRIC_LATEX.get(row.metric, _tex(row.metric)),
+            f"${_num(row.mean_diff)}$",
+            f"$[{_num(row.ci_low)}, {_num(row.ci_high)}]$",
+            f"${format_p(row.p_value, row.n_resamples)}$",
+            _tex(row.conclusion),
+        ]
+        if all_pairs:
+            cells += [f"${format_p(row.p_holm, row.n_resamples)}$", _tex(row.conclusion_holm)]
+        body.append(" & ".join(cells) + r" \\")
+        previous = row.model
+    return "\n".join(
+        [
+            "% Generated by coordchannels.stats; needs \\usepackage{booktabs}.",
+            r"\begin{table}[ht]",
+            r"\centering",
+            f"\\caption{{{_tex_note(note)}}}",
+            f"\\begin{{tabular}}{{{spec}}}",
+            r"\toprule",
+            " & ".join(head) + r" \\",
+            r"\midrule",
+            *body,
+            r"\bottomrule",
+            r"\end{tabular}",
+            r"\end{table}",
+            "",
+        ]
+    )
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def output_names(all_pairs: bool) -> list[str]:
+    """Files the stats stage writes into stats.out_dir."""
+    stem = "all_pairs_table" if all_pairs else "comparison_table"
+    return [f"{stem}.csv", f"{stem}.md", f"{stem}.tex", "fold_values.csv", "fold_differences.csv"]
+
+
+def compare_setting(cfg: DictConfig):
+    """stats.compare as a plain value: the string 'all' or a list [a, b]."""
+    value = cfg.stats.compare
+    return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+
+
+def build_outputs(cfg: DictConfig) -> dict[str, pd.DataFrame | str]:
+    """Read, validate and compute everything; return {file name: table or text}. Writes nothing."""
+    s = cfg.stats
+    compare_cfg = compare_setting(cfg)
+    all_pairs = isinstance(compare_cfg, str)
+    logs = load_logs(s.logs_dir, compare_cfg)
+    values = fold_values(logs, s.instability)
+    results, differences = compare_all(
+        values, logs, compare_cfg, s.method, int(s.n_resamples), int(s.seed), float(s.confidence)
+    )
+    n_res = int(s.n_resamples)
+    note = describe(s.method, n_res, int(s.seed), s.instability, float(s.confidence))
+    names = output_names(all_pairs)
+    if all_pairs:
+        results = add_holm(results, float(s.confidence))
+        note += " Holm correction over the arm pairs of each model and metric, on two-sided p = min(1, 2p)."
+        table = results[["model", "arm_a", "arm_b", "metric", "mean_diff", "ci_low", "ci_high", "p_value",
+                         "conclusion", "effect_size", "p_two_sided", "p_holm", "conclusion_holm"]]
+    else:
+        a, b = compare_cfg
+        note = f"Difference = {a} − {b}. " + note
+        table = results[TABLE_COLUMNS]
+    return {
+        names[0]: table,
+        names[1]: markdown_table(results, note, float(s.confidence), all_pairs),
+        names[2]: latex_table(results, note, float(s.confidence), all_pairs),
+        names[3]: values,
+        names[4]: differences,
+    }
+
+
+def stats_stage(cfg: DictConfig) -> None:
+    """Compare arms on a folder of per-fold logs; write the tables into cfg.stats.out_dir."""
+    out = Path(cfg.stats.out_dir)
+    names = output_names(isinstance(compare_setting(cfg), str))
+    if not cfg.get("overwrite", False) and all((out / name).exists() for name in names):
+        log.info("stats: outputs already in %s (set overwrite=true to redo)", out)
+        return
+    outputs = build_outputs(cfg)  # everything is validated and computed before the first write
+    for name, content in outputs.items():
+        if isinstance(content, pd.DataFrame):
+            write_csv(content, out / name)
+        else:
+            write_text(out / name, content)
+    log.info("stats: wrote %s to %s", ", ".join(outputs), out)

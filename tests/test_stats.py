@@ -1,0 +1,231 @@
+"""Statistics (SPEC section 7): instability, paired bootstrap, Holm, tables, and Table 3 itself."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from coordchannels.logs import LogError, log_path
+from coordchannels.stats import (
+    TABLE_COLUMNS,
+    compare,
+    effect_size,
+    exact_means,
+    format_p,
+    holm,
+    instability,
+    montecarlo_means,
+    one_sided_p,
+    stats_stage,
+)
+from tests.conftest import PUBLISHED_LOGS, require
+from tests.test_logs import write_log, write_set
+
+# The paper's Table 3 (SPEC section 7): (model, metric) -> (mean diff, CI low, CI high, p).
+PUBLISHED = {
+    ("NimeshaNet", "instability"): (-0.01532, -0.03198, -0.00487, 0.0),
+    ("NimeshaNet", "test_r2"): (0.03571, 0.01000, 0.08362, 0.0),
+    ("NimeshaNet", "train_r2"): (0.05213, 0.04720, 0.05642, 0.0),
+    ("Reduced Parameter NimeshaNet", "instability"): (-0.03083, -0.08236, -0.00301, 0.0),
+    ("Reduced Parameter NimeshaNet", "test_r2"): (0.01569, -0.01430, 0.03772, 0.13945),
+    ("Reduced Parameter NimeshaNet", "train_r2"): (0.03493, 0.03071, 0.03923, 0.0),
+    ("LakshyaNet", "instability"): (-0.00002, -0.00007, 0.00002, 0.18470),
+    ("LakshyaNet", "test_r2"): (0.02898, 0.02362, 0.03349, 0.0),
+    ("LakshyaNet", "train_r2"): (0.04187, 0.03929, 0.04514, 0.0),
+    ("Reduced Parameter LakshyaNet", "instability"): (-0.00006, -0.00007, -0.00005, 0.0),
+    ("Reduced Parameter LakshyaNet", "test_r2"): (0.02516, 0.02196, 0.02760, 0.0),
+    ("Reduced Parameter LakshyaNet", "train_r2"): (0.03327, 0.03199, 0.03452, 0.0),
+}
+
+
+def stats_cfg(make_cfg, logs, out, *extra):
+    return make_cfg(f"stats.logs_dir={logs}", f"stats.out_dir={out}", *extra)
+
+
+# ---------------------------------------------------------------- instability
+
+
+def test_instability_of_a_cubic_is_zero():
+    epochs = np.arange(1, 16, dtype=float)
+    curve = 0.1 + 0.05 * epochs - 0.004 * epochs**2 + 0.0001 * epochs**3
+    assert instability(epochs, curve) == pytest.approx(0, abs=1e-20)
+
+
+def test_instability_equals_least_squares_cubic_residuals_when_the_spline_stays_cubic():
+    # With default smoothing s = number of points, the spline stays a single cubic (no interior
+    # knots) while the cubic's residual sum of squares is below s: it is then the LSQ cubic.
+    epochs = np.arange(1, 16, dtype=float)
+    wobble = 0.05 * np.sin(1.7 * epochs)
+    curve = 0.6 + 0.02 * epochs + wobble
+    residuals = curve - np.polyval(np.polyfit(epochs, curve, 3), epochs)
+    assert instability(epochs, curve, "mean") == pytest.approx(np.mean(residuals**2), rel=1e-8)
+    assert instability(epochs, curve, "sum") == pytest.approx(np.sum(residuals**2), rel=1e-8)
+    with pytest.raises(ValueError, match="stats.instability='median'"):
+        instability(epochs, curve, "median")
+
+
+# ---------------------------------------------------------------- bootstrap
+
+
+def test_exact_means_enumerate_every_resample():
+    d = np.array([0.3, -1.0, 2.5, 0.25])
+    brute = np.array([np.mean(d[list(idx)]) for idx in itertools.product(range(4), repeat=4)])
+    np.testing.assert_allclose(exact_means(d), brute, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="use stats.method=montecarlo"):
+        exact_means(np.arange(9.0))
+
+
+def test_montecarlo_converges_to_exact_enumeration():
+    d = np.array([0.02, -0.01, 0.05, 0.03])
+    exact = compare(d, "study", "control", method="exact")
+    mc = compare(d, "study", "control", method="montecarlo", n_resamples=200_000, seed=1)
+    assert exact["n_resamples"] == 256 and mc["n_resamples"] == 200_000
+    assert mc["ci_low"] == pytest.approx(exact["ci_low"], abs=2e-3)
+    assert mc["ci_high"] == pytest.approx(exact["ci_high"], abs=2e-3)
+    assert mc["p_value"] == pytest.approx(exact["p_value"], abs=3e-3)
+    # exact p: resamples with mean <= 0, counted by hand
+    brute = [np.mean(d[list(i)]) <= 0 for i in itertools.product(range(4), repeat=4)]
+    assert exact["p_value"] == pytest.approx(np.mean(brute))
+
+
+def test_montecarlo_is_seeded():
+    d = np.array([1.0, 2.0, -0.5, 0.7, 0.1])
+    np.testing.assert_array_equal(montecarlo_means(d, 1000, 3), montecarlo_means(d, 1000, 3))
+    assert not np.array_equal(montecarlo_means(d, 1000, 3), montecarlo_means(d, 1000, 4))
+
+
+def test_resampling_is_paired(tmp_path, make_cfg):
+    # Folds differ wildly (+-50) but study is control + 0.1 in every fold: a paired bootstrap sees
+    # only the constant difference, so the CI has zero width; an unpaired one would span ~+-40.
+    control = np.array([-50.0, 20.0, 3.0, 45.0, -10.0])
+    for fold, c in enumerate(control, start=1):
+        for arm, value in (("control", c), ("study", c + 0.1)):
+            path = log_path(tmp_path / "logs", "NimeshaNet", arm, fold)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame({"epoch": range(1, 7), "train_r2": value, "test_r2": value}).to_csv(path, index=False)
+    stats_stage(stats_cfg(make_cfg, tmp_path / "logs", tmp_path / "out"))
+    table = pd.read_csv(tmp_path / "out" / "comparison_table.csv").set_index("metric")
+    for metric in ("test_r2", "train_r2"):
+        row = table.loc[metric]
+        assert row.ci_low == pytest.approx(0.1) and row.ci_high == pytest.approx(0.1)
+        assert row.conclusion == "study > control" and row.p_value == 0
+
+
+def test_p_value_side_effect_size_and_formatting():
+    means = np.array([-0.2, 0.0, 0.1, 0.3])
+    assert one_sided_p(0.05, means) == 0.5  # -0.2 and 0.0 are at or below zero
+    assert one_sided_p(-0.05, means) == 0.75
+    assert effect_size(np.array([1.0, 2.0, 3.0])) == pytest.approx(2.0)
+    assert effect_size(np.array([0.5, 0.5])) == np.inf
+    assert format_p(0.0, 20000) == "<0.00005" and format_p(0.13945, 20000) == "0.13945"
+    assert format_p(0.0, 3125) == "<0.00032"
+
+
+def test_holm_step_down():
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    np.testing.assert_allclose(holm([0.5, 0.001]), [0.5, 0.002])
+    np.testing.assert_allclose(holm([0.6, 0.7]), [1.0, 1.0])
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def test_published_table3_is_reproduced(tmp_path, make_cfg):
+    logs = require(PUBLISHED_LOGS, "published per-fold logs")
+    stats_stage(stats_cfg(make_cfg, logs, tmp_path))
+    table = pd.read_csv(tmp_path / "comparison_table.csv")
+    assert list(table.columns) == TABLE_COLUMNS
+    assert [tuple(k) for k in table[["model", "metric"]].to_numpy()] == list(PUBLISHED)
+    for row in table.itertuples():
+        mean, low, high, p = PUBLISHED[(row.model, row.metric)]
+        assert round(row.mean_diff, 5) == pytest.approx(mean, abs=1e-12), row
+        assert abs(row.ci_low - low) <= 1e-3 and abs(row.ci_high - high) <= 1e-3, row
+        assert abs(row.p_value - p) <= 0.01 or (row.p_value < 1e-3 and p < 1e-3), row
+        # default_rng(seed) per comparison reproduces the published draw to the printed digit
+        assert (round(row.ci_low, 5), round(row.ci_high, 5), round(row.p_value, 5)) == pytest.approx((low, high, p))
+    md = (tmp_path / "comparison_table.md").read_text()
+    assert "| NimeshaNet | Instability | -0.01532 | [-0.03198, -0.00487] | <0.00005 | study < control |" in md
+    assert "$<0.00005$" in (tmp_path / "comparison_table.tex").read_text()
+    diffs = pd.read_csv(tmp_path / "fold_differences.csv")
+    assert len(diffs) == 4 * 3 * 5
+    assert len(pd.read_csv(tmp_path / "fold_values.csv")) == 4 * 2 * 3 * 5
+
+
+def test_published_exact_and_sum_options(tmp_path, make_cfg):
+    logs = require(PUBLISHED_LOGS, "published per-fold logs")
+    stats_stage(stats_cfg(make_cfg, logs, tmp_path / "exact", "stats.method=exact"))
+    exact = pd.read_csv(tmp_path / "exact" / "comparison_table.csv")
+    row = exact[(exact.model == "Reduced Parameter NimeshaNet") & (exact.metric == "test_r2")].iloc[0]
+    assert row.p_value == pytest.approx(0.14112, abs=1e-5)  # 441 of the 3125 resamples
+    assert "<0.00032" in (tmp_path / "exact" / "comparison_table.md").read_text()
+    stats_stage(stats_cfg(make_cfg, logs, tmp_path / "sum", "stats.instability=sum"))
+    summed = pd.read_csv(tmp_path / "sum" / "fold_values.csv")
+    mean = pd.read_csv(tmp_path / "exact" / "fold_values.csv")
+    inst = summed.metric == "instability"
+    np.testing.assert_allclose(summed.value[inst], 15 * mean.value[inst])  # 15 epochs
+
+
+def test_compare_any_pair_and_all_pairs_with_holm(tmp_path, make_cfg):
+    write_set(tmp_path / "logs", models=("NimeshaNet", "Extra"), arms=("none", "control", "study"))
+    # Default output ignores the third arm and keeps exactly the 7 columns.
+    stats_stage(stats_cfg(make_cfg, tmp_path / "logs", tmp_path / "pair"))
+    table = pd.read_csv(tmp_path / "pair" / "comparison_table.csv")
+    assert list(table.columns) == TABLE_COLUMNS and len(table) == 2 * 3
+    assert set(pd.read_csv(tmp_path / "pair" / "fold_values.csv").arm) == {"control", "study"}
+    # Any two arms.
+    stats_stage(stats_cfg(make_cfg, tmp_path / "logs", tmp_path / "cn", "stats.compare=[control,none]"))
+    row = pd.read_csv(tmp_path / "cn" / "comparison_table.csv").iloc[1]
+    assert row.metric == "test_r2" and row.mean_diff == pytest.approx(0.01) and row.conclusion == "control > none"
+    # All pairs: later - earlier in arm order, Holm over the 3 pairs of each model and metric.
+    stats_stage(stats_cfg(make_cfg, tmp_path / "logs", tmp_path / "all", "stats.compare=all"))
+    allp = pd.read_csv(tmp_path / "all" / "all_pairs_table.csv")
+    assert not (tmp_path / "all" / "comparison_table.csv").exists()
+    assert len(allp) == 2 * 3 * 3
+    pairs = list(dict.fromkeys(zip(allp.arm_a, allp.arm_b)))
+    assert pairs == [("control", "none"), ("study", "none"), ("study", "control")]
+    for _, group in allp.groupby(["model", "metric"]):
+        np.testing.assert_allclose(group.p_holm, holm(group.p_two_sided))
+    assert "Holm" in (tmp_path / "all" / "all_pairs_table.md").read_text()
+
+
+def test_multi_seed_units_are_paired(tmp_path, make_cfg):
+    write_set(tmp_path / "logs", seeds=(1, 2, 3), folds=[1, 2])
+    stats_stage(stats_cfg(make_cfg, tmp_path / "logs", tmp_path / "out"))
+    diffs = pd.read_csv(tmp_path / "out" / "fold_differences.csv")
+    assert len(diffs[diffs.metric == "test_r2"]) == 6
+    assert sorted(zip(diffs.seed[:6], diffs.fold[:6])) == [(s, f) for s in (1, 2, 3) for f in (1, 2)]
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda root: log_path(root, "NimeshaNet", "study", 4).unlink(), "study_set_fold_4_log.csv"),
+        (lambda root: write_log(log_path(root, "NimeshaNet", "control", 2), epochs=9), "same epochs"),
+        (lambda root: write_log(log_path(root, "NimeshaNet", "control", 2), columns=["epoch", "train", "test_r2"]),
+         "columns epoch,train,test_r2"),
+        (lambda root: log_path(root, "NimeshaNet", "study", 1).write_text("epoch,train_r2,test_r2\n1,0.1,0.2\n2,nan,0.3\n3,0.2,0.3\n4,0.2,0.3\n"),
+         "NaN"),
+        (lambda root: [log_path(root, "NimeshaNet", "study", k).unlink() for k in range(1, 6)], "no logs of arm"),
+    ],
+)
+def test_bad_input_writes_no_output(tmp_path, make_cfg, breakage, message):
+    logs = write_set(tmp_path / "logs")
+    breakage(logs)
+    out = tmp_path / "out"
+    with pytest.raises(LogError, match=message):
+        stats_stage(stats_cfg(make_cfg, logs, out))
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_existing_outputs_are_kept_unless_overwrite(tmp_path, make_cfg):
+    logs = write_set(tmp_path / "logs")
+    out = tmp_path / "out"
+    stats_stage(stats_cfg(make_cfg, logs, out))
+    (out / "comparison_table.md").write_text("kept")
+    stats_stage(stats_cfg(make_cfg, logs, out))
+    assert (out / "comparison_table.md").read_text() == "kept"
+    stats_stage(stats_cfg(make_cfg, logs, out, "overwrite=true"))
+    assert (out / "comparison_table.md").read_text() != "kept"
