@@ -1,0 +1,118 @@
+"""Cross-validation folds (SPEC section 5): pure assignment functions and the ECG folds stage.
+
+All variants of one base sample always share a fold; what counts as "one base sample" is the
+`group_by` option (SPEC section 9). The defaults reproduce the authors' scripts:
+- ECG: KFold(5, shuffle=True, random_state=42) over the episode names sorted as strings (the order
+  pandas groupby gave them); `record` instead keeps all episodes of one patient together.
+- SiPaKMeD: the sorted valid ids shuffled by Python's `random` seeded 42, fold i = ids[i::5];
+  `slide` instead keeps all cells cut from one slide image together.
+Folds are 1-based, as in the published logs (`fold_1` .. `fold_5`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+from sklearn.model_selection import KFold
+
+from coordchannels.ecg import EPISODES_CSV, FOLDS_CSV
+from coordchannels.io import write_csv
+
+log = logging.getLogger(__name__)
+
+ECG_GROUPINGS = ("episode", "record")
+SIPAKMED_GROUPINGS = ("cell", "slide")
+
+
+def _check_grouping(group_by: str, allowed: tuple[str, ...]) -> None:
+    if group_by not in allowed:
+        raise ValueError(f"group_by must be one of {allowed}, got {group_by!r}")
+
+
+def kfold_groups(keys: Sequence[str], n_folds: int = 5, seed: int = 42) -> dict[str, int]:
+    """key -> 1-based fold: sklearn KFold(shuffle=True, random_state=seed) over `keys` in the given order."""
+    if len(keys) < n_folds:
+        raise ValueError(f"cannot make {n_folds} folds from {len(keys)} groups")
+    kfold = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    folds = {}
+    for fold, (_, test) in enumerate(kfold.split(list(keys)), start=1):
+        for i in test:
+            folds[keys[i]] = fold
+    return folds
+
+
+def ecg_folds(episode_names: Sequence[str], records: Sequence, n_folds: int = 5, seed: int = 42,
+              group_by: str = "episode") -> dict[str, int]:
+    """Episode name -> 1-based fold; `records[i]` is the record of `episode_names[i]`.
+
+    episode: KFold over the names sorted as strings (episode10 before episode2, as the scripts).
+    record: the same KFold over the sorted unique records; each episode takes its record's fold.
+    """
+    _check_grouping(group_by, ECG_GROUPINGS)
+    names = [str(n) for n in episode_names]
+    recs = [str(r) for r in records]
+    if len(names) != len(recs):
+        raise ValueError(f"{len(names)} episode names but {len(recs)} records")
+    if len(set(names)) != len(names):
+        raise ValueError("episode names are not unique")
+    if group_by == "episode":
+        return kfold_groups(sorted(names), n_folds, seed)
+    record_fold = kfold_groups(sorted(set(recs)), n_folds, seed)
+    return {name: record_fold[rec] for name, rec in zip(names, recs)}
+
+
+def slide_of(sample_id: str) -> str:
+    """`2_095_10` -> `2_095`: class prefix + slide image number, without the `_MM` cell number."""
+    return str(sample_id).rsplit("_", 1)[0]
+
+
+def round_robin_groups(keys: Sequence[str], n_folds: int = 5, seed: int = 42) -> dict[str, int]:
+    """key -> 1-based fold: sorted keys shuffled as by `random.seed(seed); random.shuffle`, fold
+    i + 1 = keys[i::n_folds]. A private Random instance gives the same sequence as the seeded
+    module-level one without disturbing the global random state."""
+    order = sorted(keys)
+    random.Random(seed).shuffle(order)
+    return {key: i % n_folds + 1 for i, key in enumerate(order)}
+
+
+def sipakmed_folds(ids: Sequence[str], n_folds: int = 5, seed: int = 42, group_by: str = "cell") -> dict[str, int]:
+    """Valid sample id -> 1-based fold. cell: the scripts' split of the ids themselves; slide: the
+    same split of the unique slides (class + NNN), every cell taking its slide's fold."""
+    _check_grouping(group_by, SIPAKMED_GROUPINGS)
+    ids = [str(i) for i in ids]
+    if len(set(ids)) != len(ids):
+        raise ValueError("sample ids are not unique")
+    if group_by == "cell":
+        return round_robin_groups(ids, n_folds, seed)
+    slide_fold = round_robin_groups(sorted({slide_of(i) for i in ids}), n_folds, seed)
+    return {i: slide_fold[slide_of(i)] for i in ids}
+
+
+def folds_stage(cfg: DictConfig) -> None:
+    """ECG: write folds.csv (episode, record, fold_episode, fold_record) from episodes.csv.
+
+    Both groupings go in one file so that switching task.data.group_by needs no rerun; the loader
+    reads column fold_<group_by>.
+    """
+    out = Path(cfg.task.processed_dir)
+    target = out / FOLDS_CSV
+    if target.exists() and not cfg.overwrite:
+        log.info("folds: %s exists, skipped (overwrite=true to redo)", target)
+        return
+    source = out / EPISODES_CSV
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} not found: run the extract stage first (`make data TASK=ecg`)")
+    episodes = pd.read_csv(source, dtype={"record": str})
+    data = cfg.task.data
+    table = pd.DataFrame({"episode": episodes["episode"], "record": episodes["record"]})
+    for group_by in ECG_GROUPINGS:
+        folds = ecg_folds(table["episode"], table["record"], int(data.n_folds), int(data.fold_seed), group_by)
+        table[f"fold_{group_by}"] = table["episode"].map(folds)
+    write_csv(table, target)
+    log.info("folds: %d episodes, episodes per fold (by episode) %s", len(table),
+             table["fold_episode"].value_counts().sort_index().tolist())
