@@ -20,7 +20,7 @@ def test_manifest_records_run_and_copies_logs(make_cfg, tmp_path):
     log.parent.mkdir(parents=True)
     log.write_text("epoch,train_r2,test_r2\n1,0.5,0.4\n")
     (log.parent / "checkpoint.pt").write_bytes(b"not a log")
-    record_timing(cfg, "train", 12.5)
+    record_timing(cfg.train.run_dir, "train", 12.5)
 
     manifest_stage(cfg)
 

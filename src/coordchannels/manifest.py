@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.io import atomic_dir, write_text
-from coordchannels.pipeline import timings_path
+from coordchannels.pipeline import stage_timings
 
 PACKAGES = ("torch", "numpy", "scipy", "pandas", "scikit-learn", "wfdb", "pillow", "hydra-core",
             "omegaconf", "matplotlib", "py7zr", "requests", "tqdm", "coordchannels")
@@ -102,7 +102,6 @@ def manifest_stage(cfg: DictConfig) -> None:
     out = Path(cfg.stats.out_dir)
     root = Path(cfg.paths.root_dir)
     n_logs = copy_logs(Path(cfg.stats.logs_dir), out / "logs")
-    times = json.loads(timings_path(cfg).read_text()) if timings_path(cfg).exists() else {}
     raw_dir = Path(cfg.task.data.raw_dir) if "raw_dir" in cfg.task.get("data", {}) else None
     manifest = {
         "task": cfg.task.name,
@@ -111,7 +110,7 @@ def manifest_stage(cfg: DictConfig) -> None:
         "git": git_state(root),
         "packages": package_versions(),
         "hardware": hardware(),
-        "stage_wall_time": times,
+        "stage_wall_time": stage_timings(cfg),
         "data_sha256": data_checksums(raw_dir) if raw_dir else {},
         "logs_copied": n_logs,
         "config": OmegaConf.to_container(cfg, resolve=True),

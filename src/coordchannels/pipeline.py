@@ -17,8 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.io import write_text
 
-# One file per task that remembers how long each stage last took; the manifest reports it.
-TIMINGS_FILE = "stage_times.json"
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +66,28 @@ def run_stage(cfg: DictConfig, name: str, fn, out: Path) -> None:
         fn(cfg)
         seconds = time.perf_counter() - start
         log.info("stage %s finished in %.1f s", name, seconds)
-        record_timing(cfg, name, seconds)
+        record_timing(out, name, seconds)
     finally:
         root.removeHandler(handler)
         handler.close()
 
 
-def timings_path(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.log_dir) / cfg.task.name / TIMINGS_FILE
+
+def timing_path(out: str | Path, name: str) -> Path:
+    return Path(out) / "logs" / f"{name}.time.json"
 
 
-def record_timing(cfg: DictConfig, name: str, seconds: float) -> None:
-    """Remember the wall time of the latest successful run of stage `name` for this task."""
-    path = timings_path(cfg)
-    times = json.loads(path.read_text()) if path.exists() else {}
-    times[name] = {"seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    write_text(path, json.dumps(times, indent=2) + "\n")
+def record_timing(out: str | Path, name: str, seconds: float) -> None:
+    """Remember, beside its outputs, the wall time of the latest successful run of a stage."""
+    record = {"seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_text(timing_path(out, name), json.dumps(record) + "\n")
+
+
+def stage_timings(cfg: DictConfig) -> dict:
+    """Latest recorded wall time of every stage of the task (absent: never finished)."""
+    times = {}
+    for name in cfg.task.stages:
+        path = timing_path(stage_spec(cfg, name).out, name)
+        if path.exists():
+            times[name] = json.loads(path.read_text())
+    return times
