@@ -1,0 +1,333 @@
+"""The trainer on tiny synthetic tasks plugged into the real config (SPEC section 5).
+
+`fake_loader` stands in for a task's loader: 1-D signals whose target is the position of a bump
+(the ECG task's shape) or 2-D images whose targets are the (x, y) of a blob (SiPaKMeD's shape),
+with the arm's coordinate channels appended by the real channel code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+from sklearn.metrics import r2_score
+
+from coordchannels import train
+from coordchannels.pipeline import run_stages
+from coordchannels.channels import extra_channels_1d, extra_channels_2d
+from coordchannels.logs import read_log
+
+LENGTH = 64  # 1-D signal length (NimeshaNet pools it to 4, reduced to 2)
+SIZE = 32  # 2-D image side (LakshyaNet pools it to 4, reduced to 2)
+
+
+@dataclass
+class FakeData:
+    x: torch.Tensor
+    y: torch.Tensor
+    fold_of: np.ndarray
+    target_names: tuple[str, ...]
+    target_stats_samples: int | None = None
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.x.shape[1])
+
+    def split(self, fold):
+        return np.flatnonzero(self.fold_of != fold), np.flatnonzero(self.fold_of == fold)
+
+    def targets(self, idx):
+        return self.y[idx.to(self.y.device)]
+
+    def inputs(self, idx):
+        return self.x[idx.to(self.x.device)]
+
+
+LOADS = []  # (task, arm) of every call, to check that data are loaded once per arm
+
+
+def fake_loader(cfg, arm, device):
+    """`task.loader` for the tests: n = task.data.fake_n samples, made from task.data.fake_seed."""
+    LOADS.append((cfg.task.name, arm.name))
+    n, rng = int(cfg.task.data.fake_n), np.random.default_rng(int(cfg.task.data.fake_seed))
+    folds = np.arange(n) % int(cfg.task.data.n_folds) + 1
+    if cfg.task.dims == 1:
+        pos = rng.uniform(8, LENGTH - 8, n)
+        t = np.arange(LENGTH)
+        bump = np.exp(-0.5 * ((t[None] - pos[:, None]) / 2.0) ** 2)
+        leads = np.stack([bump, 0.5 * bump], axis=1) + 0.05 * rng.standard_normal((n, 2, LENGTH))
+        signal = torch.tensor(leads, dtype=torch.float32)
+        x = torch.cat([signal, extra_channels_1d(signal, arm.channels)], dim=1)
+        y = torch.tensor(pos * 20.0 / LENGTH, dtype=torch.float32)[:, None]
+        return FakeData(x.to(device), y.to(device), folds, ("",))
+    cx, cy = rng.uniform(6, SIZE - 6, n), rng.uniform(6, SIZE - 6, n)
+    rows, cols = np.mgrid[0:SIZE, 0:SIZE]
+    blob = np.exp(-0.5 * ((cols[None] - cx[:, None, None]) ** 2 + (rows[None] - cy[:, None, None]) ** 2) / 4.0)
+    image = torch.tensor(np.repeat(blob[:, None], 3, axis=1) + 0.05 * rng.standard_normal((n, 3, SIZE, SIZE)),
+                         dtype=torch.float32)
+    x = torch.cat([image, extra_channels_2d(image, arm.channels)], dim=1)
+    y = torch.tensor(np.stack([cx, cy], axis=1), dtype=torch.float32)
+    return FakeData(x.to(device), y.to(device), folds, ("h", "k"), target_stats_samples=10)
+
+
+@pytest.fixture
+def tiny_cfg(make_cfg):
+    """The real config of a task, shrunk to a few tiny jobs on fake data."""
+
+    def factory(task="ecg", *overrides):
+        if task == "ecg":
+            sizes = [f"task.models.nimeshanet.net.length={LENGTH}", f"task.models.nimeshanet_reduced.net.length={LENGTH}"]
+        else:
+            sizes = [f"task.models.lakshyanet.net.size={SIZE}", f"task.models.lakshyanet_reduced.net.size={SIZE}"]
+        cfg = make_cfg(f"task={task}", "train.epochs=3", "train.folds=[1]", "train.eval_batch_size=16",
+                       *sizes, *overrides)
+        with open_dict(cfg):
+            cfg.task.loader = "tests.test_train.fake_loader"
+            cfg.task.data.fake_n = 60
+            cfg.task.data.fake_seed = 0
+        return cfg
+
+    return factory
+
+
+def read(path) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def job_log(cfg, model="nimeshanet", arm="study", fold=1):
+    return train.job_log_path(cfg, train.Job(model, arm, 42, fold))
+
+
+# ---------------------------------------------------------------------------------------------
+def test_ecg_run_writes_complete_logs_in_the_published_layout(tiny_cfg):
+    LOADS.clear()
+    train._DATA_CACHE.clear()
+    cfg = tiny_cfg("ecg", "train.epochs=4", "train.folds=[1,2]")
+    train.train_stage(cfg)
+    logs = sorted(p.relative_to(cfg.train.logs_dir).as_posix()
+                  for p in Path(cfg.train.logs_dir).rglob("*.csv"))
+    assert logs == sorted(f"{model}/{arm}_set_fold_{k}_log.csv"
+                          for model in ("NimeshaNet", "Reduced Parameter NimeshaNet")
+                          for arm in ("control", "study") for k in (1, 2))
+    for name in logs:
+        frame = read(os.path.join(cfg.train.logs_dir, name))
+        assert list(frame.columns) == ["epoch", "train_r2", "test_r2"]
+        assert frame["epoch"].tolist() == [1, 2, 3, 4]
+        fold_log = read_log(os.path.join(cfg.train.logs_dir, name))  # the stats stage accepts it
+        assert fold_log.dims == 1
+    # The grid runs arm by arm, so each arm's data is loaded once for all its jobs.
+    assert LOADS == [("ecg", "control"), ("ecg", "study")]
+    ckpts = sorted(p.name for p in (Path(cfg.train.run_dir) / "checkpoints" / "NimeshaNet").iterdir())
+    assert ckpts == [f"{a}_seed_42_fold_{k}.pt" for a in ("control", "study") for k in (1, 2)]
+    record = OmegaConf.load(os.path.join(cfg.train.run_dir, "run_config.yaml"))
+    assert record.train.lr == 1e-3 and record.log_seed == 42
+    assert set(record.models) == {"nimeshanet", "nimeshanet_reduced"} and set(record.arms) == {"control", "study"}
+    assert "raw_dir" not in record.task.data  # where the data come from does not matter
+
+
+def test_training_learns_the_bump_position(tiny_cfg):
+    cfg = tiny_cfg("ecg", "train.epochs=12", "train.models=[nimeshanet]", "train.arms=[control]")
+    with open_dict(cfg):
+        cfg.task.data.fake_n = 200
+    train.train_stage(cfg)
+    frame = read(job_log(cfg, arm="control"))
+    assert frame["train_r2"].iloc[-1] > 0.5 and frame["train_r2"].iloc[-1] > frame["train_r2"].iloc[0]
+
+
+def test_sipakmed_run_logs_h_and_k(tiny_cfg):
+    cfg = tiny_cfg("sipakmed", "train.arms=[study]")
+    train.train_stage(cfg)
+    for model in ("LakshyaNet", "Reduced Parameter LakshyaNet"):
+        frame = read(os.path.join(cfg.train.logs_dir, model, "study_set_fold_1_log.csv"))
+        assert list(frame.columns) == ["epoch", "train_r2_h", "train_r2_k", "test_r2_h", "test_r2_k"]
+        assert frame["epoch"].tolist() == [1, 2, 3]
+        assert np.isfinite(frame.to_numpy()).all()
+
+
+def test_target_standardisation_uses_the_first_training_samples(tiny_cfg):
+    cfg = tiny_cfg("sipakmed")
+    data = fake_loader(cfg, cfg.arms.control, torch.device("cpu"))
+    train_idx, _ = train.job_indices(cfg, data, 1)
+    mean, std = train.target_standardisation(data, train_idx)
+    first = data.y[train_idx[:10]]
+    torch.testing.assert_close(mean, first.mean(0))
+    torch.testing.assert_close(std, first.std(0))  # unbiased, as the scripts' torch .std()
+    assert not torch.allclose(mean, data.y[train_idx].mean(0))
+
+
+def test_constant_targets_get_unit_std():
+    data = FakeData(torch.zeros(4, 1, 8), torch.full((4, 1), 3.0), np.array([1, 1, 2, 2]), ("",))
+    mean, std = train.target_standardisation(data, torch.arange(4))
+    assert mean.item() == 3.0 and std.item() == 1.0
+
+
+def test_limits_cut_train_and_test_indices(tiny_cfg):
+    cfg = tiny_cfg("ecg", "train.limit_train=7", "train.limit_test=5")
+    data = fake_loader(cfg, cfg.arms.control, torch.device("cpu"))
+    tr, te = train.job_indices(cfg, data, 1)
+    full_tr, full_te = data.split(1)
+    assert tr.tolist() == full_tr[:7].tolist() and te.tolist() == full_te[:5].tolist()
+
+
+def test_r2_per_target_is_sklearn_per_column():
+    rng = np.random.default_rng(0)
+    y, p = rng.normal(size=(50, 2)), rng.normal(size=(50, 2))
+    assert train.r2_per_target(y, p) == pytest.approx(list(r2_score(y, p, multioutput="raw_values")))
+    assert train.r2_per_target(y[:, :1], p[:, :1]) == pytest.approx([r2_score(y[:, 0], p[:, 0])])
+
+
+# ---------------------------------------------------------------------------------------------
+def test_same_config_gives_the_same_numbers(tiny_cfg):
+    args = ("ecg", "train.models=[nimeshanet]", "train.arms=[study]")
+    first, second = tiny_cfg(*args, "train.run_name=a"), tiny_cfg(*args, "train.run_name=b")
+    train.train_stage(first)
+    train.train_stage(second)
+    a, b = read(job_log(first)), read(job_log(second))
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert a["train_r2"].nunique() == 3  # really trained: the numbers move between epochs
+
+
+def test_other_seed_gives_other_numbers_and_seeded_log_names(tiny_cfg):
+    cfg = tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[study]", "train.seeds=[1,2]")
+    train.train_stage(cfg)
+    one = read(os.path.join(cfg.train.logs_dir, "NimeshaNet", "study_set_seed_1_fold_1_log.csv"))
+    two = read(os.path.join(cfg.train.logs_dir, "NimeshaNet", "study_set_seed_2_fold_1_log.csv"))
+    assert not np.allclose(one["test_r2"], two["test_r2"])
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def test_killed_job_resumes_to_the_uninterrupted_result(tiny_cfg, monkeypatch):
+    args = ("ecg", "train.models=[nimeshanet]", "train.arms=[study]")
+    reference = tiny_cfg(*args, "train.run_name=ref")
+    train.train_stage(reference)
+
+    cfg = tiny_cfg(*args, "train.run_name=killed")
+    real_log_epoch = train.log_epoch
+
+    def die_after_epoch_1(job, row, columns, seconds):
+        real_log_epoch(job, row, columns, seconds)
+        if row[0] == 1:
+            raise Killed("simulated kill after epoch 1")
+
+    monkeypatch.setattr(train, "log_epoch", die_after_epoch_1)
+    with pytest.raises(Killed):
+        train.train_stage(cfg)
+    assert not job_log(cfg).exists()  # no partial log in the logs folder
+    ckpt = train.checkpoint_path(cfg, train.Job("nimeshanet", "study", 42, 1))
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+
+    monkeypatch.setattr(train, "log_epoch", real_log_epoch)
+    epochs_run = []
+    real_train_one_epoch = train.train_one_epoch
+    monkeypatch.setattr(train, "train_one_epoch",
+                        lambda *a, **k: epochs_run.append(1) or real_train_one_epoch(*a, **k))
+    train.train_stage(cfg)
+    assert len(epochs_run) == 2  # epochs 2 and 3 only
+    pd.testing.assert_frame_equal(read(job_log(cfg)), read(job_log(reference)), check_exact=True)
+
+
+def test_finished_jobs_are_skipped_unless_overwrite(tiny_cfg, monkeypatch):
+    cfg = tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[control]")
+    train.train_stage(cfg)
+    path = job_log(cfg, arm="control")
+    mtime = path.stat().st_mtime_ns
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a finished job was trained again")
+
+    monkeypatch.setattr(train, "train_one_epoch", must_not_train)
+    train.train_stage(cfg)
+    assert path.stat().st_mtime_ns == mtime
+
+    with open_dict(cfg):
+        cfg.overwrite = True
+    with pytest.raises(AssertionError, match="trained again"):
+        train.train_stage(cfg)
+
+
+def test_changed_config_refuses_to_resume_or_skip(tiny_cfg, monkeypatch):
+    cfg = tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[control]")
+    train.train_stage(cfg)
+    changed = tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[control]", "train.lr=0.01")
+    with pytest.raises(train.RunConfigError, match=r"train\.lr: stored 0\.001, now 0\.01.*train\.run_name.*overwrite=true"):
+        train.train_stage(changed)
+    # A job run on its own (no run record check) is stopped by its checkpoint's fingerprint.
+    with pytest.raises(train.RunConfigError, match="another configuration"):
+        train.run_job(changed, "nimeshanet", "control", 42, 1)
+    # Data settings count too.
+    with open_dict(changed):
+        changed.train.lr = 1e-3
+        changed.task.data.fake_seed = 1
+    with pytest.raises(train.RunConfigError, match="fake_seed"):
+        train.train_stage(changed)
+    # overwrite=true retrains under the new settings and records them.
+    with open_dict(changed):
+        changed.overwrite = True
+    before = read(job_log(cfg, arm="control"))
+    train.train_stage(changed)
+    assert not read(job_log(cfg, arm="control")).equals(before)
+    assert OmegaConf.load(os.path.join(cfg.train.run_dir, "run_config.yaml")).task.data.fake_seed == 1
+
+
+def test_a_single_seed_run_with_another_seed_is_refused(tiny_cfg):
+    train.train_stage(tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[control]"))
+    with pytest.raises(train.RunConfigError, match="log_seed"):
+        train.train_stage(tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[control]", "train.seeds=[7]"))
+
+
+def test_new_models_and_arms_join_an_existing_run(tiny_cfg):
+    train.train_stage(tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[control]"))
+    cfg = tiny_cfg("ecg", "train.models=[nimeshanet_reduced]", "train.arms=[study]")
+    train.train_stage(cfg)
+    record = OmegaConf.load(os.path.join(cfg.train.run_dir, "run_config.yaml"))
+    assert set(record.models) == {"nimeshanet", "nimeshanet_reduced"} and set(record.arms) == {"control", "study"}
+
+
+def test_unknown_names_and_folds_are_clear_errors(tiny_cfg):
+    with pytest.raises(ValueError, match="unknown model"):
+        train.job_grid(tiny_cfg("ecg", "train.models=[resnet]"))
+    with pytest.raises(ValueError, match="unknown arm"):
+        train.job_grid(tiny_cfg("ecg", "train.arms=[nonsense]"))
+    with pytest.raises(ValueError, match="outside 1..5"):
+        train.job_grid(tiny_cfg("ecg", "train.folds=[6]"))
+
+
+def test_epoch_generators_depend_on_seed_fold_and_epoch():
+    draw = lambda *key: torch.randperm(10, generator=train.epoch_generator(*key)).tolist()  # noqa: E731
+    assert draw(42, 1, 1) == draw(42, 1, 1)
+    assert len({tuple(draw(*k)) for k in [(42, 1, 1), (42, 1, 2), (42, 2, 1), (7, 1, 1)]}) == 4
+
+
+def test_coordgate_arm_trains(tiny_cfg):
+    pytest.importorskip("coordchannels.coordgate")
+    cfg = tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[study]", "train.epochs=2")
+    with open_dict(cfg):
+        cfg.arms.study.model_kwargs = {"coordgate": True}
+    train.train_stage(cfg)
+    assert read(job_log(cfg))["epoch"].tolist() == [1, 2]
+    state = torch.load(train.checkpoint_path(cfg, train.Job("nimeshanet", "study", 42, 1)), weights_only=True)
+    assert any("encoder" in k for k in state["model"])
+
+
+@pytest.mark.slow  # starting two worker processes takes ~15 s on a busy two-core machine
+def test_parallel_jobs_match_serial_jobs(tiny_cfg):
+    args = ("ecg", "train.models=[nimeshanet]", "train.folds=[1,2]")
+    serial = tiny_cfg(*args, "train.run_name=serial")
+    parallel = tiny_cfg(*args, "train.run_name=parallel", "train.n_jobs=2", "stages=[train]")
+    train.train_stage(serial)
+    run_stages(parallel)  # through the pipeline, which gives the stage a log file
+    stage_log = (Path(parallel.train.run_dir) / "logs" / "train.log").read_text()
+    assert stage_log.count(": epoch 3 ") == 4  # the workers' progress lines reach it
+    for arm in ("control", "study"):
+        for fold in (1, 2):
+            pd.testing.assert_frame_equal(read(job_log(parallel, arm=arm, fold=fold)),
+                                          read(job_log(serial, arm=arm, fold=fold)), check_exact=True)
