@@ -22,7 +22,7 @@ MIRRORS := $(if $(VFDB_DIR),paths.vfdb_mirror='$(VFDB_DIR)') $(if $(SIPAKMED_DIR
   $(if $(PUBLISHED_LOGS_DIR),paths.published_logs_mirror='$(PUBLISHED_LOGS_DIR)')
 APP := $(PY) -m coordchannels
 
-.PHONY: help setup test test-slow reproduce data train stats table3 demo clean-runs
+.PHONY: help setup test test-slow reproduce data train stats table3 ecg-record ecg-arms demo clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -66,6 +66,22 @@ stats: setup ## statistics and figures for a folder of per-fold logs: make stats
 table3: setup ## fetch the authors' published per-fold logs and re-derive the paper's Table 3
 	$(APP) stages=[published_logs,stats,report] $(MIRRORS) 'stats.logs_dir=$${paths.published_logs_dir}' \
 	  'stats.out_dir=$${paths.results_dir}/published_table3' $(ARGS)
+
+ecg-record: setup ## the ECG arm with record grouping (no patient in train and test) -> results/ecg_record
+	$(APP) experiment=ecg_record $(MIRRORS) $(ARGS)
+
+ecg-arms: setup ## NimeshaNet with every arm, both groupings, and 3 seeds -> results/ecg_arms
+	$(APP) experiment=ecg_arms $(MIRRORS) $(ARGS)
+	$(APP) experiment=ecg_arms_record $(MIRRORS) $(ARGS)
+	$(APP) experiment=ecg_seeds_record $(MIRRORS) $(ARGS)
+
+demo: setup ## a generated 100-cell SiPaKMeD through every 2-D stage on a CPU, into data/demo
+	$(PY) -m coordchannels.fake_sipakmed data/demo/fake_sipakmed --cells 100 --tree
+	$(APP) task=sipakmed 'paths.data_dir=$${paths.root_dir}/data/demo' \
+	  'paths.results_dir=$${paths.root_dir}/data/demo/results' \
+	  paths.sipakmed_mirror=data/demo/fake_sipakmed task.data.fetch_authors_invalid=false \
+	  'train.models=[lakshyanet_reduced]' train.epochs=4 train.limit_train=16 train.limit_test=16 \
+	  train.batch_size=16 $(ARGS)
 
 clean-runs: ## delete training runs (checkpoints and logs under data/runs)
 	rm -rf data/runs
