@@ -43,8 +43,16 @@ def test_stage_writes_log_and_config_beside_its_output(tmp_path):
 
 
 def test_unimplemented_stage_is_reported_not_run(tmp_path):
-    cfg = compose_config([f"paths.root_dir={tmp_path}", "task=coordgate"])
-    assert run_stages(cfg) == ["experiment"]
+    # A stage declared with fn: null (not implemented yet) is listed as missing, not run; the
+    # stages around it still run.
+    cfg = compose_config([f"paths.root_dir={tmp_path}", "stages=[placeholder,probe]"])
+    out = tmp_path / "probe_out"
+    with open_dict(cfg):
+        cfg.stage_defs.placeholder = {"fn": None, "out": str(tmp_path / "placeholder_out")}
+        cfg.stage_defs.probe = {"fn": "tests.test_config.probe_stage", "out": str(out)}
+    assert run_stages(cfg) == ["placeholder"]
+    assert not (tmp_path / "placeholder_out").exists()
+    assert (out / "probe.txt").read_text() == "ecg"
 
 
 def probe_stage(cfg):
