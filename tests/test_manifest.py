@@ -33,5 +33,5 @@ def test_manifest_records_run_and_copies_logs(make_cfg, tmp_path):
     assert manifest["hardware"]["cpu_count"] >= 1
     assert manifest["config"]["train"]["lr"] == 1e-3
     assert manifest["logs_copied"] == 1
-    assert (out / "logs" / "NimeshaNet" / "control_set_fold_1_log.csv").read_text() == log.read_text()
-    assert not (out / "logs" / "NimeshaNet" / "checkpoint.pt").exists()
+    assert (out / "fold_logs" / "NimeshaNet" / "control_set_fold_1_log.csv").read_text() == log.read_text()
+    assert not (out / "fold_logs" / "NimeshaNet" / "checkpoint.pt").exists()

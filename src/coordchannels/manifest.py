@@ -2,7 +2,7 @@
 
 `manifest_stage` writes `<stats.out_dir>/manifest.json` (config, commit, package versions, data
 checksums, hardware, seed, wall time per stage) and copies the per-fold logs the statistics were
-computed from into `<stats.out_dir>/logs/`, so that a results folder stands on its own.
+computed from into `<stats.out_dir>/fold_logs/` (`logs/` holds the stages' own logs), so that a results folder stands on its own.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def copy_logs(src: Path, dest: Path) -> int:
 def manifest_stage(cfg: DictConfig) -> None:
     out = Path(cfg.stats.out_dir)
     root = Path(cfg.paths.root_dir)
-    n_logs = copy_logs(Path(cfg.stats.logs_dir), out / "logs")
+    n_logs = copy_logs(Path(cfg.stats.logs_dir), out / "fold_logs")
     raw_dir = Path(cfg.task.data.raw_dir) if "raw_dir" in cfg.task.get("data", {}) else None
     manifest = {
         "task": cfg.task.name,
