@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.io import atomic_dir, write_text
-from coordchannels.pipeline import stage_timings
+from coordchannels.pipeline import git_state, stage_timings
 
 PACKAGES = ("torch", "numpy", "scipy", "pandas", "scikit-learn", "wfdb", "pillow", "hydra-core",
             "omegaconf", "matplotlib", "py7zr", "requests", "tqdm", "coordchannels")
@@ -33,19 +32,6 @@ def sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def git_state(root: Path) -> dict:
-    """Commit and whether the working tree had uncommitted changes (None outside a checkout)."""
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                                  check=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
 
 
 def package_versions() -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import time
 from pathlib import Path
 
@@ -37,19 +38,21 @@ def stage_spec(cfg: DictConfig, name: str) -> DictConfig:
 def run_stages(cfg: DictConfig) -> list[str]:
     """Run `cfg.stages` in order; return the names of the stages that were not available."""
     missing = []
+    # The code a run used is the commit it started from, whatever is committed while it runs.
+    commit = git_state(cfg.paths.root_dir)["commit"]
     for name in cfg.stages:
         spec = stage_spec(cfg, name)
         if spec.fn is None:
             log.warning("stage %r of task %r is not implemented yet: skipped", name, cfg.task.name)
             missing.append(name)
             continue
-        run_stage(cfg, name, get_method(spec.fn), Path(spec.out))
+        run_stage(cfg, name, get_method(spec.fn), Path(spec.out), commit)
     if missing:
         log.warning("not run (not implemented yet) for task %r: %s", cfg.task.name, ", ".join(missing))
     return missing
 
 
-def run_stage(cfg: DictConfig, name: str, fn, out: Path) -> None:
+def run_stage(cfg: DictConfig, name: str, fn, out: Path, commit: str | None = None) -> None:
     """Run one stage with a log file and the resolved config saved in `out/logs/`."""
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -66,7 +69,7 @@ def run_stage(cfg: DictConfig, name: str, fn, out: Path) -> None:
         fn(cfg)
         seconds = time.perf_counter() - start
         log.info("stage %s finished in %.1f s", name, seconds)
-        record_timing(out, name, seconds)
+        record_timing(out, name, seconds, commit)
     finally:
         root.removeHandler(handler)
         handler.close()
@@ -77,17 +80,42 @@ def timing_path(out: str | Path, name: str) -> Path:
     return Path(out) / "logs" / f"{name}.time.json"
 
 
-def record_timing(out: str | Path, name: str, seconds: float) -> None:
-    """Remember, beside its outputs, the wall time of the latest successful run of a stage."""
-    record = {"seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    write_text(timing_path(out, name), json.dumps(record) + "\n")
+def record_timing(out: str | Path, name: str, seconds: float, commit: str | None = None) -> None:
+    """Append, beside its outputs, the wall time of a successful run of a stage (a rerun that
+    found its outputs done appears as a short run after the one that did the work)."""
+    path = timing_path(out, name)
+    runs = read_timings(path)
+    runs.append({"seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                 "commit": commit})
+    write_text(path, json.dumps(runs, indent=1) + "\n")
+
+
+def read_timings(path: Path) -> list[dict]:
+    """The recorded runs of a stage; a single record (the first format) counts as one run."""
+    if not path.exists():
+        return []
+    runs = json.loads(path.read_text())
+    return [runs] if isinstance(runs, dict) else runs
+
+
+def git_state(root: str | Path) -> dict:
+    """Commit and whether tracked files had uncommitted changes (None outside a checkout)."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                  check=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
 
 
 def stage_timings(cfg: DictConfig) -> dict:
-    """Latest recorded wall time of every stage of the task (absent: never finished)."""
+    """Every recorded run (wall time, end, commit) of every stage of the task."""
     times = {}
     for name in cfg.task.stages:
         path = timing_path(stage_spec(cfg, name).out, name)
         if path.exists():
-            times[name] = json.loads(path.read_text())
+            times[name] = read_timings(path)
     return times
