@@ -16,7 +16,7 @@ OUT ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-TASKS := $(if $(filter all,$(TASK)),ecg sipakmed coordgate,$(TASK))
+TASKS := $(if $(filter all,$(TASK)),ecg coordgate sipakmed,$(TASK))
 # Local mirrors become Hydra overrides of the paths config.
 MIRRORS := $(if $(VFDB_DIR),paths.vfdb_mirror='$(VFDB_DIR)') $(if $(SIPAKMED_DIR),paths.sipakmed_mirror='$(SIPAKMED_DIR)') \
   $(if $(PUBLISHED_LOGS_DIR),paths.published_logs_mirror='$(PUBLISHED_LOGS_DIR)')
@@ -26,7 +26,7 @@ APP := $(PY) -m coordchannels
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "Variables: TASK=ecg|sipakmed|coordgate|all (default all)  ARGS='<hydra overrides>'"
+	@echo "Variables: TASK=ecg|coordgate|sipakmed|all (default all)  ARGS='<hydra overrides>'"
 	@echo "           VFDB_DIR=<local VFDB mirror>  SIPAKMED_DIR=<local SiPaKMeD archives or tree>"
 	@echo "           LOGS=<per-fold log folder> OUT=<output folder> (for make stats)"
 
