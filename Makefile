@@ -18,8 +18,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TASKS := $(if $(filter all,$(TASK)),ecg coordgate sipakmed,$(TASK))
 # Local mirrors become Hydra overrides of the paths config.
-MIRRORS := $(if $(VFDB_DIR),paths.vfdb_mirror='$(VFDB_DIR)') $(if $(SIPAKMED_DIR),paths.sipakmed_mirror='$(SIPAKMED_DIR)') \
-  $(if $(PUBLISHED_LOGS_DIR),paths.published_logs_mirror='$(PUBLISHED_LOGS_DIR)')
+# The outer double quotes are for the shell, the inner single quotes for Hydra, so that folder
+# names with spaces, commas or brackets reach the config unchanged.
+MIRRORS := $(if $(VFDB_DIR),"paths.vfdb_mirror='$(VFDB_DIR)'") \
+  $(if $(SIPAKMED_DIR),"paths.sipakmed_mirror='$(SIPAKMED_DIR)'") \
+  $(if $(PUBLISHED_LOGS_DIR),"paths.published_logs_mirror='$(PUBLISHED_LOGS_DIR)'")
 APP := $(PY) -m coordchannels
 
 .PHONY: help setup test test-slow reproduce data train stats table3 ecg-record ecg-arms demo clean-runs
@@ -61,7 +64,7 @@ train: setup ## train every job (model x arm x fold) of TASK, skipping finished 
 
 stats: setup ## statistics and figures for a folder of per-fold logs: make stats LOGS=<dir> OUT=<dir>
 	@test -n "$(LOGS)" -a -n "$(OUT)" || { echo "usage: make stats LOGS=<dir> OUT=<dir>"; exit 2; }
-	$(APP) stages=[stats,report] stats.logs_dir='$(LOGS)' stats.out_dir='$(OUT)' $(ARGS)
+	$(APP) stages=[stats,report] "stats.logs_dir='$(LOGS)'" "stats.out_dir='$(OUT)'" $(ARGS)
 
 table3: setup ## fetch the authors' published per-fold logs and re-derive the paper's Table 3
 	$(APP) stages=[published_logs,stats,report] $(MIRRORS) 'stats.logs_dir=$${paths.published_logs_dir}' \

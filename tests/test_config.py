@@ -61,3 +61,20 @@ def probe_stage(cfg):
     logging.getLogger("probe").info("probe running")
     (tmp := __import__("pathlib").Path(stage_spec(cfg, "probe").out)).mkdir(exist_ok=True)
     (tmp / "probe.txt").write_text(cfg.task.name)
+
+
+def test_outputs_made_with_other_settings_are_not_reused(tmp_path):
+    cfg = compose_config([f"paths.root_dir={tmp_path}", "stages=[probe]"])
+    out = tmp_path / "probe_out"
+    with open_dict(cfg):
+        cfg.stage_defs.probe = {"fn": "tests.test_config.probe_stage", "out": str(out),
+                                "depends_on": ["task.data.label_match", "seed"]}
+    run_stages(cfg)
+    run_stages(cfg)  # same settings: fine
+    cfg.task.data.label_match = "exact"
+    with pytest.raises(StageError, match=r"other settings \(task.data.label_match: 'substring' -> 'exact'\)"):
+        run_stages(cfg)
+    cfg.overwrite = True
+    run_stages(cfg)  # opt-in: redone, and the new settings recorded
+    cfg.overwrite = False
+    run_stages(cfg)

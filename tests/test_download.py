@@ -398,3 +398,19 @@ def _fast(fetch_fn):
         return fetch_fn(url, dest, **{**kwargs, "backoff": 0.01, "timeout": 10})
     return wrapped
 
+
+
+def test_invalid_samples_from_a_local_mirror(make_cfg, tmp_path):
+    real = require(SHARED_DATA / "sipakmed_invalid_samples.csv", "the invalid-sample list")
+    cfg = make_cfg("task=sipakmed", f"paths.invalid_samples_mirror={real}",
+                   "sources.invalid_samples_url=http://127.0.0.1:9/unreachable.csv")
+    path = download.invalid_samples(cfg)
+    assert path.read_bytes() == real.read_bytes()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("filename\n1_001_01\n")
+    path.unlink()
+    with open_dict(cfg):
+        cfg.paths.invalid_samples_mirror = str(bad)
+    with pytest.raises(ChecksumError):
+        download.invalid_samples(cfg)
+    assert not path.exists()

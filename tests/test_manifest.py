@@ -35,3 +35,15 @@ def test_manifest_records_run_and_copies_logs(make_cfg, tmp_path):
     assert manifest["logs_copied"] == 1
     assert (out / "fold_logs" / "NimeshaNet" / "control_set_fold_1_log.csv").read_text() == log.read_text()
     assert not (out / "fold_logs" / "NimeshaNet" / "checkpoint.pt").exists()
+
+
+def test_locked_archives_are_not_hashed_again(tmp_path):
+    from coordchannels.manifest import data_checksums
+
+    (tmp_path / "im_Parabasal.7z").write_bytes(b"archive bytes")
+    (tmp_path / "notes.txt").write_bytes(b"y")
+    lock = {"im_Parabasal.7z": {"sha256": "recorded-at-download", "size": 13}}
+    (tmp_path / "sipakmed_archives.lock.json").write_text(json.dumps(lock))
+    sums = data_checksums(tmp_path)
+    assert sums["im_Parabasal.7z"] == "recorded-at-download"
+    assert sums["notes.txt"] == hashlib.sha256(b"y").hexdigest()

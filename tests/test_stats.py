@@ -220,12 +220,10 @@ def test_bad_input_writes_no_output(tmp_path, make_cfg, breakage, message):
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_existing_outputs_are_kept_unless_overwrite(tmp_path, make_cfg):
+def test_tables_follow_the_logs_and_settings_of_each_run(tmp_path, make_cfg):
     logs = write_set(tmp_path / "logs")
     out = tmp_path / "out"
     stats_stage(stats_cfg(make_cfg, logs, out))
-    (out / "comparison_table.md").write_text("kept")
-    stats_stage(stats_cfg(make_cfg, logs, out))
-    assert (out / "comparison_table.md").read_text() == "kept"
-    stats_stage(stats_cfg(make_cfg, logs, out, "overwrite=true"))
-    assert (out / "comparison_table.md").read_text() != "kept"
+    monte_carlo = (out / "comparison_table.md").read_text()
+    stats_stage(stats_cfg(make_cfg, logs, out, "stats.method=exact"))
+    assert (out / "comparison_table.md").read_text() != monte_carlo

@@ -331,3 +331,9 @@ def test_parallel_jobs_match_serial_jobs(tiny_cfg):
         for fold in (1, 2):
             pd.testing.assert_frame_equal(read(job_log(parallel, arm=arm, fold=fold)),
                                           read(job_log(serial, arm=arm, fold=fold)), check_exact=True)
+
+
+def test_a_task_without_models_trains_nothing(make_cfg):
+    cfg = make_cfg("task=coordgate")
+    train.train_stage(cfg)  # no error, no run folder
+    assert not Path(cfg.train.run_dir).exists()

@@ -9,10 +9,15 @@ from omegaconf import DictConfig
 
 from coordchannels.pipeline import run_stages
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# The config tree lives at the repository root (conf/), beside src/: the project is used from
+# a checkout, installed in editable mode (`make setup`).
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+if not (CONF_DIR / "config.yaml").is_file():
+    raise SystemExit(f"coordchannels: config tree not found at {CONF_DIR}; use the package from its "
+                     "repository checkout, installed with `make setup` (pip install -e .)")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     run_stages(cfg)
 

@@ -458,6 +458,9 @@ def invalid_samples(cfg: DictConfig) -> Path:
         verify_file(dest, sha256=sha256, label=f"existing file {dest}",
                     advice="Delete it and re-run (or run with overwrite=true) to fetch a fresh copy.")
     dest.unlink(missing_ok=True)
+    mirror = OmegaConf.select(cfg, "paths.invalid_samples_mirror")
+    if mirror:
+        return copy_from_mirror(Path(mirror), dest, sha256=sha256)
     return fetch(cfg.sources.invalid_samples_url, dest, sha256=sha256, progress=False)
 
 

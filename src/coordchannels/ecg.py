@@ -462,8 +462,9 @@ def feature_files() -> dict[str, int]:
 def chunk_features(x: np.ndarray, width: int, stride: int, duration_s: float) -> dict[str, np.ndarray]:
     """Features of a chunk of augmented signals (n, leads, L): file name -> (n, k, L // stride)."""
     feats = {LEADS_NPY: median_stride(np.ascontiguousarray(x, dtype=np.float32), width, stride)}
-    # Extra channels at full resolution from the float64 signal, cast to float32 before the
-    # filter, as the scripts built them in numpy float64 and filtered the float32 tensor.
+    # Extra channels at full resolution, computed in float64 and cast to float32 before the
+    # filter, as the scripts built them in numpy float64 and filtered the float32 tensor. (Our
+    # augmented signals are stored as float32, so the float64 here starts from float32 values.)
     signal64 = torch.from_numpy(np.asarray(x, dtype=np.float64))
     for kind in KINDS:
         if N_EXTRA["1d"][kind] > 0:

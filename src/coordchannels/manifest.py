@@ -7,7 +7,6 @@ computed from into `<stats.out_dir>/fold_logs/` (`logs/` holds the stages' own l
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -19,19 +18,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from coordchannels.download import file_sha256
 from coordchannels.io import atomic_dir, write_text
 from coordchannels.pipeline import git_state, stage_timings
 
 PACKAGES = ("torch", "numpy", "scipy", "pandas", "scikit-learn", "wfdb", "pillow", "hydra-core",
             "omegaconf", "matplotlib", "py7zr", "requests", "tqdm", "coordchannels")
-
-
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_versions() -> dict:
@@ -64,10 +56,14 @@ def hardware() -> dict:
 
 
 def data_checksums(raw_dir: Path) -> dict:
-    """SHA-256 of every input file directly in the task's raw data folder."""
+    """SHA-256 of every input file directly in the task's raw data folder; files already listed
+    in a lock file there (the SiPaKMeD archives, 5 GB) are taken from it instead of re-read."""
     if not raw_dir.is_dir():
         return {}
-    return {p.name: sha256(p) for p in sorted(raw_dir.iterdir())
+    locked = {}
+    for lock in raw_dir.glob("*.lock.json"):
+        locked.update({name: entry["sha256"] for name, entry in json.loads(lock.read_text()).items()})
+    return {p.name: locked.get(p.name) or file_sha256(p) for p in sorted(raw_dir.iterdir())
             if p.is_file() and not p.name.endswith(".part") and not p.name.startswith(".")}
 
 

@@ -46,7 +46,9 @@ def run_stages(cfg: DictConfig) -> list[str]:
             log.warning("stage %r of task %r is not implemented yet: skipped", name, cfg.task.name)
             missing.append(name)
             continue
+        check_inputs(cfg, name, spec)
         run_stage(cfg, name, get_method(spec.fn), Path(spec.out), commit)
+        record_inputs(cfg, name, spec)
     if missing:
         log.warning("not run (not implemented yet) for task %r: %s", cfg.task.name, ", ".join(missing))
     return missing
@@ -74,6 +76,40 @@ def run_stage(cfg: DictConfig, name: str, fn, out: Path, commit: str | None = No
         root.removeHandler(handler)
         handler.close()
 
+
+
+def inputs_path(out: str | Path, name: str) -> Path:
+    return Path(out) / "logs" / f"{name}.inputs.json"
+
+
+def stage_inputs(cfg: DictConfig, spec: DictConfig) -> dict:
+    """The values of the settings a stage declares in `depends_on` (dotted config keys)."""
+    keys = spec.get("depends_on") or []
+    return {key: OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}), resolve=True)["v"]
+            for key in keys}
+
+
+def check_inputs(cfg: DictConfig, name: str, spec: DictConfig) -> None:
+    """Refuse to reuse outputs made with other settings than the ones asked for now.
+
+    Stages skip work whose outputs exist; without this check, changing e.g.
+    task.data.label_match would silently reuse the episodes of the old setting.
+    """
+    path = inputs_path(spec.out, name)
+    if cfg.overwrite or not path.exists():
+        return
+    recorded, wanted = json.loads(path.read_text()), stage_inputs(cfg, spec)
+    changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+    if changed:
+        raise StageError(
+            f"stage {name!r}: the outputs in {spec.out} were made with other settings "
+            f"({', '.join(f'{k}: {recorded.get(k)!r} -> {wanted.get(k)!r}' for k in changed)}); "
+            "rerun with overwrite=true, or point paths.processed_dir (or the task's folders) elsewhere")
+
+
+def record_inputs(cfg: DictConfig, name: str, spec: DictConfig) -> None:
+    if spec.get("depends_on"):
+        write_text(inputs_path(spec.out, name), json.dumps(stage_inputs(cfg, spec), indent=1) + "\n")
 
 
 def timing_path(out: str | Path, name: str) -> Path:

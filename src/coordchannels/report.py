@@ -109,11 +109,9 @@ def save_png(fig: Figure, path: Path, dpi: int = 120) -> None:
 
 
 def report_stage(cfg: DictConfig) -> None:
-    """Draw the learning curves of the compared arms into cfg.stats.out_dir."""
+    """Draw the learning curves of the compared arms into cfg.stats.out_dir (always redrawn, like
+    the tables, so that they follow the logs)."""
     out = Path(cfg.stats.out_dir)
-    if not cfg.get("overwrite", False) and (out / FIGURE_NAME).exists() and (out / CURVES_NAME).exists():
-        log.info("report: %s already in %s (set overwrite=true to redo)", FIGURE_NAME, out)
-        return
     logs = load_logs(cfg.stats.logs_dir, compare_setting(cfg))  # validates before anything is written
     summary = curve_summary(logs)
     fig = learning_curves_figure(summary)

@@ -243,8 +243,14 @@ def download_stage(cfg: DictConfig) -> None:
                 raise FileNotFoundError(f"SiPaKMeD source lacks class(es) "
                                         f"{[c for c in CLASSES if not (tmp / c).is_dir()]}")
     if data.get("fetch_authors_invalid", True):
-        path = download.invalid_samples(cfg)
-        log.info("download: the authors' invalid-sample list is %s", path)
+        # Report-only (preprocess compares it with the contour rule): a failure to get it must
+        # not throw away the archives' extraction above.
+        try:
+            path = download.invalid_samples(cfg)
+            log.info("download: the authors' invalid-sample list is %s", path)
+        except (download.DownloadError, OSError) as err:
+            log.warning("download: the authors' invalid-sample list is unavailable (%s); set "
+                        "paths.invalid_samples_mirror to a local copy to compare with it", err)
 
 
 # --------------------------------------------------------------------------------------------

@@ -397,12 +397,12 @@ def build_outputs(cfg: DictConfig) -> dict[str, pd.DataFrame | str]:
 
 
 def stats_stage(cfg: DictConfig) -> None:
-    """Compare arms on a folder of per-fold logs; write the tables into cfg.stats.out_dir."""
+    """Compare arms on a folder of per-fold logs; write the tables into cfg.stats.out_dir.
+
+    Always recomputed (a second or two): the tables must follow the logs and the settings
+    (method, resamples, arms) of this run, never an earlier one.
+    """
     out = Path(cfg.stats.out_dir)
-    names = output_names(isinstance(compare_setting(cfg), str))
-    if not cfg.get("overwrite", False) and all((out / name).exists() for name in names):
-        log.info("stats: outputs already in %s (set overwrite=true to redo)", out)
-        return
     outputs = build_outputs(cfg)  # everything is validated and computed before the first write
     for name, content in outputs.items():
         if isinstance(content, pd.DataFrame):

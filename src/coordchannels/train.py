@@ -78,6 +78,10 @@ class Job:
 # --------------------------------------------------------------------------------------------
 def train_stage(cfg: DictConfig) -> None:
     """Run every job of the grid (models x arms x seeds x folds), skipping finished ones."""
+    if not cfg.task.models:
+        log.info("task %s trains no models (its experiment stage trains its own): nothing to do",
+                 cfg.task.name)
+        return
     jobs = job_grid(cfg)
     update_run_config(cfg, jobs)
     n_jobs = max(1, min(int(cfg.train.n_jobs), len(jobs)))
@@ -196,6 +200,9 @@ def run_job(cfg: DictConfig, model_name: str, arm_name: str, seed: int, fold: in
     if out_log.exists() and not cfg.overwrite:
         log.info("%s: already finished (%s), skipped", job, out_log)
         return out_log
+    # Retraining: drop the old log first, so that an interrupted retrain can never leave the
+    # previous run's log beside the new checkpoint and be mistaken for finished.
+    out_log.unlink(missing_ok=True)
     rows, columns = train_job(cfg, job, state, lambda model, opt, rows: save_checkpoint(
         ckpt_path, fingerprint, model, opt, rows))
     write_csv(log_frame(rows, columns), out_log)
