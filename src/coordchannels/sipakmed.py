@@ -193,6 +193,11 @@ def extract_cropped(archive: str | Path, dest: str | Path) -> int:
                     shutil.move(Path(tmp) / member, dest / canonical_name(base))
     except py7zr.exceptions.Bad7zFile as err:
         raise ValueError(f"{archive}: not a readable 7z archive ({err})") from err
+    except py7zr.exceptions.UnsupportedCompressionMethodError as err:
+        # py7zr lacks a few 7-Zip codecs (e.g. BCJ2); an extracted tree works just as well.
+        raise ValueError(f"{archive}: py7zr cannot decode its compression ({err}); extract the "
+                         "archives with 7-Zip (`7z x <archive>`) and pass the extracted folder as "
+                         "SIPAKMED_DIR (paths.sipakmed_mirror)") from err
     return len(members)
 
 
