@@ -27,7 +27,7 @@ import torch
 from coordchannels.channels import extra_channels_1d
 from coordchannels.ecg import EcgTaskData, chunk_features
 from coordchannels.models import NimeshaNet
-from coordchannels.train import predict, train_one_epoch
+from coordchannels.train import _tune_malloc, predict, train_one_epoch
 
 FULL_SAMPLES, FULL_TRAIN, JOBS, EPOCHS = 24_200, 19_360, 20, 15
 
@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--augmented", default="data/processed/ecg/augmented.npy")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    _tune_malloc()  # as the trainer does; applies to both pipelines (same process)
 
     signals, source = load_signals(Path(args.augmented), args.samples, args.seed)
     targets = np.random.default_rng(args.seed).uniform(0, 20, len(signals)).astype(np.float32)
