@@ -24,7 +24,9 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """Compose conf/config.yaml exactly as the app does, with `overrides`."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides or [], return_hydra_config=False)
+        # One job at a time in tests: worker processes cost more to start than tiny jobs take.
+        overrides = ["train.n_jobs=1", *(overrides or [])]
+        return compose(config_name="config", overrides=overrides, return_hydra_config=False)
 
 
 @pytest.fixture

@@ -337,3 +337,12 @@ def test_a_task_without_models_trains_nothing(make_cfg):
     cfg = make_cfg("task=coordgate")
     train.train_stage(cfg)  # no error, no run folder
     assert not Path(cfg.train.run_dir).exists()
+
+
+def test_auto_runs_one_job_per_core_on_a_cpu(make_cfg, monkeypatch):
+    monkeypatch.setattr(train, "_cores", lambda: 2)
+    cfg = make_cfg("train.n_jobs=auto", "train.device=cpu")
+    assert train.jobs_side_by_side(cfg, 20) == 2
+    assert train.jobs_side_by_side(cfg, 1) == 1
+    cfg = make_cfg("train.n_jobs=3")
+    assert train.jobs_side_by_side(cfg, 20) == 3

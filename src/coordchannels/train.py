@@ -84,7 +84,7 @@ def train_stage(cfg: DictConfig) -> None:
         return
     jobs = job_grid(cfg)
     update_run_config(cfg, jobs)
-    n_jobs = max(1, min(int(cfg.train.n_jobs), len(jobs)))
+    n_jobs = jobs_side_by_side(cfg, len(jobs))
     threads = threads_per_job(cfg, n_jobs)
     log.info("%d training jobs in %s (%d side by side, %d torch thread(s) each)",
              len(jobs), cfg.train.run_dir, n_jobs, threads)
@@ -133,12 +133,24 @@ def _selected(wanted, known, what: str, where: str) -> list[str]:
     return names
 
 
+def jobs_side_by_side(cfg: DictConfig, n_jobs_total: int) -> int:
+    """cfg.train.n_jobs, where `auto` = one job per core on a CPU (the small models gain little
+    from more threads per job) and one at a time on a GPU (which a single job keeps busy)."""
+    wanted = cfg.train.n_jobs
+    if str(wanted) == "auto":
+        wanted = 1 if resolve_device(cfg.train.device).type == "cuda" else _cores()
+    return max(1, min(int(wanted), n_jobs_total))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def threads_per_job(cfg: DictConfig, n_jobs: int) -> int:
     """cfg.train.num_threads, or the cores shared equally by the jobs running side by side."""
     if cfg.train.num_threads is not None:
         return int(cfg.train.num_threads)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // n_jobs)
+    return max(1, _cores() // n_jobs)
 
 
 def _job_args(job: Job) -> tuple[str, str, int, int]:
