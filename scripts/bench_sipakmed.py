@@ -48,10 +48,11 @@ from sklearn.metrics import r2_score
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from coordchannels.channels import N_EXTRA, extra_channels_2d
+from coordchannels.channels import N_EXTRA
 from coordchannels.io import save_npy, write_text
 from coordchannels.models import LakshyaNet
-from coordchannels.warp import affine_matrices, variant_params, warp_images, warp_points
+from coordchannels.sipakmed import SipakmedTaskData
+from coordchannels.warp import variant_params
 
 ARM_CHANNELS = {"control": "coords", "study": "intensity_weighted_coords"}
 
@@ -76,8 +77,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--arm", default="study", choices=sorted(ARM_CHANNELS))
     p.add_argument("--reduced", action="store_true", help="Reduced Parameter LakshyaNet")
-    p.add_argument("--storage", default="uint8", choices=["uint8", "float16"],
-                   help="how the base images are held on the device")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--amp", action="store_true", help="bf16 autocast in (a) and (b)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -177,47 +176,54 @@ def synthetic_cells(n: int, size: int, seed: int, chunk: int = 128) -> tuple[tor
 
 @dataclass
 class DeviceData:
-    """Base images and everything per sample that a batch needs, resident on the device."""
+    """The project's SiPaKMeD loader (coordchannels.sipakmed.SipakmedTaskData) over synthetic
+    cells, so that (a) times exactly the per-batch path training uses: normalise, warp, channels."""
 
-    store: torch.Tensor        # (N, 3, H, W) uint8, or float16 already normalised
-    mean: torch.Tensor         # (N, 1, 1, 1) per-image mean (uint8 storage)
-    std: torch.Tensor          # (N, 1, 1, 1) per-image std
-    matrices: torch.Tensor     # (N * V, 2, 3) forward maps
-    targets: torch.Tensor      # (N * V, 2) warped nucleus centres, float32
-    n_variants: int
-    channels: str
+    task: SipakmedTaskData
     channels_last: bool
 
     @property
     def n_samples(self) -> int:
-        return self.matrices.shape[0]
+        return len(self.task)
+
+    @property
+    def channels(self) -> str:
+        return self.task.channels
+
+    @property
+    def device(self) -> torch.device:
+        return self.task.images.device
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """(N * V, 2) targets of every sample, in sample order."""
+        return self.task.targets(torch.arange(self.n_samples, device=self.device))
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Model input (B, 3 + k, H, W) float32 and targets (B, 2) for sample ids `idx`."""
-        image = idx // self.n_variants
-        x = self.store[image]
-        if x.dtype == torch.uint8:
-            x = (x.float() - self.mean[image]) / self.std[image]
-        x = warp_images(x.float(), self.matrices[idx])
-        x = torch.cat([x, extra_channels_2d(x, self.channels)], dim=1)
+        x = self.task.inputs(idx)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, self.targets[idx]
+        return x, self.task.targets(idx)
 
 
 def device_data(images: torch.Tensor, centres: torch.Tensor, args, device: torch.device,
                 n_variants: int, seed: int) -> DeviceData:
-    """Move the base images to the device and precompute every variant's map and target."""
+    """Base images (uint8) and their statistics on the device; variants warped per batch."""
     n, _, h, w = images.shape
     flat = images.float().flatten(1)
-    mean = flat.mean(dim=1).view(n, 1, 1, 1)
-    std = flat.std(dim=1).clamp_min(1e-6).view(n, 1, 1, 1)
-    store = images if args.storage == "uint8" else ((images.float() - mean) / std).half()
-    params = torch.from_numpy(variant_params(n, n_variants, seed))
-    matrices = affine_matrices(params, (h, w))
-    targets = warp_points(centres.repeat_interleave(n_variants, dim=0)[:, None, :], matrices)[:, 0]
-    return DeviceData(store.to(device), mean.to(device), std.to(device), matrices.to(device),
-                      targets.float().to(device), n_variants, ARM_CHANNELS[args.arm], args.channels_last)
+    task = SipakmedTaskData(
+        images=images.to(device),
+        mean=flat.mean(dim=1).to(device),
+        std=flat.std(dim=1).clamp_min(1e-6).to(device),
+        box=torch.tensor([[0, 0, h, w]] * n, device=device),  # synthetic cells fill the frame
+        centres=centres.double().to(device),
+        params=torch.from_numpy(variant_params(n, n_variants, seed)).to(device),
+        image_fold=np.ones(n, dtype=np.int64),
+        n_variants=n_variants,
+        channels=ARM_CHANNELS[args.arm],
+    )
+    return DeviceData(task, args.channels_last)
 
 
 def index_stream(n_samples: int, batch: int, seed: int, device: torch.device):
@@ -268,7 +274,7 @@ def write_sample_files(data: DeviceData, ids: torch.Tensor, folder: Path,
     cl, data.channels_last = data.channels_last, False
     try:
         for chunk in ids.split(64):
-            x, y = data.batch(chunk.to(data.matrices.device))
+            x, y = data.batch(chunk.to(data.device))
             x, y = x.float().cpu().numpy(), y.cpu().numpy()
             for sample, target, sid in zip(x, y, chunk.tolist()):
                 path = folder / f"sample_{sid:06d}.npy"
@@ -524,9 +530,8 @@ def amp_check(args, device: torch.device) -> dict:
     size = args.amp_check_size
     images, centres = synthetic_cells(args.images, size, args.seed)
     test_images, test_centres = synthetic_cells(max(8, args.images // 4), size, args.seed + 1000)
-    check_args = argparse.Namespace(**{**vars(args), "storage": "uint8"})
-    data = device_data(images, centres, check_args, device, args.variants, args.seed)
-    test = device_data(test_images, test_centres, check_args, device, 2, args.seed + 1000)
+    data = device_data(images, centres, args, device, args.variants, args.seed)
+    test = device_data(test_images, test_centres, args, device, 2, args.seed + 1000)
     fp32 = train_curve(args, data, test, device, amp=False, seed=args.seed)
     bf16 = train_curve(args, data, test, device, amp=True, seed=args.seed)
     other = train_curve(args, data, test, device, amp=False, seed=args.seed + 1)

@@ -33,6 +33,7 @@ from scipy import signal as sps
 
 from coordchannels.channels import KINDS, N_EXTRA, extra_channels_1d
 from coordchannels.io import atomic_path, save_npy, write_csv
+from coordchannels.taskdata import folds_present
 
 log = logging.getLogger(__name__)
 
@@ -521,9 +522,7 @@ class EcgTaskData:
         return int(self.x.shape[1])
 
     def split(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
-        folds = np.unique(self.sample_fold)
-        if fold not in folds:
-            raise ValueError(f"fold {fold} does not exist; the folds are {folds.tolist()}")
+        folds_present(self.sample_fold, fold)
         return np.flatnonzero(self.sample_fold != fold), np.flatnonzero(self.sample_fold == fold)
 
     def targets(self, idx: torch.Tensor) -> torch.Tensor:

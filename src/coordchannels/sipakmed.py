@@ -48,8 +48,9 @@ from PIL import Image
 
 from coordchannels import download, warp
 from coordchannels.channels import KINDS, N_EXTRA, extra_channels_2d
-from coordchannels.folds import SIPAKMED_GROUPINGS, sipakmed_folds, slide_of
+from coordchannels.folds import FOLDS_CSV, SIPAKMED_GROUPINGS, sipakmed_folds, slide_of
 from coordchannels.io import atomic_dir, atomic_path, save_npz, write_csv
+from coordchannels.taskdata import folds_present
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,6 @@ INVALID_COMPARE_CSV = "invalid_vs_authors.csv"
 IMAGES_NPY = "images.npy"
 CACHE_NPZ = "cache.npz"
 VARIANTS_CSV = "variants.csv"
-FOLDS_CSV = "folds.csv"
 PREPROCESS_OUTPUTS = (SAMPLES_CSV, EXCLUDED_CSV, IMAGES_NPY, CACHE_NPZ, VARIANTS_CSV)
 
 
@@ -679,9 +679,7 @@ class SipakmedTaskData:
         """(train, test) sample indices in the scripts' order: training folds ascending, within a
         fold images by sample id, each image's variants 0..19 in a row. The order matters for
         the target statistics, taken from the first 10000 training samples."""
-        folds = np.unique(self.image_fold)
-        if fold not in folds:
-            raise ValueError(f"fold {fold} does not exist; the folds are {folds.tolist()}")
+        folds = folds_present(self.image_fold, fold)
         train_images = np.concatenate([np.flatnonzero(self.image_fold == f) for f in folds if f != fold])
         test_images = np.flatnonzero(self.image_fold == fold)
         return self._expand(train_images), self._expand(test_images)

@@ -31,3 +31,12 @@ class TaskData(Protocol):
 
     def inputs(self, idx: torch.Tensor) -> torch.Tensor:
         """Model inputs of samples `idx` as float32 (n, n_channels, ...) on the device."""
+
+
+def folds_present(fold_of: np.ndarray, fold: int) -> np.ndarray:
+    """The fold numbers in `fold_of` (one per sample or image); a clear error if `fold` is not
+    among them. Shared by the tasks' `split`."""
+    folds = np.unique(fold_of)
+    if fold not in folds:
+        raise ValueError(f"fold {fold} does not exist; the folds are {folds.tolist()}")
+    return folds
