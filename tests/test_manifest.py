@@ -47,3 +47,22 @@ def test_locked_archives_are_not_hashed_again(tmp_path):
     sums = data_checksums(tmp_path)
     assert sums["im_Parabasal.7z"] == "recorded-at-download"
     assert sums["notes.txt"] == hashlib.sha256(b"y").hexdigest()
+
+
+def test_archives_read_from_a_mirror_and_cropped_cells_are_in_the_checksums(tmp_path):
+    """The lock lists archives that stay in the mirror; the extracted cells get one tree digest
+    that changes when any cell file does."""
+    from coordchannels.manifest import data_checksums
+
+    lock = {"im_Parabasal.7z": {"sha256": "recorded", "size": 13}}
+    (tmp_path / "sipakmed_archives.lock.json").write_text(json.dumps(lock))
+    cells = tmp_path / "cropped" / "Parabasal"
+    cells.mkdir(parents=True)
+    (cells / "001_01.bmp").write_bytes(b"image")
+    (cells / "001_01_nuc.dat").write_bytes(b"1,2\n")
+    sums = data_checksums(tmp_path)
+    assert sums["im_Parabasal.7z"] == "recorded"
+    before = sums["cropped/"]
+    assert len(before) == 64
+    (cells / "001_01_nuc.dat").write_bytes(b"1,3\n")
+    assert data_checksums(tmp_path)["cropped/"] != before

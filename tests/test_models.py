@@ -136,3 +136,20 @@ def test_coordgate_follows_each_convolution():
     assert [g.size for g in gates2] == [(32, 32), (16, 16), (8, 8), (4, 4)]
     out = net2(torch.randn(2, 5, 32, 32))
     assert out.shape == (2, 2) and torch.all((out > 0) & (out < 255))
+
+
+@pytest.mark.parametrize("task, model", [("ecg", "nimeshanet"), ("sipakmed", "lakshyanet")])
+def test_coordgate_arm_options_reach_every_gate(task, model):
+    """conf/arm/coordgate.yaml's coordgate_options set every gate's encoder (here 3 layers, 8 units)."""
+    from coordchannels.coordgate import CoordGate
+    from coordchannels.train import build_model
+    from tests.conftest import compose_config
+
+    cfg = compose_config([f"task={task}", "arms.coordgate.model_kwargs.coordgate_options.n_layers=3",
+                          "arms.coordgate.model_kwargs.coordgate_options.hidden=8"])
+    net = build_model(cfg.task.models[model], cfg.arms.coordgate, n_channels=3)
+    gates = [m for m in net.modules() if isinstance(m, CoordGate)]
+    assert len(gates) == 4
+    for gate in gates:
+        convs = [m for m in gate.encoder if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+        assert len(convs) == 3 and convs[0].out_channels == 8

@@ -8,6 +8,7 @@ generated archives from a server on 127.0.0.1 started here.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +136,7 @@ def test_only_cropped_cell_images_and_nucleus_contours_are_members():
 
 def test_extraction_takes_only_the_cropped_cells(fake_archives, tmp_path):
     archive = fake_archives.paths[CLASSES.index("Parabasal")]
-    n = extract_cropped(archive, tmp_path / "Parabasal")
+    n = extract_cropped(archive, tmp_path / "im_Parabasal" / "CROPPED")  # parents made as needed
     names = sorted(fake_archives.cells.query("`class` == 'Parabasal'")["name"])
     expected = sorted([f"{m}.bmp" for m in names] + [f"{m}_nuc.dat" for m in names])
     assert n == len(expected)
@@ -204,6 +205,29 @@ def test_download_stage_uses_an_extracted_tree_mirror(fake_tree, fake_archives, 
     b = files_under(Path(from_tree.task.data.raw_dir) / CROPPED)
     assert a == b and len(a) == 2 * N_CELLS
     assert sorted({k.split("/")[0] for k in a}) == sorted(CLASSES)
+
+
+def test_archives_in_a_mirror_are_read_in_place_and_locked(fake_archives, make_cfg, monkeypatch):
+    """A mirror with the archives: nothing 5 GB-sized is copied into raw_dir, the lock is written
+    there, and a mirror archive of the wrong size is an error that leaves no cropped folder."""
+    sizes = archive_sizes(fake_archives.paths)
+    monkeypatch.setattr(download, "registry", lambda name: sizes)
+    mirror = fake_archives.paths[0].parent
+    cfg = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false", f"paths.sipakmed_mirror={mirror}")
+    download_stage(cfg)
+    raw = Path(cfg.task.data.raw_dir)
+    assert not list(raw.glob("*.7z"))
+    lock = json.loads((raw / download.SIPAKMED_LOCK).read_text())
+    assert sorted(lock) == sorted(sizes)
+    assert len(files_under(raw / CROPPED)) == 2 * N_CELLS
+
+    bad = dict(sizes, **{fake_archives.paths[0].name: sizes[fake_archives.paths[0].name] + 1})
+    monkeypatch.setattr(download, "registry", lambda name: bad)
+    other = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false", f"paths.sipakmed_mirror={mirror}",
+                     "task.data.raw_dir=${paths.raw_dir}/other")
+    with pytest.raises(download.ChecksumError, match=f"mirror file .*{fake_archives.paths[0].name}: size"):
+        download_stage(other)
+    assert not (Path(other.task.data.raw_dir) / CROPPED).exists()
 
 
 def test_download_stage_with_an_empty_mirror_is_a_clear_error(make_cfg, tmp_path):

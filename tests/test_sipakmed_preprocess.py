@@ -207,6 +207,47 @@ def test_preprocess_compares_with_the_authors_list(prepared, fake, make_cfg):
     assert table.loc["2_095_10"].tolist() == [False, False, True]  # listed by them, not in this data
 
 
+def write_authors_list(cfg, ids) -> None:
+    (Path(cfg.task.data.raw_dir) / "invalid_samples.csv").write_text("filename\n" + "".join(f"{i}\n" for i in ids))
+
+
+@pytest.mark.parametrize("rule", ["authors", "either"])
+def test_invalid_rule_authors_or_either(prepared, fake, rule):
+    """authors: exactly the listed ids present in the data go (a contour-invalid cell they do not
+    list stays); either: both lists go. Folds follow the sample set."""
+    cfg = prepared(folds=False)
+    listed_valid = sorted(set(fake.cells["sample_id"]) - set(fake.invalid_ids))[0]
+    listed = [fake.invalid_ids[0], listed_valid, "2_095_10"]  # the last is not in this data
+    write_authors_list(cfg, listed)
+    cfg = prepared(f"task.data.invalid_rule={rule}", "overwrite=true")
+    out = Path(cfg.task.processed_dir)
+    excluded = pd.read_csv(out / EXCLUDED_CSV).set_index("sample_id")["reason"]
+    want = set(listed[:2]) | (set(fake.invalid_ids) if rule == "either" else set())
+    assert set(excluded.index) == want
+    assert "authors' invalid_samples.csv" in excluded[listed_valid]
+    kept = set(pd.read_csv(out / SAMPLES_CSV, dtype=str)["sample_id"])
+    assert kept == set(fake.cells["sample_id"]) - want
+    assert set(pd.read_csv(out / FOLDS_CSV, dtype=str)["sample_id"]) == kept
+
+
+def test_invalid_rule_authors_needs_their_list(prepared):
+    cfg = prepared(folds=False)
+    (Path(cfg.task.data.raw_dir) / "invalid_samples.csv").unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match="invalid_samples.csv"):
+        prepared("task.data.invalid_rule=authors", "overwrite=true", folds=False)
+    with pytest.raises(ValueError, match="invalid_rule must be one of"):
+        prepared("task.data.invalid_rule=nonsense", "overwrite=true", folds=False)
+
+
+def test_folds_of_another_sample_set_are_refused(prepared, fake):
+    cfg = prepared()
+    write_authors_list(cfg, [fake.invalid_ids[0]])
+    cfg = prepared("task.data.invalid_rule=authors", "overwrite=true", folds=False)
+    cfg.overwrite = False
+    with pytest.raises(ValueError, match="another sample set"):
+        folds_stage(cfg)
+
+
 def test_preprocess_skips_finished_work_unless_overwrite(prepared):
     cfg = prepared(folds=False)
     path = Path(cfg.task.processed_dir) / IMAGES_NPY

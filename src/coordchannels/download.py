@@ -2,8 +2,8 @@
 
 Two layers:
 
-* generic pieces: `fetch` (HTTP, resumable, retried, verified), `copy_from_mirror` (a local copy,
-  verified), `obtain` (do nothing if the file is already there and verifies, else mirror or
+* generic pieces: `fetch` (HTTP, resumable, retried, verified), `mirror_file` (a file of a local
+  mirror, used in place), `copy_from_mirror` (a local copy, verified), `obtain` (do nothing if the file is already there and verifies, else mirror or
   network), `check_or_record_lock` (pin the SHA-256 of files that are only known by size);
 * the download stages of the project: `vfdb_stage`, `published_logs_stage`, and the helpers
   `invalid_samples` and `sipakmed_archives` used by the SiPaKMeD stages.
@@ -288,15 +288,23 @@ def _stream_to(response: requests.Response, part: Path, offset: int, total: int 
 # --------------------------------------------------------------------------------------------
 
 
+def mirror_file(src: str | os.PathLike, *, size: int | None = None, advice: str = "") -> Path:
+    """A file of a local mirror, checked to exist and (cheaply) to have the expected size."""
+    src = Path(src)
+    if not src.is_file():
+        raise FileNotFoundError(f"mirror file {src} not found: the mirror folder must hold every file "
+                                f"of the data set (or unset the mirror to download from the network)")
+    verify_file(src, size=size, label=f"mirror file {src}",
+                advice=advice or "Replace the mirror's copy with a good one.")
+    return src
+
+
 def copy_from_mirror(src: str | os.PathLike, dest: str | os.PathLike, *, sha256: str | None = None,
                      size: int | None = None) -> Path:
     """Copy a file from a local mirror to `dest`, verifying the copy before it gets its name."""
-    src, dest = Path(src), Path(dest)
-    if not src.is_file():
-        raise FileNotFoundError(f"mirror file {src} not found: the mirror folder must hold every file "
-                                f"to be copied (or unset the mirror to download from the network)")
+    dest = Path(dest)
     advice = f"Nothing was written to {dest}; replace the mirror's copy with a good one."
-    verify_file(src, size=size, label=f"mirror file {src}", advice=advice)  # cheap check first
+    src = mirror_file(src, size=size, advice=advice)  # cheap checks first
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
         verify_file(tmp, sha256=sha256, size=size, label=f"mirror file {src}", advice=advice)
@@ -468,14 +476,15 @@ SIPAKMED_LOCK = "sipakmed_archives.lock.json"
 
 
 def sipakmed_archives(cfg: DictConfig) -> list[Path]:
-    """The five SiPaKMeD 7z archives in `cfg.task.data.raw_dir`, verified; return their paths.
+    """The five SiPaKMeD 7z archives, verified; return their paths.
 
     The source publishes only sizes, so archives are checked by size, then pinned by SHA-256 in
     `<raw_dir>/sipakmed_archives.lock.json` on the first complete download and checked against it
-    on every later run. Source: `cfg.task.data.mirror` when set (a folder holding the archives),
-    else `cfg.task.data.url` (slow server: resumable, retried). A mirror that holds none of the
-    archives is taken to be an already extracted tree: nothing is downloaded and [] returned; one
-    that holds only some of them is an error naming the missing archive.
+    on every later run. Source: `cfg.task.data.mirror` when set (a folder holding the archives:
+    they are verified and read where they are, not copied, as they are 5 GB), else
+    `cfg.task.data.url` into `raw_dir` (slow server: resumable, retried). A mirror that holds none
+    of the archives is taken to be an already extracted tree: nothing is downloaded and [] is
+    returned; one that holds only some of them is an error naming the missing archive.
     """
     data = cfg.task.data
     sizes = registry("sipakmed_archives")
@@ -483,9 +492,13 @@ def sipakmed_archives(cfg: DictConfig) -> list[Path]:
     if mirror is not None and not any((mirror / name).is_file() for name in sizes):
         log.info("SiPaKMeD mirror %s holds no archives (an extracted tree?): nothing to download", mirror)
         return []
-    paths = [obtain(name, data.raw_dir, base_url=data.url, mirror=mirror, size=size,
-                    replace_bad=bool(cfg.overwrite)) for name, size in sizes.items()]
+    if mirror is not None:
+        paths = [mirror_file(mirror / name, size=size) for name, size in sizes.items()]
+    else:
+        paths = [obtain(name, data.raw_dir, base_url=data.url, size=size, replace_bad=bool(cfg.overwrite))
+                 for name, size in sizes.items()]
     log.info("SiPaKMeD: checking %d archives against the lock file (SHA-256 of %.1f GB)",
              len(paths), sum(sizes.values()) / 1e9)
+    # The lock lives in raw_dir even for a mirror: a user's folder may be read-only or shared.
     check_or_record_lock(paths, Path(data.raw_dir) / SIPAKMED_LOCK)
     return paths

@@ -7,6 +7,7 @@ computed from into `<stats.out_dir>/fold_logs/` (`logs/` holds the stages' own l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -56,15 +57,33 @@ def hardware() -> dict:
 
 
 def data_checksums(raw_dir: Path) -> dict:
-    """SHA-256 of every input file directly in the task's raw data folder; files already listed
-    in a lock file there (the SiPaKMeD archives, 5 GB) are taken from it instead of re-read."""
+    """SHA-256 of the task's input data in its raw data folder.
+
+    Files directly in the folder: their own SHA-256, except those pinned in a lock file there,
+    whose recorded sums are used (the SiPaKMeD archives, 5 GB, possibly read from a mirror and
+    not in the folder at all). A subfolder (SiPaKMeD's `cropped/` cells) gets one digest of its
+    sorted (relative path, SHA-256) list, `tree_sha256`.
+    """
     if not raw_dir.is_dir():
         return {}
-    locked = {}
-    for lock in raw_dir.glob("*.lock.json"):
-        locked.update({name: entry["sha256"] for name, entry in json.loads(lock.read_text()).items()})
-    return {p.name: locked.get(p.name) or file_sha256(p) for p in sorted(raw_dir.iterdir())
-            if p.is_file() and not p.name.endswith(".part") and not p.name.startswith(".")}
+    sums = {}
+    for lock in sorted(raw_dir.glob("*.lock.json")):
+        sums.update({name: entry["sha256"] for name, entry in json.loads(lock.read_text()).items()})
+    for p in sorted(raw_dir.iterdir()):
+        if p.name.startswith(".") or p.name.endswith(".part"):
+            continue
+        if p.is_file():
+            sums[p.name] = sums.get(p.name) or file_sha256(p)
+        elif p.is_dir() and p.name != "logs":  # logs/: the stages' own logs, not data
+            sums[f"{p.name}/"] = tree_sha256(p)
+    return sums
+
+
+def tree_sha256(folder: Path) -> str:
+    """One SHA-256 for a folder: of the lines `<relative path> <file SHA-256>`, sorted by path."""
+    lines = sorted(f"{p.relative_to(folder).as_posix()} {file_sha256(p)}\n"
+                   for p in folder.rglob("*") if p.is_file())
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def copy_logs(src: Path, dest: Path) -> int:

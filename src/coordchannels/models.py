@@ -10,7 +10,8 @@ The "reduced parameter" variants pool once more after block 4, so the learnable 
 quarter (2-D) or about half (1-D) of the weights.
 
 `coordgate=True` puts a CoordGate (SPEC section 8) right after each block's convolution, so each
-block's output channels are multiplied by a learned function of position.
+block's output channels are multiplied by a learned function of position; `coordgate_options`
+(hidden, n_layers, pointwise) go to every CoordGate (conf/arm/coordgate.yaml sets them).
 """
 
 from __future__ import annotations
@@ -49,11 +50,11 @@ class PairAverage1D(nn.Module):
         return (x[..., 0:end:2] + x[..., 1:end:2]) * 0.5
 
 
-def _coordgate(n_channels: int, size: int | tuple[int, int]) -> nn.Module:
+def _coordgate(n_channels: int, size: int | tuple[int, int], options: dict | None) -> nn.Module:
     """A CoordGate for feature maps of `size`; imported here so the models work without it."""
     from coordchannels.coordgate import CoordGate
 
-    return CoordGate(n_channels, size)
+    return CoordGate(n_channels, size, **(options or {}))
 
 
 def _check_size(name: str, size: int, n_halvings: int) -> None:
@@ -65,7 +66,7 @@ class NimeshaNet(nn.Module):
     """1-D CNN for a scalar position in (0, out_scale): (B, in_channels, length) -> (B, 1)."""
 
     def __init__(self, in_channels: int, reduced: bool = False, out_scale: float = 20.0,
-                 length: int = 500, coordgate: bool = False):
+                 length: int = 500, coordgate: bool = False, coordgate_options: dict | None = None):
         super().__init__()
         n_pools = 5 if reduced else 4
         _check_size("NimeshaNet", length, n_pools)
@@ -74,7 +75,7 @@ class NimeshaNet(nn.Module):
         for c_in, c_out in zip((in_channels, *WIDTHS[:-1]), WIDTHS):
             layers.append(nn.Conv1d(c_in, c_out, kernel_size=3, padding=1))
             if coordgate:
-                layers.append(_coordgate(c_out, size))
+                layers.append(_coordgate(c_out, size, coordgate_options))
             layers += [nn.BatchNorm1d(c_out), nn.ReLU(), PairAverage1D()]
             size //= 2
         if reduced:
@@ -98,7 +99,7 @@ class LakshyaNet(nn.Module):
     """
 
     def __init__(self, in_channels: int, reduced: bool = False, out_scale: float = 255.0,
-                 size: int = 256, coordgate: bool = False):
+                 size: int = 256, coordgate: bool = False, coordgate_options: dict | None = None):
         super().__init__()
         n_pools = 4 if reduced else 3
         _check_size("LakshyaNet", size, n_pools)
@@ -107,7 +108,7 @@ class LakshyaNet(nn.Module):
         for i, (c_in, c_out) in enumerate(zip((in_channels, *WIDTHS[:-1]), WIDTHS)):
             layers.append(nn.Conv2d(c_in, c_out, kernel_size=3, padding=1))
             if coordgate:
-                layers.append(_coordgate(c_out, (side, side)))
+                layers.append(_coordgate(c_out, (side, side), coordgate_options))
             layers += [nn.BatchNorm2d(c_out), nn.ReLU()]
             if i < 3 or reduced:  # blocks 1-3 pool; the reduced net pools after block 4 too
                 layers.append(nn.AvgPool2d(2))

@@ -61,6 +61,7 @@ CLASSES = tuple(CLASS_PREFIX)
 CENTRES = ("vertex_mean", "polygon_centroid")
 RESIZE_RULES = ("truncate", "round")
 NORM_STATS = ("original", "resized")
+INVALID_RULES = ("contour", "authors", "either")
 
 # Cell files inside a CROPPED folder: NNN_MM.bmp and its nucleus contour NNN_MM_nuc.dat.
 CELL_BMP = re.compile(r"(\d+_\d+)\.bmp", re.IGNORECASE)
@@ -186,6 +187,7 @@ def extract_cropped(archive: str | Path, dest: str | Path) -> int:
             twice = sorted({b for b in basenames if basenames.count(b) > 1})
             if twice:
                 raise ValueError(f"{archive}: cell files found in more than one CROPPED folder: {twice[:5]}")
+            dest.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".extract.") as tmp:
                 z.extract(path=tmp, targets=members)
                 dest.mkdir(parents=True, exist_ok=True)
@@ -220,8 +222,9 @@ def download_stage(cfg: DictConfig) -> None:
     """`<raw_dir>/cropped/<Class>/` with every cell's `.bmp` and `_nuc.dat`, and the authors' invalid list.
 
     Source, in order: an extracted tree in `task.data.mirror` (CROPPED folders at any depth;
-    Make variable SIPAKMED_DIR), else the five archives (copied from the mirror or downloaded,
-    verified by `download.sipakmed_archives`) from which only the cropped cells are extracted.
+    Make variable SIPAKMED_DIR), else the five archives (read in place from the mirror or
+    downloaded, verified by `download.sipakmed_archives`) from which only the cropped cells are
+    extracted.
     The folder is built beside its final place and renamed when complete.
     """
     data = cfg.task.data
@@ -500,38 +503,66 @@ def compare_invalid(ours: set[str], authors: set[str], present: set[str]) -> pd.
                          "ours": [i in ours for i in ids], "authors": [i in authors for i in ids]})
 
 
-def screen_cells(cells: list[Cell]) -> tuple[list[Cell], pd.DataFrame, dict[str, np.ndarray]]:
-    """Parse every contour and read every image size; split valid cells from excluded ones.
+def contour_rule(cells: list[Cell]) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """Parse every contour and read every image size (headers only: cheap).
 
-    Cheap: only image headers are read here. Returns (valid cells, excluded table, contours).
+    Returns ({sample_id: reason} for cells whose nucleus contour leaves the image (SPEC rule),
+    {sample_id: contour} for every cell).
     """
-    valid, excluded, contours = [], [], {}
+    outside, contours = {}, {}
     for cell in cells:
         points = read_contour(cell.nuc)
         h, w = image_size(cell.bmp)
+        contours[cell.sample_id] = points
         if outside_image(points, h, w):
             lo, hi = points.min(axis=0), points.max(axis=0)
-            excluded.append({"sample_id": cell.sample_id,
-                             "reason": f"nucleus contour outside the {w}x{h} image "
-                                       f"(x {lo[0]:.1f}..{hi[0]:.1f}, y {lo[1]:.1f}..{hi[1]:.1f})"})
-        else:
-            valid.append(cell)
-            contours[cell.sample_id] = points
-    return valid, pd.DataFrame(excluded, columns=["sample_id", "reason"]), contours
+            outside[cell.sample_id] = (f"nucleus contour outside the {w}x{h} image "
+                                       f"(x {lo[0]:.1f}..{hi[0]:.1f}, y {lo[1]:.1f}..{hi[1]:.1f})")
+    return outside, contours
 
 
-def report_invalid(cfg: DictConfig, excluded: pd.DataFrame, all_ids: set[str], out: Path) -> None:
-    """Log and write how our exclusions compare with the authors' list, when that list is there."""
-    path = Path(cfg.task.data.raw_dir) / AUTHORS_INVALID_CSV
-    if not path.is_file():
-        log.warning("preprocess: %s not found: invalid samples not compared with the authors' list", path)
+def authors_list_path(cfg: DictConfig) -> Path:
+    return Path(cfg.task.data.raw_dir) / AUTHORS_INVALID_CSV
+
+
+def read_authors_list(cfg: DictConfig, required: bool) -> set[str] | None:
+    """The authors' invalid ids, or None when their list is absent and not `required`."""
+    path = authors_list_path(cfg)
+    if path.is_file():
+        return authors_invalid_ids(path)
+    if required:
+        raise FileNotFoundError(
+            f"task.data.invalid_rule={cfg.task.data.invalid_rule} needs the authors' list {path}: run the "
+            "download stage with task.data.fetch_authors_invalid=true (or set paths.invalid_samples_mirror "
+            "to a local copy of invalid_samples.csv)")
+    log.warning("preprocess: %s not found: invalid samples not compared with the authors' list", path)
+    return None
+
+
+def exclusions(rule: str, outside: dict[str, str], authors: set[str] | None) -> dict[str, str]:
+    """{sample_id: reason} of the cells to exclude under `rule` (task.data.invalid_rule).
+
+    contour (SPEC): a nucleus contour point outside the image. authors: the ids of the authors'
+    invalid_samples.csv (their folds then come out exactly as theirs). either: both lists.
+    """
+    _choice(rule, INVALID_RULES, "invalid_rule")
+    listed = {i: "listed in the authors' invalid_samples.csv" for i in (authors or set())}
+    if rule == "contour":
+        return dict(outside)
+    if rule == "authors":
+        return listed
+    return {i: "; ".join(r for r in (outside.get(i), listed.get(i)) if r) for i in sorted(outside.keys() | listed.keys())}
+
+
+def report_invalid(outside: dict[str, str], authors: set[str] | None, all_ids: set[str], out: Path) -> None:
+    """Log and write how the contour rule compares with the authors' list, when that list is there."""
+    if authors is None:
         return
-    ours, authors = set(excluded["sample_id"]), authors_invalid_ids(path)
-    table = compare_invalid(ours, authors, all_ids)
-    write_csv(table, out / INVALID_COMPARE_CSV)
-    log.info("preprocess: invalid samples: %d by the contour rule, %d in the authors' list, %d in both; "
-             "only ours %s; only the authors' %s", len(ours), len(authors), len(ours & authors),
-             sorted(ours - authors), sorted(authors - ours))
+    ours = set(outside)
+    write_csv(compare_invalid(ours, authors, all_ids), out / INVALID_COMPARE_CSV)
+    log.info("preprocess: invalid samples: %d by the contour rule, %d in the authors' list (%d of them in "
+             "this data), %d in both; only the contour rule %s; only the authors' %s", len(ours), len(authors),
+             len(authors & all_ids), len(ours & authors), sorted(ours - authors), sorted((authors - ours) & all_ids))
 
 
 def preprocess_stage(cfg: DictConfig) -> None:
@@ -550,15 +581,23 @@ def preprocess_stage(cfg: DictConfig) -> None:
     norm_stats = _choice(str(data.norm_stats), NORM_STATS, "norm_stats")
     centre_how = _choice(str(data.centre), CENTRES, "centre")
 
+    invalid_rule = _choice(str(data.invalid_rule), INVALID_RULES, "invalid_rule")
+
     cells = list_cells(Path(data.raw_dir) / CROPPED)
-    valid, excluded, contours = screen_cells(cells)
-    log.info("preprocess: %d cells, %d excluded (nucleus contour outside the image), %d kept",
-             len(cells), len(excluded), len(valid))
+    outside, contours = contour_rule(cells)
+    authors = read_authors_list(cfg, required=invalid_rule != "contour")
+    excluded = exclusions(invalid_rule, outside, authors)
+    valid = [c for c in cells if c.sample_id not in excluded]
+    log.info("preprocess: %d cells, %d excluded (invalid_rule=%s), %d kept",
+             len(cells), len(excluded), invalid_rule, len(valid))
     if not valid:
         raise ValueError("preprocess: every cell was excluded; nothing to train on")
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(excluded, out / EXCLUDED_CSV)
-    report_invalid(cfg, excluded, {c.sample_id for c in cells}, out)
+    present = {c.sample_id for c in cells}
+    write_csv(pd.DataFrame({"sample_id": [i for i in sorted(excluded) if i in present],
+                            "reason": [excluded[i] for i in sorted(excluded) if i in present]}),
+              out / EXCLUDED_CSV)
+    report_invalid(outside, authors, present, out)
 
     n = len(valid)
     rows, points, mean, std, box = [], [], np.empty(n), np.empty(n), np.empty((n, 4), np.int64)
@@ -618,11 +657,16 @@ def folds_stage(cfg: DictConfig) -> None:
     """
     out = Path(cfg.task.processed_dir)
     target = out / FOLDS_CSV
-    if target.exists() and not cfg.overwrite:
-        log.info("folds: %s exists, skipped (overwrite=true to redo)", target)
-        return
     samples = pd.read_csv(_require(out / SAMPLES_CSV, "preprocess"), dtype=str)
     ids = sorted(samples["sample_id"])
+    if target.exists() and not cfg.overwrite:
+        # The folds are a function of the whole sample set: a preprocess rerun that kept other
+        # cells (e.g. another invalid_rule) makes the old folds.csv wrong, not just incomplete.
+        if sorted(pd.read_csv(target, dtype=str)["sample_id"]) != ids:
+            raise ValueError(f"{target} was made for another sample set than {out / SAMPLES_CSV}: "
+                             "rerun the folds stage with overwrite=true")
+        log.info("folds: %s exists, skipped (overwrite=true to redo)", target)
+        return
     data = cfg.task.data
     table = pd.DataFrame({"sample_id": ids, "slide": [slide_of(i) for i in ids]})
     for group_by in SIPAKMED_GROUPINGS:
