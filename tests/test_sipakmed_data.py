@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,52 @@ def test_extraction_takes_only_the_cropped_cells(fake_archives, tmp_path):
     expected = sorted([f"{m}.bmp" for m in names] + [f"{m}_nuc.dat" for m in names])
     assert n == len(expected)
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == expected  # nothing left over
+
+
+# A stand-in for the 7-Zip program: the two commands extract_cropped runs, in 7z's own output
+# format (`l -slt`: the archive's block, a dashed line, then `Path = ` per member), done by py7zr.
+FAKE_7Z = """#!{python}
+import sys, py7zr
+args = sys.argv[1:]
+archive = [a for a in args if a.endswith(".7z")][0]
+with py7zr.SevenZipFile(archive) as z:
+    if args[0] == "l":
+        print("Path = " + archive + "\\nType = 7z\\n\\n----------")
+        print("\\n\\n".join("Path = " + n + "\\nSize = 1" for n in z.getnames()))
+    else:
+        out = [a[2:] for a in args if a.startswith("-o")][0]
+        listfile = [a[1:] for a in args if a.startswith("@")][0]
+        z.extract(path=out, targets=open(listfile).read().split())
+"""
+
+
+def unsupported(*args, **kwargs):
+    raise py7zr.exceptions.UnsupportedCompressionMethodError(b"\\x03\\x03\\x01\\x1b", "BCJ2 is not supported")
+
+
+def test_a_codec_py7zr_lacks_falls_back_to_the_7z_program(fake_archives, tmp_path, monkeypatch, caplog):
+    import sys
+
+    archive = fake_archives.paths[CLASSES.index("Koilocytotic")]
+    want = extract_cropped(archive, tmp_path / "py7zr")
+    program = tmp_path / "bin" / "7z"
+    program.parent.mkdir()
+    program.write_text(FAKE_7Z.format(python=sys.executable))
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{program.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(sipakmed, "_py7zr_extract", unsupported)
+    assert extract_cropped(archive, tmp_path / "program") == want
+    assert files_under(tmp_path / "program") == files_under(tmp_path / "py7zr")
+    assert "extracting with" in caplog.text and str(program) in caplog.text
+
+
+def test_a_codec_py7zr_lacks_without_a_7z_program_is_a_clear_error(fake_archives, tmp_path, monkeypatch):
+    archive = fake_archives.paths[0]
+    monkeypatch.setattr(sipakmed, "_py7zr_extract", unsupported)
+    monkeypatch.setattr(sipakmed, "seven_zip_program", lambda: None)
+    with pytest.raises(ValueError, match=f"{archive.name}: py7zr cannot decode.*SIPAKMED_DIR"):
+        extract_cropped(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_file_that_is_not_7z_is_a_clear_error(tmp_path):

@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -175,32 +176,86 @@ def extract_cropped(archive: str | Path, dest: str | Path) -> int:
     """Extract only the CROPPED cells' `.bmp` and `_nuc.dat` of one class archive into `dest` (flat).
 
     Returns the number of files written. Full-slide images and `_cyt.dat` contours are left in
-    the archive: they are most of its 1-1.4 GB and the task never reads them.
+    the archive: they are most of its 1-1.4 GB and the task never reads them. py7zr reads the
+    archive; where it lacks the archive's codec (it has no BCJ2, for one), the 7-Zip program
+    (`7z`, `7zz` or `7za` on the PATH) does the same job.
     """
     archive, dest = Path(archive), Path(dest)
     try:
-        with py7zr.SevenZipFile(archive, "r") as z:
-            members = cropped_members(z.getnames())
-            if not members:
-                raise ValueError(f"{archive}: no CROPPED/NNN_MM.bmp or _nuc.dat members; is it a SiPaKMeD archive?")
-            basenames = [PurePosixPath(m.replace("\\", "/")).name for m in members]
-            twice = sorted({b for b in basenames if basenames.count(b) > 1})
-            if twice:
-                raise ValueError(f"{archive}: cell files found in more than one CROPPED folder: {twice[:5]}")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".extract.") as tmp:
-                z.extract(path=tmp, targets=members)
-                dest.mkdir(parents=True, exist_ok=True)
-                for member, base in zip(members, basenames):
-                    shutil.move(Path(tmp) / member, dest / canonical_name(base))
+        return _extract_cropped_with(archive, dest, _py7zr_names, _py7zr_extract)
     except py7zr.exceptions.Bad7zFile as err:
         raise ValueError(f"{archive}: not a readable 7z archive ({err})") from err
     except py7zr.exceptions.UnsupportedCompressionMethodError as err:
-        # py7zr lacks a few 7-Zip codecs (e.g. BCJ2); an extracted tree works just as well.
-        raise ValueError(f"{archive}: py7zr cannot decode its compression ({err}); extract the "
-                         "archives with 7-Zip (`7z x <archive>`) and pass the extracted folder as "
-                         "SIPAKMED_DIR (paths.sipakmed_mirror)") from err
+        program = seven_zip_program()
+        if program is None:
+            raise ValueError(f"{archive}: py7zr cannot decode its compression ({err}) and no 7-Zip program "
+                             f"({', '.join(SEVEN_ZIP_PROGRAMS)}) is on the PATH; install 7-Zip, or extract the "
+                             "archives yourself (`7z x <archive>`) and pass the extracted folder as "
+                             "SIPAKMED_DIR (paths.sipakmed_mirror)") from err
+        log.warning("%s: py7zr cannot decode it (%s); extracting with %s", archive, err, program)
+        return _extract_cropped_with(archive, dest, lambda a: _program_names(program, a),
+                                     lambda a, members, out: _program_extract(program, a, members, out))
+
+
+def _extract_cropped_with(archive: Path, dest: Path, names_of, extract) -> int:
+    """The cropped cells of `archive`, listed by `names_of(archive)` and extracted by
+    `extract(archive, members, folder)` into a temporary folder, moved flat into `dest`."""
+    members = cropped_members(names_of(archive))
+    if not members:
+        raise ValueError(f"{archive}: no CROPPED/NNN_MM.bmp or _nuc.dat members; is it a SiPaKMeD archive?")
+    basenames = [PurePosixPath(m.replace("\\", "/")).name for m in members]
+    twice = sorted({b for b in basenames if basenames.count(b) > 1})
+    if twice:
+        raise ValueError(f"{archive}: cell files found in more than one CROPPED folder: {twice[:5]}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".extract.") as tmp:
+        extract(archive, members, Path(tmp))
+        dest.mkdir(parents=True, exist_ok=True)
+        for member, base in zip(members, basenames):
+            shutil.move(Path(tmp) / member, dest / canonical_name(base))
     return len(members)
+
+
+def _py7zr_names(archive: Path) -> list[str]:
+    with py7zr.SevenZipFile(archive, "r") as z:
+        return z.getnames()
+
+
+def _py7zr_extract(archive: Path, members: list[str], out: Path) -> None:
+    with py7zr.SevenZipFile(archive, "r") as z:
+        z.extract(path=out, targets=members)
+
+
+# 7-Zip's command-line programs (7-Zip, its standalone build, p7zip), in order of preference.
+SEVEN_ZIP_PROGRAMS = ("7z", "7zz", "7za")
+
+
+def seven_zip_program() -> str | None:
+    return next((path for name in SEVEN_ZIP_PROGRAMS if (path := shutil.which(name))), None)
+
+
+def _run_program(cmd: list[str], archive: Path) -> str:
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ValueError(f"{archive}: `{' '.join(cmd)}` failed (exit {result.returncode}): "
+                         f"{(result.stderr or result.stdout).strip()[-500:]}")
+    return result.stdout
+
+
+def _program_names(program: str, archive: Path) -> list[str]:
+    """Member paths from `7z l -slt`: after the archive's own block, a `----------` line, then
+    one `Path = ...` per member."""
+    listing = _run_program([program, "l", "-slt", str(archive)], archive)
+    members = listing.split("\n----------\n", 1)[-1]
+    return [line[len("Path = "):] for line in members.splitlines() if line.startswith("Path = ")]
+
+
+def _program_extract(program: str, archive: Path, members: list[str], out: Path) -> None:
+    """`7z x` of exactly `members` (a list file: thousands of names do not fit a command line)."""
+    listfile = out / ".members.txt"
+    listfile.write_text("".join(f"{m}\n" for m in members), encoding="utf-8")
+    _run_program([program, "x", "-y", "-scsUTF-8", f"-o{out}", str(archive), f"@{listfile}"], archive)
+    listfile.unlink()
 
 
 def copy_cropped(src: Path, dest: Path) -> int:
