@@ -52,6 +52,7 @@ from coordchannels.channels import N_EXTRA
 from coordchannels.io import save_npy, write_text
 from coordchannels.models import LakshyaNet
 from coordchannels.sipakmed import SipakmedTaskData
+from coordchannels.train import Execution, train_step
 from coordchannels.warp import variant_params
 
 ARM_CHANNELS = {"control": "coords", "study": "intensity_weighted_coords"}
@@ -180,7 +181,6 @@ class DeviceData:
     cells, so that (a) times exactly the per-batch path training uses: normalise, warp, channels."""
 
     task: SipakmedTaskData
-    channels_last: bool
 
     @property
     def n_samples(self) -> int:
@@ -201,10 +201,7 @@ class DeviceData:
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Model input (B, 3 + k, H, W) float32 and targets (B, 2) for sample ids `idx`."""
-        x = self.task.inputs(idx)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, self.task.targets(idx)
+        return self.task.inputs(idx), self.task.targets(idx)
 
 
 def device_data(images: torch.Tensor, centres: torch.Tensor, args, device: torch.device,
@@ -223,7 +220,7 @@ def device_data(images: torch.Tensor, centres: torch.Tensor, args, device: torch
         n_variants=n_variants,
         channels=ARM_CHANNELS[args.arm],
     )
-    return DeviceData(task, args.channels_last)
+    return DeviceData(task)
 
 
 def index_stream(n_samples: int, batch: int, seed: int, device: torch.device):
@@ -271,20 +268,16 @@ def write_sample_files(data: DeviceData, ids: torch.Tensor, folder: Path,
     """Write each sample's full model input as float32 .npy; returns paths, targets, seconds taken."""
     t0 = time.perf_counter()
     paths, targets = [], []
-    cl, data.channels_last = data.channels_last, False
-    try:
-        for chunk in ids.split(64):
-            x, y = data.batch(chunk.to(data.device))
-            x, y = x.float().cpu().numpy(), y.cpu().numpy()
-            for sample, target, sid in zip(x, y, chunk.tolist()):
-                path = folder / f"sample_{sid:06d}.npy"
-                save_npy(path, sample)
-                if cold:
-                    _drop_from_cache(path)
-                paths.append(path)
-                targets.append(target)
-    finally:
-        data.channels_last = cl
+    for chunk in ids.split(64):
+        x, y = data.batch(chunk.to(data.device))
+        x, y = x.float().cpu().numpy(), y.cpu().numpy()
+        for sample, target, sid in zip(x, y, chunk.tolist()):
+            path = folder / f"sample_{sid:06d}.npy"
+            save_npy(path, sample)
+            if cold:
+                _drop_from_cache(path)
+            paths.append(path)
+            targets.append(target)
     return paths, np.stack(targets).astype(np.float32), time.perf_counter() - t0
 
 
@@ -297,35 +290,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def autocast(device: torch.device, amp: bool):
-    if not amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+def execution(args, device: torch.device, amp: bool) -> Execution:
+    """The trainer's own settings for how batches run (train.precision, train.channels_last)."""
+    return Execution(device.type, "bf16" if amp else "fp32", args.channels_last)
 
 
-def make_model(args, size: int, device: torch.device, seed: int):
+def make_model(args, size: int, device: torch.device, seed: int, run: Execution):
     torch.manual_seed(seed)
     in_ch = 3 + N_EXTRA["2d"][ARM_CHANNELS[args.arm]]
-    model = LakshyaNet(in_ch, reduced=args.reduced, out_scale=255.0, size=size).to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = run.place(LakshyaNet(in_ch, reduced=args.reduced, out_scale=255.0, size=size).to(device))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     return model, opt
 
 
-def make_step(model, opt, mu: torch.Tensor, sd: torch.Tensor, device: torch.device, amp: bool):
-    """One Adam step on standardised targets (SPEC section 5); returns the loss without syncing."""
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast(device, amp):
-            pred = model(x)
-        loss = F.mse_loss((pred.float() - mu) / sd, (y - mu) / sd)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach(), pred.detach().float()
-
-    return step
+def make_step(model, opt, mu: torch.Tensor, sd: torch.Tensor, run: Execution):
+    """The trainer's step (coordchannels.train.train_step); returns (loss, predictions) without syncing."""
+    return lambda x, y: train_step(model, opt, x, y, mu, sd, run)
 
 
 def model_flops_per_sample(args, size: int) -> float:
@@ -418,11 +398,12 @@ def timed_batches(batches, steps: int, device: torch.device) -> float:
 
 
 def prepare_model(args, size: int, device: torch.device, seed: int, data: DeviceData, amp: bool):
-    model, opt = make_model(args, size, device, seed)
+    run = execution(args, device, amp)
+    model, opt = make_model(args, size, device, seed, run)
     fwd = torch.compile(model, mode=args.compile_mode) if args.compile else model
     # Standardise with the first 10000 samples' targets, as the scripts do.
     head = data.targets[:10000]
-    return model, make_step(fwd, opt, head.mean(dim=0), head.std(dim=0), device, amp)
+    return model, make_step(fwd, opt, head.mean(dim=0), head.std(dim=0), run)
 
 
 def ours_pipeline(args, data: DeviceData, device: torch.device) -> Pipeline:
@@ -464,10 +445,7 @@ def files_pipeline(args, data: DeviceData, device: torch.device, stack: contextl
     def batches():
         while True:  # cycle over the subset as over epochs
             for x, y in loader:
-                x = x.to(device, non_blocking=True)
-                if args.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                yield x, y.to(device, non_blocking=True)
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
     data_only_s = timed_batches(batches(), args.steps, device)
     _, step = prepare_model(args, args.size, device, args.seed, data, args.amp)
@@ -510,9 +488,10 @@ def train_curve(args, data: DeviceData, test: DeviceData, device: torch.device, 
         losses.append(loss)
     model.eval()
     preds = []
-    with torch.no_grad(), autocast(device, amp):
+    run = execution(args, device, amp)
+    with torch.no_grad(), run.autocast():
         for idx in torch.arange(test.n_samples, device=device).split(64):
-            preds.append(model(test.batch(idx)[0]).float())
+            preds.append(model(run.prepare(test.batch(idx)[0])).float())
     pred = torch.cat(preds).cpu().numpy()
     truth = test.targets.cpu().numpy()
     r2 = [float(r2_score(truth[:, j], pred[:, j])) for j in range(2)]

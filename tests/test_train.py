@@ -346,3 +346,40 @@ def test_auto_runs_one_job_per_core_on_a_cpu(make_cfg, monkeypatch):
     assert train.jobs_side_by_side(cfg, 1) == 1
     cfg = make_cfg("train.n_jobs=3")
     assert train.jobs_side_by_side(cfg, 20) == 3
+
+
+def test_channels_last_and_bf16_runs_stay_close_to_fp32(tiny_cfg):
+    """train.channels_last keeps fp32 arithmetic (same numbers up to summation order); bf16
+    autocast moves them a little; both are in the fingerprint, so a run cannot mix them."""
+    args = ("sipakmed", "train.models=[lakshyanet]", "train.arms=[study]")
+    runs = {name: tiny_cfg(*args, f"train.run_name={name}", *extra) for name, extra in
+            {"fp32": (), "cl": ("train.channels_last=true",),
+             "bf16": ("train.precision=bf16", "train.channels_last=true")}.items()}
+    for cfg in runs.values():
+        train.train_stage(cfg)
+    logs = {name: read(job_log(cfg, model="lakshyanet")) for name, cfg in runs.items()}
+    # (R2 of 3 epochs on 48 tiny images is far below 0, so the differences are compared relatively.)
+    np.testing.assert_allclose(logs["cl"].to_numpy(), logs["fp32"].to_numpy(), rtol=1e-2)
+    rel = np.abs(logs["bf16"].to_numpy() / logs["fp32"].to_numpy() - 1)[:, 1:]
+    assert np.isfinite(logs["bf16"].to_numpy()).all() and 0 < rel.max() < 0.25
+    assert train.job_fingerprint(runs["bf16"], train.Job("lakshyanet", "study", 42, 1))["train"]["precision"] == "bf16"
+
+
+def test_unknown_precision_is_a_clear_error(tiny_cfg):
+    cfg = tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[study]", "train.precision=fp16")
+    with pytest.raises(ValueError, match="train.precision must be one of"):
+        train.train_stage(cfg)
+
+
+@pytest.mark.slow  # torch.compile builds C++ kernels on a CPU: about a minute
+def test_compiled_model_gives_the_eager_numbers_and_plain_checkpoints(tiny_cfg):
+    args = ("ecg", "train.models=[nimeshanet]", "train.arms=[study]")
+    eager, compiled = tiny_cfg(*args, "train.run_name=eager"), tiny_cfg(*args, "train.run_name=compiled", "train.compile=true")
+    train.train_stage(eager)
+    train.train_stage(compiled)
+    a, b = read(job_log(compiled)), read(job_log(eager))
+    np.testing.assert_allclose(a["train_r2"], b["train_r2"], atol=1e-5)
+    # The compiled inference graph sums in another order: the test R2 moves in the third decimal.
+    np.testing.assert_allclose(a["test_r2"], b["test_r2"], atol=2e-3)
+    ckpt = torch.load(train.checkpoint_path(compiled, train.Job("nimeshanet", "study", 42, 1)), weights_only=False)
+    assert not any(k.startswith("_orig_mod") for k in ckpt["model"])  # loads into an eager model

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.yaml"
 # Training hyper-parameters that change the numbers (device, threads and eval batch size do not).
-TRAIN_KEYS = ("epochs", "batch_size", "lr", "limit_train", "limit_test")
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "limit_train", "limit_test", "precision", "channels_last", "compile")
 # Targets' standard deviations below this are replaced by 1 (as the scripts did), so that a
 # constant coordinate does not divide the loss by zero.
 MIN_STD = 1e-6
@@ -238,6 +238,8 @@ def train_job(cfg: DictConfig, job: Job, state: dict | None, checkpoint) -> tupl
 
     seed_everything(job.seed)  # the initial weights depend on the seed only, as in the scripts
     model = build_model(cfg.task.models[job.model], cfg.arms[job.arm], data.n_channels).to(device)
+    run = Execution.from_config(cfg.train, device)
+    model = run.place(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg.train.lr))
     rows: list[list[float]] = []
     if state is not None:
@@ -245,13 +247,15 @@ def train_job(cfg: DictConfig, job: Job, state: dict | None, checkpoint) -> tupl
         optimizer.load_state_dict(state["optimizer"])
         rows = [list(r) for r in state["rows"]]
         log.info("%s: resuming after epoch %d", job, len(rows))
+    # Checkpoints hold `model`'s weights; batches go through `forward` (compiled when asked).
+    forward = run.compiled(model)
 
     for epoch in range(len(rows) + 1, int(cfg.train.epochs) + 1):
         start = time.perf_counter()
         generator = epoch_generator(job.seed, job.fold, epoch)
         train_pred, train_true = train_one_epoch(
-            model, optimizer, data, train_idx, mean, std, int(cfg.train.batch_size), generator, f"{job} e{epoch}")
-        test_pred, test_true = predict(model, data, test_idx, int(cfg.train.eval_batch_size))
+            forward, optimizer, data, train_idx, mean, std, int(cfg.train.batch_size), generator, f"{job} e{epoch}", run)
+        test_pred, test_true = predict(forward, data, test_idx, int(cfg.train.eval_batch_size), run)
         rows.append([epoch, *r2_per_target(train_true, train_pred), *r2_per_target(test_true, test_pred)])
         checkpoint(model, optimizer, rows)
         log_epoch(job, rows[-1], columns, time.perf_counter() - start)
@@ -335,6 +339,48 @@ def target_standardisation(data: TaskData, train_idx: torch.Tensor) -> tuple[tor
 # --------------------------------------------------------------------------------------------
 # Training and evaluation
 # --------------------------------------------------------------------------------------------
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How batches run on the device: train.precision, train.channels_last, train.compile.
+
+    The defaults (fp32, default memory format, eager) give the scripts' arithmetic. On a GPU,
+    bf16 autocast and channels-last convolutions are where the speed is; `scripts/bench_sipakmed.py`
+    measures both the speed and whether bf16 moves the result beyond seed noise. All three are
+    in the jobs' fingerprint: a run cannot resume or skip with other values.
+    """
+
+    device_type: str = "cpu"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    @classmethod
+    def from_config(cls, train_cfg: DictConfig, device: torch.device) -> Execution:
+        precision = str(train_cfg.get("precision", "fp32"))
+        if precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {precision!r}")
+        return cls(device.type, precision, bool(train_cfg.get("channels_last", False)),
+                   bool(train_cfg.get("compile", False)))
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=torch.bfloat16)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch in the memory format the model runs in (channels-last applies to images only)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def compiled(self, model: torch.nn.Module) -> torch.nn.Module:
+        return torch.compile(model) if self.compile else model
+
+
 def epoch_generator(seed: int, fold: int, epoch: int) -> torch.Generator:
     """The batch-order generator of one epoch: a pure function of (seed, fold, epoch), so that a
     resumed job draws the same batches as an uninterrupted one."""
@@ -344,13 +390,14 @@ def epoch_generator(seed: int, fold: int, epoch: int) -> torch.Generator:
 
 def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: TaskData,
                     train_idx: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, batch_size: int,
-                    generator: torch.Generator, desc: str = "") -> tuple[np.ndarray, np.ndarray]:
+                    generator: torch.Generator, desc: str = "", run: Execution | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One pass over shuffled training batches; returns (predictions, targets) as made in training.
 
     The loss is the MSE of prediction and target after standardising both with the training
     targets' statistics. The batches index the loader's tensors directly (no DataLoader) to keep
     per-batch Python overhead small on a CPU.
     """
+    run = run or Execution()
     model.train()
     order = train_idx[torch.randperm(len(train_idx), generator=generator)]
     preds, trues = [], []
@@ -358,26 +405,36 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, da
     with _progress(n_batches, desc) as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            x, y = data.inputs(idx), data.targets(idx)
-            pred = model(x)
-            loss = F.mse_loss((pred - mean) / std, (y - mean) / std)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            preds.append(pred.detach())
+            y = data.targets(idx)
+            preds.append(train_step(model, optimizer, data.inputs(idx), y, mean, std, run)[1])
             trues.append(y)
             bar.update(1)
     return _numpy(preds), _numpy(trues)
 
 
-def predict(model: torch.nn.Module, data: TaskData, idx: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               mean: torch.Tensor, std: torch.Tensor, run: Execution) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Adam step on the MSE of standardised prediction and target; returns (loss, predictions),
+    detached, float32. The loss is computed in float32 whatever the forward precision."""
+    with run.autocast():
+        pred = model(run.prepare(x)).float()
+    loss = F.mse_loss((pred - mean) / std, (y - mean) / std)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), pred.detach()
+
+
+def predict(model: torch.nn.Module, data: TaskData, idx: torch.Tensor, batch_size: int,
+            run: Execution | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(predictions, targets) of samples `idx` in eval mode, in order."""
+    run = run or Execution()
     model.eval()
     preds, trues = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), run.autocast():
         for start in range(0, len(idx), batch_size):
             batch = idx[start:start + batch_size]
-            preds.append(model(data.inputs(batch)))
+            preds.append(model(run.prepare(data.inputs(batch))).float())
             trues.append(data.targets(batch))
     return _numpy(preds), _numpy(trues)
 
