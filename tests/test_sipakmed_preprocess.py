@@ -212,7 +212,7 @@ def write_authors_list(cfg, ids) -> None:
 
 
 @pytest.mark.parametrize("rule", ["authors", "either"])
-def test_invalid_rule_authors_or_either(prepared, fake, rule):
+def test_invalid_rule_authors_or_either(prepared, fake, rule, caplog):
     """authors: exactly the listed ids present in the data go (a contour-invalid cell they do not
     list stays); either: both lists go. Folds follow the sample set."""
     cfg = prepared(folds=False)
@@ -228,6 +228,7 @@ def test_invalid_rule_authors_or_either(prepared, fake, rule):
     kept = set(pd.read_csv(out / SAMPLES_CSV, dtype=str)["sample_id"])
     assert kept == set(fake.cells["sample_id"]) - want
     assert set(pd.read_csv(out / FOLDS_CSV, dtype=str)["sample_id"]) == kept
+    assert "1 id(s) of the authors' list are not in this data: ['2_095_10']" in caplog.text
 
 
 def test_invalid_rule_authors_needs_their_list(prepared):

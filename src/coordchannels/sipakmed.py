@@ -649,6 +649,9 @@ def preprocess_stage(cfg: DictConfig) -> None:
         raise ValueError("preprocess: every cell was excluded; nothing to train on")
     out.mkdir(parents=True, exist_ok=True)
     present = {c.sample_id for c in cells}
+    absent = sorted((authors or set()) - present)
+    if absent and invalid_rule != "contour":
+        log.warning("preprocess: %d id(s) of the authors' list are not in this data: %s", len(absent), absent[:10])
     write_csv(pd.DataFrame({"sample_id": [i for i in sorted(excluded) if i in present],
                             "reason": [excluded[i] for i in sorted(excluded) if i in present]}),
               out / EXCLUDED_CSV)
