@@ -25,7 +25,7 @@ MIRRORS := $(if $(VFDB_DIR),"paths.vfdb_mirror='$(VFDB_DIR)'") \
   $(if $(PUBLISHED_LOGS_DIR),"paths.published_logs_mirror='$(PUBLISHED_LOGS_DIR)'")
 APP := $(PY) -m coordchannels
 
-.PHONY: help setup test test-slow reproduce data train stats table3 ecg-record ecg-arms demo clean-runs
+.PHONY: help setup test test-slow reproduce data train stats table3 ecg-record ecg-arms demo bench-gpu clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -85,6 +85,13 @@ demo: setup ## a generated 100-cell SiPaKMeD through every 2-D stage on a CPU, i
 	  paths.sipakmed_mirror=data/demo/fake_sipakmed task.data.fetch_authors_invalid=false \
 	  'train.models=[lakshyanet_reduced]' train.epochs=4 train.limit_train=16 train.limit_test=16 \
 	  train.batch_size=16 $(ARGS)
+
+# The SiPaKMeD training benchmark in the three GPU settings worth comparing, one report each.
+BENCH_GPU := $(PY) scripts/bench_sipakmed.py --device cuda --images 1000 --steps 200 --baseline-samples 2000
+bench-gpu: setup ## SiPaKMeD training benchmark on a CUDA GPU: fp32, bf16 + channels-last, + torch.compile -> results/benchmarks/
+	$(BENCH_GPU) --out results/benchmarks/sipakmed_train_gpu_fp32.md
+	$(BENCH_GPU) --amp --channels-last --out results/benchmarks/sipakmed_train_gpu_bf16_cl.md
+	$(BENCH_GPU) --amp --channels-last --compile --out results/benchmarks/sipakmed_train_gpu_bf16_cl_compile.md
 
 clean-runs: ## delete training runs (checkpoints and logs under data/runs)
 	rm -rf data/runs
