@@ -13,7 +13,7 @@ where the authors' scripts wrote every variant (5 x 256 x 256 float32 per varian
 
 Examples:
     python scripts/bench_sipakmed_preprocess.py                          # 4049 cells, variants 1 20 200
-    python scripts/bench_sipakmed_preprocess.py --cells 500 --variants 20 --out /tmp/bench.json
+    python scripts/bench_sipakmed_preprocess.py --cells 500 --variants 20 --out results/benchmarks/sipakmed_preprocess_500.md
 """
 
 from __future__ import annotations

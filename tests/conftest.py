@@ -55,3 +55,24 @@ def require(path: Path, what: str) -> Path:
     if not path.exists():
         pytest.skip(f"{what} not found at {path} (it lives in ../shared/data beside the checkout)")
     return path
+
+
+class Killed(RuntimeError):
+    """A simulated kill of a training run."""
+
+
+def train_killed_after_epoch(cfg: DictConfig, monkeypatch, epoch: int = 1) -> None:
+    """Run cfg's train stage and kill it right after `epoch` is logged (its checkpoint written)."""
+    from coordchannels import train
+
+    real_log_epoch = train.log_epoch
+
+    def die(job, row, columns, seconds):
+        real_log_epoch(job, row, columns, seconds)
+        if row[0] == epoch:
+            raise Killed(f"simulated kill after epoch {epoch}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "log_epoch", die)
+        with pytest.raises(Killed):
+            train.train_stage(cfg)

@@ -27,6 +27,7 @@ from coordchannels.sipakmed import (
     preprocess_stage,
     read_cache,
 )
+from tests.conftest import train_killed_after_epoch
 
 
 @pytest.fixture(scope="module")
@@ -163,10 +164,6 @@ def test_loader_is_deterministic(prepared):
 # ------------------------------------------------------------------ end to end through the trainer
 
 
-class Killed(RuntimeError):
-    pass
-
-
 def test_tiny_run_through_the_real_trainer_resumes_after_a_kill(prepared, monkeypatch):
     """Reduced LakshyaNet on 256 x 256, 8 training / 8 test variants, 2 epochs; killed after
     epoch 1, resumed, and equal to an uninterrupted run."""
@@ -180,17 +177,7 @@ def test_tiny_run_through_the_real_trainer_resumes_after_a_kill(prepared, monkey
     assert ref_log["epoch"].tolist() == [1, 2] and np.isfinite(ref_log.to_numpy()).all()
 
     cfg = prepared(*small, "train.run_name=killed")
-    real_log_epoch = train.log_epoch
-
-    def die_after_epoch_1(job, row, columns, seconds):
-        real_log_epoch(job, row, columns, seconds)
-        if row[0] == 1:
-            raise Killed("simulated kill")
-
-    monkeypatch.setattr(train, "log_epoch", die_after_epoch_1)
-    with pytest.raises(Killed):
-        train.train_stage(cfg)
+    train_killed_after_epoch(cfg, monkeypatch)
     assert not train.job_log_path(cfg, job).exists()
-    monkeypatch.setattr(train, "log_epoch", real_log_epoch)
     train.train_stage(cfg)
     pd.testing.assert_frame_equal(pd.read_csv(train.job_log_path(cfg, job)), ref_log, check_exact=True)

@@ -22,6 +22,7 @@ from coordchannels import train
 from coordchannels.pipeline import run_stages
 from coordchannels.channels import extra_channels_1d, extra_channels_2d
 from coordchannels.logs import read_log
+from tests.conftest import train_killed_after_epoch
 
 LENGTH = 64  # 1-D signal length (NimeshaNet pools it to 4, reduced to 2)
 SIZE = 32  # 2-D image side (LakshyaNet pools it to 4, reduced to 2)
@@ -201,31 +202,17 @@ def test_other_seed_gives_other_numbers_and_seeded_log_names(tiny_cfg):
     assert not np.allclose(one["test_r2"], two["test_r2"])
 
 
-class Killed(RuntimeError):
-    pass
-
-
 def test_killed_job_resumes_to_the_uninterrupted_result(tiny_cfg, monkeypatch):
     args = ("ecg", "train.models=[nimeshanet]", "train.arms=[study]")
     reference = tiny_cfg(*args, "train.run_name=ref")
     train.train_stage(reference)
 
     cfg = tiny_cfg(*args, "train.run_name=killed")
-    real_log_epoch = train.log_epoch
-
-    def die_after_epoch_1(job, row, columns, seconds):
-        real_log_epoch(job, row, columns, seconds)
-        if row[0] == 1:
-            raise Killed("simulated kill after epoch 1")
-
-    monkeypatch.setattr(train, "log_epoch", die_after_epoch_1)
-    with pytest.raises(Killed):
-        train.train_stage(cfg)
+    train_killed_after_epoch(cfg, monkeypatch)
     assert not job_log(cfg).exists()  # no partial log in the logs folder
     ckpt = train.checkpoint_path(cfg, train.Job("nimeshanet", "study", 42, 1))
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
 
-    monkeypatch.setattr(train, "log_epoch", real_log_epoch)
     epochs_run = []
     real_train_one_epoch = train.train_one_epoch
     monkeypatch.setattr(train, "train_one_epoch",

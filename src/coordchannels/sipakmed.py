@@ -576,13 +576,9 @@ def contour_rule(cells: list[Cell]) -> tuple[dict[str, str], dict[str, np.ndarra
     return outside, contours
 
 
-def authors_list_path(cfg: DictConfig) -> Path:
-    return Path(cfg.task.data.raw_dir) / AUTHORS_INVALID_CSV
-
-
 def read_authors_list(cfg: DictConfig, required: bool) -> set[str] | None:
     """The authors' invalid ids, or None when their list is absent and not `required`."""
-    path = authors_list_path(cfg)
+    path = Path(cfg.task.data.raw_dir) / AUTHORS_INVALID_CSV
     if path.is_file():
         return authors_invalid_ids(path)
     if required:
@@ -652,9 +648,8 @@ def preprocess_stage(cfg: DictConfig) -> None:
     absent = sorted((authors or set()) - present)
     if absent and invalid_rule != "contour":
         log.warning("preprocess: %d id(s) of the authors' list are not in this data: %s", len(absent), absent[:10])
-    write_csv(pd.DataFrame({"sample_id": [i for i in sorted(excluded) if i in present],
-                            "reason": [excluded[i] for i in sorted(excluded) if i in present]}),
-              out / EXCLUDED_CSV)
+    gone = [i for i in sorted(excluded) if i in present]
+    write_csv(pd.DataFrame({"sample_id": gone, "reason": [excluded[i] for i in gone]}), out / EXCLUDED_CSV)
     report_invalid(outside, authors, present, out)
 
     n = len(valid)
