@@ -79,7 +79,7 @@ ecg-arms: setup ## NimeshaNet with every arm, both groupings, and 3 seeds -> res
 	$(APP) experiment=ecg_seeds_record $(MIRRORS) $(ARGS)
 
 demo: setup ## a generated 100-cell SiPaKMeD through every 2-D stage on a CPU, into data/demo
-	$(PY) -m coordchannels.fake_sipakmed data/demo/fake_sipakmed --cells 100 --tree
+	$(PY) -m coordchannels.sipakmed.synthetic data/demo/fake_sipakmed --cells 100 --tree
 	$(APP) task=sipakmed 'paths.data_dir=$${paths.root_dir}/data/demo' \
 	  'paths.results_dir=$${paths.root_dir}/data/demo/results' \
 	  paths.sipakmed_mirror=data/demo/fake_sipakmed task.data.fetch_authors_invalid=false \

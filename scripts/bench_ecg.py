@@ -25,7 +25,8 @@ import scipy.signal
 import torch
 
 from coordchannels.channels import extra_channels_1d
-from coordchannels.ecg import EcgTaskData, chunk_features
+from coordchannels.ecg.features import chunk_features
+from coordchannels.ecg.loader import EcgTaskData
 from coordchannels.models import NimeshaNet
 from coordchannels.train import _tune_malloc, predict, train_one_epoch
 

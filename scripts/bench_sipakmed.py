@@ -51,9 +51,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from coordchannels.channels import N_EXTRA
 from coordchannels.io import save_npy, write_text
 from coordchannels.models import LakshyaNet
-from coordchannels.sipakmed import SipakmedTaskData
+from coordchannels.sipakmed.loader import SipakmedTaskData
+from coordchannels.sipakmed.warp import variant_params
 from coordchannels.train import Execution, train_step
-from coordchannels.warp import variant_params
 
 ARM_CHANNELS = {"control": "coords", "study": "intensity_weighted_coords"}
 

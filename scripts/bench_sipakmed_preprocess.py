@@ -28,9 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from coordchannels.fake_sipakmed import make_fake_sipakmed
 from coordchannels.io import write_text
-from coordchannels.sipakmed import archive_class, extract_cropped
+from coordchannels.sipakmed.archives import archive_class, extract_cropped
+from coordchannels.sipakmed.synthetic import make_fake_sipakmed
 
 # Bytes the scripts' way stores per variant and arm: a 5 x 256 x 256 float32 tensor.
 AUTHORS_BYTES_PER_VARIANT = 5 * 256 * 256 * 4

@@ -1,17 +1,22 @@
-"""Shared fixtures: the real config tree, composed and shrunk to run in seconds on a CPU."""
+"""Shared fixtures: the real config tree, composed once per test session and shrunk to run in
+seconds on a CPU (as lightning-hydra-template's tests/conftest.py)."""
 
 from __future__ import annotations
 
+import copy
+import functools
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from coordchannels.components import complete_arms
 
 REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"
 SHARED_DATA = REPO.parent / "shared" / "data"
 VFDB_DIR = SHARED_DATA / "vfdb"
 PUBLISHED_LOGS = SHARED_DATA / "published_logs"
@@ -21,12 +26,32 @@ torch.set_num_threads(1)
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    """Compose conf/config.yaml exactly as the app does, with `overrides`."""
+    """The app's config (coordchannels/conf/config.yaml) with `overrides`, as the app composes it.
+
+    The one way tests build a config. Hydra composes once per choice of config groups (task=,
+    experiment=, ...) per test session; value overrides (a.b=c) are applied to a copy.
+    """
+    # One job at a time in tests: worker processes cost more to start than tiny jobs take.
+    parsed = OverridesParser.create().parse_overrides(["train.n_jobs=1", *(overrides or [])])
+    groups = tuple(o.input_line for o in parsed if _is_group(o.key_or_group) or o.is_delete())
+    cfg = copy.deepcopy(_composed(groups))
+    for o in parsed:
+        if not (_is_group(o.key_or_group) or o.is_delete()):
+            OmegaConf.update(cfg, o.key_or_group, o.value(), force_add=o.is_add() or o.is_force_add())
+    return cfg
+
+
+def _is_group(key: str) -> bool:
+    return key in {"task", "experiment", "paths", "train", "stats", "hydra"} or "@" in key or key.startswith("arm")
+
+
+@functools.cache
+def _composed(groups: tuple[str, ...]) -> DictConfig:
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        # One job at a time in tests: worker processes cost more to start than tiny jobs take.
-        overrides = ["train.n_jobs=1", *(overrides or [])]
-        return compose(config_name="config", overrides=overrides, return_hydra_config=False)
+    with initialize_config_module(config_module="coordchannels.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(groups), return_hydra_config=False)
+    complete_arms(cfg)
+    return cfg
 
 
 @pytest.fixture
@@ -34,18 +59,8 @@ def make_cfg(tmp_path):
     """Factory: the real config for a task, with every path under tmp_path and training shrunk."""
 
     def factory(*overrides: str) -> DictConfig:
-        cfg = compose_config(
-            [
-                f"paths.root_dir={tmp_path}",
-                "train.epochs=1",
-                "train.device=cpu",
-                "train.num_threads=1",
-                *overrides,
-            ]
-        )
-        with open_dict(cfg):
-            cfg.hydra_free = True  # marks a config composed outside a Hydra run
-        return cfg
+        return compose_config([f"paths.root_dir={tmp_path}", "train.epochs=1", "train.device=cpu",
+                               "train.num_threads=1", *overrides])
 
     return factory
 
@@ -64,8 +79,9 @@ class Killed(RuntimeError):
 def train_killed_after_epoch(cfg: DictConfig, monkeypatch, epoch: int = 1) -> None:
     """Run cfg's train stage and kill it right after `epoch` is logged (its checkpoint written)."""
     from coordchannels import train
+    from coordchannels.train import job
 
-    real_log_epoch = train.log_epoch
+    real_log_epoch = job.log_epoch
 
     def die(job, row, columns, seconds):
         real_log_epoch(job, row, columns, seconds)
@@ -73,6 +89,17 @@ def train_killed_after_epoch(cfg: DictConfig, monkeypatch, epoch: int = 1) -> No
             raise Killed(f"simulated kill after epoch {epoch}")
 
     with monkeypatch.context() as patch:
-        patch.setattr(train, "log_epoch", die)
+        patch.setattr(job, "log_epoch", die)
         with pytest.raises(Killed):
             train.train_stage(cfg)
+
+
+def call_stage(cfg: DictConfig, name: str):
+    """Call stage `name`'s function as the runner does, with its folder, bypassing the runner's
+    skip and upstream checks (those are tested through `run_stages` in test_pipeline.py)."""
+    from hydra.utils import get_method
+
+    from coordchannels.pipeline import stage_spec
+
+    stage = stage_spec(cfg, name)
+    return get_method(stage.fn)(cfg, stage.out)

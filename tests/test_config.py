@@ -1,80 +1,89 @@
-"""The config tree composes for every task and the pipeline resolves and runs stages."""
+"""Every shipped config composes, and everything it names exists (as lightning-hydra-template's
+test_sweeps and torchtune's test_configs): for every task and experiment, every stage's function
+and outputs, the task's loader, and every model for every arm."""
 
 from __future__ import annotations
 
 import pytest
-from omegaconf import OmegaConf, open_dict
+import torch
+from hydra.utils import get_method
+from omegaconf import OmegaConf
 
-from coordchannels.pipeline import StageError, run_stages, stage_spec
+from coordchannels.components import CONF_DIR, arm_order, group_files, model_order
+from coordchannels.pipeline import output_paths, stage_function, stage_names, stage_record, stage_spec
+from coordchannels.settings import SettingError, validate_choices
+from coordchannels.train import build_model
 from tests.conftest import compose_config
 
+TASKS = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+# Inputs small enough to run every model once: (channels of the signal, shape of one sample).
+SIGNAL = {1: (2, (500,)), 2: (3, (256, 256))}
 
-@pytest.mark.parametrize("task", ["ecg", "sipakmed", "coordgate"])
-def test_every_task_composes_and_resolves(task, tmp_path):
-    cfg = compose_config([f"task={task}", f"paths.root_dir={tmp_path}"])
+
+def test_the_shipped_tree_is_what_the_tests_compose():
+    assert TASKS == ["coordgate", "ecg", "sipakmed"]
+    assert EXPERIMENTS, "no experiment configs found"
+
+
+@pytest.mark.parametrize("overrides", [[f"task={t}"] for t in TASKS] + [[f"experiment={e}"] for e in EXPERIMENTS],
+                         ids=lambda o: o[0])
+def test_every_config_composes_resolves_and_names_real_code(overrides, tmp_path):
+    cfg = compose_config([*overrides, f"paths.root_dir={tmp_path}"])
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert resolved["task"]["name"] == task
-    assert resolved["stages"] == resolved["task"]["stages"]
+    assert resolved["stages"], "no stages"
+    validate_choices(cfg)
+    for name in stage_names(cfg):
+        stage = stage_spec(cfg, name)
+        assert callable(stage_function(stage)), name
+        assert str(stage.out).startswith(str(tmp_path)), f"stage {name} writes outside paths.root_dir"
+        if name != "train" or cfg.task.models:
+            assert output_paths(cfg, stage), f"stage {name} declares no outputs"
+        for upstream in stage.after:
+            stage_spec(cfg, upstream)
+        if not stage.inputs:
+            stage_record(cfg, stage)  # every declared setting exists
     for name in cfg.stages:
-        assert stage_spec(cfg, name).out.startswith(str(tmp_path))
-
-
-def test_no_path_escapes_the_paths_root(tmp_path):
-    cfg = compose_config([f"paths.root_dir={tmp_path}"])
+        stage_spec(cfg, name)
+    if cfg.task.models:
+        assert callable(get_method(cfg.task.loader))
     for key in ("train.run_dir", "train.logs_dir", "stats.out_dir", "task.processed_dir"):
-        assert OmegaConf.select(cfg, key).startswith(str(tmp_path)), key
+        assert str(OmegaConf.select(cfg, key)).startswith(str(tmp_path)), key
 
 
-def test_unknown_stage_is_a_clear_error(tmp_path):
-    cfg = compose_config([f"paths.root_dir={tmp_path}", "stages=[nonsense]"])
-    with pytest.raises(StageError, match="unknown stage 'nonsense'"):
-        run_stages(cfg)
+@pytest.mark.parametrize("task", [t for t in TASKS if t != "coordgate"])
+def test_every_model_runs_with_every_arm(task):
+    cfg = compose_config([f"task={task}", "task.models.lakshyanet.net.size=64",
+                          "task.models.lakshyanet_reduced.net.size=64"] if task == "sipakmed" else [f"task={task}"])
+    dims = int(cfg.task.dims)
+    channels, shape = SIGNAL[dims]
+    if dims == 2:
+        shape = (64, 64)
+    from coordchannels.channels import N_EXTRA
+
+    for model in cfg.task.models:
+        for arm, arm_cfg in cfg.arms.items():
+            n = channels + N_EXTRA[f"{dims}d"][arm_cfg.channels]
+            torch.manual_seed(0)
+            net = build_model(cfg.task.models[model], arm_cfg, n)
+            out = net(torch.randn(2, n, *shape))
+            assert out.shape == (2, dims), (model, arm)
 
 
-def test_stage_writes_log_and_config_beside_its_output(tmp_path):
-    cfg = compose_config([f"paths.root_dir={tmp_path}", "stages=[probe]"])
-    out = tmp_path / "probe_out"
-    with open_dict(cfg):
-        cfg.stage_defs.probe = {"fn": "tests.test_config.probe_stage", "out": str(out)}
-    assert run_stages(cfg) == []
-    assert (out / "probe.txt").read_text() == "ecg"
-    assert "probe running" in (out / "logs" / "probe.log").read_text()
-    assert OmegaConf.load(out / "logs" / "probe.config.yaml").task.name == "ecg"
+def test_every_component_file_states_its_facts():
+    for name, arm in group_files("arm").items():
+        assert arm.name == name and arm.label and arm.colour and isinstance(arm.order, int), name
+    assert len(set(arm_order().values())) == len(group_files("arm")), "two arms share a rank"
+    for name, model in group_files("model").items():
+        assert model.log_name and model.label and isinstance(model.order, int), name
+    assert list(sorted(model_order(), key=model_order().get)) == [
+        "NimeshaNet", "Reduced Parameter NimeshaNet", "LakshyaNet", "Reduced Parameter LakshyaNet"]
 
 
-def test_unimplemented_stage_is_reported_not_run(tmp_path):
-    # A stage declared with fn: null (not implemented yet) is listed as missing, not run; the
-    # stages around it still run.
-    cfg = compose_config([f"paths.root_dir={tmp_path}", "stages=[placeholder,probe]"])
-    out = tmp_path / "probe_out"
-    with open_dict(cfg):
-        cfg.stage_defs.placeholder = {"fn": None, "out": str(tmp_path / "placeholder_out")}
-        cfg.stage_defs.probe = {"fn": "tests.test_config.probe_stage", "out": str(out)}
-    assert run_stages(cfg) == ["placeholder"]
-    assert not (tmp_path / "placeholder_out").exists()
-    assert (out / "probe.txt").read_text() == "ecg"
-
-
-def probe_stage(cfg):
-    import logging
-
-    logging.getLogger("probe").info("probe running")
-    (tmp := __import__("pathlib").Path(stage_spec(cfg, "probe").out)).mkdir(exist_ok=True)
-    (tmp / "probe.txt").write_text(cfg.task.name)
-
-
-def test_outputs_made_with_other_settings_are_not_reused(tmp_path):
-    cfg = compose_config([f"paths.root_dir={tmp_path}", "stages=[probe]"])
-    out = tmp_path / "probe_out"
-    with open_dict(cfg):
-        cfg.stage_defs.probe = {"fn": "tests.test_config.probe_stage", "out": str(out),
-                                "depends_on": ["task.data.label_match", "seed"]}
-    run_stages(cfg)
-    run_stages(cfg)  # same settings: fine
-    cfg.task.data.label_match = "exact"
-    with pytest.raises(StageError, match=r"other settings \(task.data.label_match: 'substring' -> 'exact'\)"):
-        run_stages(cfg)
-    cfg.overwrite = True
-    run_stages(cfg)  # opt-in: redone, and the new settings recorded
-    cfg.overwrite = False
-    run_stages(cfg)
+@pytest.mark.parametrize("override, key", [("task.data.label_match=fuzzy", "task.data.label_match"),
+                                           ("train.precision=fp16", "train.precision"),
+                                           ("stats.method=jackknife", "stats.method")])
+def test_a_bad_choice_names_its_setting(override, key):
+    cfg = compose_config([override])
+    with pytest.raises(SettingError, match=rf"{key} must be one of"):
+        validate_choices(cfg)

@@ -21,7 +21,9 @@ from coordchannels.download import (
     obtain,
     registry,
 )
-from tests.conftest import PUBLISHED_LOGS, SHARED_DATA, VFDB_DIR, require
+from coordchannels.ecg import download as ecg_download
+from coordchannels.sipakmed import archives
+from tests.conftest import PUBLISHED_LOGS, SHARED_DATA, VFDB_DIR, call_stage, require
 from tests.http_server import FileServer
 
 FAST = {"retries": 2, "backoff": 0.01, "timeout": 10, "progress": False}
@@ -268,7 +270,7 @@ def test_config_names_these_stages(make_cfg):
     from coordchannels.pipeline import stage_spec
 
     cfg = make_cfg("task=ecg")
-    assert get_method(stage_spec(cfg, "download").fn) is download.vfdb_stage
+    assert get_method(stage_spec(cfg, "download").fn) is ecg_download.download_stage
     assert get_method(stage_spec(cfg, "published_logs").fn) is download.published_logs_stage
 
 
@@ -288,11 +290,11 @@ def test_vfdb_stage_fetches_verifies_and_skips_on_rerun(make_cfg, monkeypatch, t
     cfg = make_cfg("task=ecg", "task.data.records=[418,419]")
     with FileServer(tree) as srv, open_dict(cfg):
         cfg.task.data.url = srv.url + "vfdb/"
-        download.vfdb_stage(cfg)
+        call_stage(cfg, "download")
         raw = tmp_path / "data" / "raw" / "vfdb"
         assert sorted(p.name for p in raw.iterdir()) == sorted(names)
         assert all((raw / n).read_bytes() == tree["vfdb/" + n] for n in names)
-        download.vfdb_stage(cfg)  # second run: everything verifies, nothing is fetched
+        call_stage(cfg, "download")  # second run: everything verifies, nothing is fetched
         assert len(srv.requests) == 6
 
 
@@ -301,7 +303,7 @@ def test_vfdb_stage_rejects_unknown_records_before_fetching(make_cfg):
     with FileServer({}) as srv, open_dict(cfg):
         cfg.task.data.url = srv.url
         with pytest.raises(ValueError, match=r"record\(s\) \['999'\] are not in the registry"):
-            download.vfdb_stage(cfg)
+            call_stage(cfg, "download")
         assert srv.requests == []
 
 
@@ -310,7 +312,7 @@ def test_vfdb_stage_from_the_shared_mirror_verifies_all_66_files(make_cfg, tmp_p
     cfg = make_cfg("task=ecg", f"paths.vfdb_mirror={mirror}")
     with open_dict(cfg):
         cfg.task.data.url = "http://127.0.0.1:9/unreachable/"  # the mirror must be used
-    download.vfdb_stage(cfg)
+    call_stage(cfg, "download")
     raw = tmp_path / "data" / "raw" / "vfdb"
     files = sorted(p.name for p in raw.iterdir() if p.is_file())
     assert files == sorted(registry("vfdb"))
@@ -323,7 +325,7 @@ def test_published_logs_stage_serves_the_layout(make_cfg, monkeypatch, tmp_path)
     cfg = make_cfg()
     with FileServer(tree) as srv, open_dict(cfg):
         cfg.sources.published_logs_url = srv.url + "Logs/"
-        download.published_logs_stage(cfg)
+        call_stage(cfg, "published_logs")
     out = tmp_path / "data" / "raw" / "published_logs"
     assert all((out / n).read_bytes() == tree["Logs/" + n] for n in names)
 
@@ -334,7 +336,7 @@ def test_published_logs_stage_with_the_real_registry(make_cfg, tmp_path):
     cfg = make_cfg()
     with FileServer(tree) as srv, open_dict(cfg):
         cfg.sources.published_logs_url = srv.url
-        download.published_logs_stage(cfg)
+        call_stage(cfg, "published_logs")
         assert len(srv.requests) == 40
     out = tmp_path / "data" / "raw" / "published_logs"
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.csv")) == sorted(tree)
@@ -345,14 +347,14 @@ def test_invalid_samples_is_fetched_and_verified(make_cfg, tmp_path):
     cfg = make_cfg("task=sipakmed")
     with FileServer({"branch/invalid_samples.csv": real.read_bytes()}) as srv, open_dict(cfg):
         cfg.sources.invalid_samples_url = srv.url + "branch/invalid_samples.csv"
-        path = download.invalid_samples(cfg)
+        path = archives.invalid_samples(cfg)
         assert path == tmp_path / "data" / "raw" / "sipakmed" / "invalid_samples.csv"
         assert path.read_bytes() == real.read_bytes()
-        download.invalid_samples(cfg)
+        archives.invalid_samples(cfg)
         srv.corrupt.add("branch/invalid_samples.csv")
         path.unlink()
         with pytest.raises(ChecksumError, match="invalid_samples.csv"):
-            download.invalid_samples(cfg)
+            archives.invalid_samples(cfg)
         assert srv.count("branch/invalid_samples.csv") == 2
     assert not path.exists()
 
@@ -366,16 +368,16 @@ def test_sipakmed_archives_by_size_then_lock(make_cfg, monkeypatch, tmp_path):
         cfg.task.data.url = srv.url + "SIPAKMED/"
         srv.drop_once.add("SIPAKMED/im_B.7z")
         monkeypatch.setattr(download, "fetch", _fast(download.fetch))
-        paths = download.sipakmed_archives(cfg)
+        paths = archives.sipakmed_archives(cfg)
         assert paths == [raw / "im_A.7z", raw / "im_B.7z"]
         assert ("SIPAKMED/im_B.7z", "bytes=2500-") in srv.requests
-        lock = json.loads((raw / download.SIPAKMED_LOCK).read_text())
+        lock = json.loads((raw / archives.SIPAKMED_LOCK).read_text())
         assert lock["im_B.7z"] == {"sha256": sha(b"B" * 5000), "size": 5000}
-        download.sipakmed_archives(cfg)
+        archives.sipakmed_archives(cfg)
         assert len(srv.requests) == 3  # nothing fetched again
     (raw / "im_A.7z").write_bytes(b"X" * 3000)  # right size, wrong content
     with pytest.raises(ChecksumError, match="im_A.7z"):
-        download.sipakmed_archives(cfg)
+        archives.sipakmed_archives(cfg)
 
 
 def test_sipakmed_archives_from_a_mirror(make_cfg, monkeypatch, tmp_path):
@@ -383,12 +385,12 @@ def test_sipakmed_archives_from_a_mirror(make_cfg, monkeypatch, tmp_path):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     cfg = make_cfg("task=sipakmed", f"paths.sipakmed_mirror={mirror}")
-    assert download.sipakmed_archives(cfg) == []  # an extracted tree: nothing to do
+    assert archives.sipakmed_archives(cfg) == []  # an extracted tree: nothing to do
     (mirror / "im_A.7z").write_bytes(b"aaa")
     with pytest.raises(FileNotFoundError, match="im_B.7z not found"):
-        download.sipakmed_archives(cfg)
+        archives.sipakmed_archives(cfg)
     (mirror / "im_B.7z").write_bytes(b"bbbb")
-    paths = download.sipakmed_archives(cfg)
+    paths = archives.sipakmed_archives(cfg)
     assert [p.read_bytes() for p in paths] == [b"aaa", b"bbbb"]
 
 
@@ -404,7 +406,7 @@ def test_invalid_samples_from_a_local_mirror(make_cfg, tmp_path):
     real = require(SHARED_DATA / "sipakmed_invalid_samples.csv", "the invalid-sample list")
     cfg = make_cfg("task=sipakmed", f"paths.invalid_samples_mirror={real}",
                    "sources.invalid_samples_url=http://127.0.0.1:9/unreachable.csv")
-    path = download.invalid_samples(cfg)
+    path = archives.invalid_samples(cfg)
     assert path.read_bytes() == real.read_bytes()
     bad = tmp_path / "bad.csv"
     bad.write_text("filename\n1_001_01\n")
@@ -412,5 +414,5 @@ def test_invalid_samples_from_a_local_mirror(make_cfg, tmp_path):
     with open_dict(cfg):
         cfg.paths.invalid_samples_mirror = str(bad)
     with pytest.raises(ChecksumError):
-        download.invalid_samples(cfg)
+        archives.invalid_samples(cfg)
     assert not path.exists()

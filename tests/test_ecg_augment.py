@@ -11,21 +11,20 @@ import pandas as pd
 import pytest
 from scipy import signal as sps
 
-from coordchannels.ecg import (
+from coordchannels.ecg.augment import (
     AUGMENTED_CSV,
     AUGMENTED_NPY,
-    EPISODES_CSV,
     FILTER_TYPES,
     AugmentSettings,
     apply_dropout,
     augment_episode,
-    augment_stage,
     butter_coefficients,
     draw_parameters,
     episode_rng,
-    extract_stage,
     shift_windows,
 )
+from coordchannels.ecg.records import EPISODES_CSV
+from tests.conftest import call_stage
 from tests.ecg_fixtures import fixture_cfg, write_fixture_records
 
 FS, L = 250.0, 5000
@@ -38,8 +37,8 @@ def processed(root):
 
 def run_augment(root, raw, *overrides):
     cfg = fixture_cfg(root, raw, *overrides)
-    extract_stage(cfg)
-    augment_stage(cfg)
+    call_stage(cfg, "extract")
+    call_stage(cfg, "augment")
     out = processed(root)
     return (pd.read_csv(out / EPISODES_CSV, dtype={"record": str}),
             pd.read_csv(out / AUGMENTED_CSV, dtype={"record": str}), np.load(out / AUGMENTED_NPY, mmap_mode="r"))
@@ -244,4 +243,4 @@ def test_an_episode_does_not_depend_on_the_others(tmp_path, raw, augmented):
 
 def test_augment_needs_the_extract_outputs(tmp_path, raw):
     with pytest.raises(FileNotFoundError, match=r"episodes\.csv not found: run the extract stage"):
-        augment_stage(fixture_cfg(tmp_path, raw))
+        call_stage(fixture_cfg(tmp_path, raw), "augment")

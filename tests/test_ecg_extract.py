@@ -6,16 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from coordchannels.ecg import (
+from coordchannels.ecg.records import (
     EPISODES_CSV,
     WINDOWS_NPY,
     clean_label,
     episode_windows,
     extract_episodes,
-    extract_stage,
     is_danger,
 )
-from tests.conftest import VFDB_DIR, require
+from tests.conftest import VFDB_DIR, call_stage, require
 from tests.ecg_fixtures import (
     EXPECTED,
     RECORDS,
@@ -36,7 +35,7 @@ def raw(tmp_path):
 
 def run_extract(tmp_path, raw, *overrides):
     cfg = fixture_cfg(tmp_path, raw, *overrides)
-    extract_stage(cfg)
+    call_stage(cfg, "extract")
     out = tmp_path / "data" / "processed" / "ecg"
     return cfg, pd.read_csv(out / EPISODES_CSV, dtype={"record": str}), np.load(out / WINDOWS_NPY)
 
@@ -93,19 +92,9 @@ def test_window_rules_follow_the_spec():
     assert episode_windows(np.array([99000]), 100000, 2500, 2500) == [(96500, 100000, 2500)]
 
 
-def test_outputs_are_reused_unless_overwrite(tmp_path, raw):
-    cfg, _, _ = run_extract(tmp_path, raw)
-    out = tmp_path / "data" / "processed" / "ecg"
-    (out / EPISODES_CSV).write_text("sentinel")
-    extract_stage(cfg)  # skipped: outputs exist
-    assert (out / EPISODES_CSV).read_text() == "sentinel"
-    extract_stage(fixture_cfg(tmp_path, raw, "overwrite=true"))
-    assert len(pd.read_csv(out / EPISODES_CSV)) == len(EXPECTED["substring"])
-
-
 def _expect_failure(tmp_path, raw, exc, pattern, *overrides):
     with pytest.raises(exc, match=pattern):
-        extract_stage(fixture_cfg(tmp_path, raw, *overrides))
+        call_stage(fixture_cfg(tmp_path, raw, *overrides), "extract")
     out = tmp_path / "data" / "processed" / "ecg"
     assert not (out / EPISODES_CSV).exists() and not (out / WINDOWS_NPY).exists()
 

@@ -14,17 +14,10 @@ from scipy import ndimage
 from scipy.signal import medfilt
 
 from coordchannels.channels import KINDS, N_EXTRA
-from coordchannels.ecg import (
-    AUGMENTED_NPY,
-    LEADS_NPY,
-    augment_stage,
-    extra_npy,
-    extract_stage,
-    features_stage,
-    load_task_data,
-    median_stride,
-)
-from coordchannels.folds import folds_stage
+from coordchannels.ecg.augment import AUGMENTED_NPY
+from coordchannels.ecg.features import LEADS_NPY, extra_npy, median_stride
+from coordchannels.ecg.loader import load_task_data
+from tests.conftest import call_stage
 from tests.ecg_fixtures import fixture_cfg, write_fixture_records
 
 
@@ -75,8 +68,8 @@ def run(tmp_path_factory):
     raw = root / "raw"
     write_fixture_records(raw)
     cfg = fixture_cfg(root, raw, "task.data.n_variants=10")
-    for stage in (extract_stage, augment_stage, features_stage, folds_stage):
-        stage(cfg)
+    for stage in ("extract", "augment", "features", "folds"):
+        call_stage(cfg, stage)
     return Run(cfg, root / "data" / "processed" / "ecg")
 
 
@@ -117,12 +110,6 @@ def test_control_channel_values(run):
     assert np.all(coords == coords[0])  # the same for every sample
     assert coords[0, 0, 0] == 0.0  # zero padding at the left edge: median of [0]*5 + t[0..5]
     np.testing.assert_allclose(coords[0, 0, 1:], np.linspace(0, 20, 5000)[10::10], rtol=1e-6)
-
-
-def test_features_stage_skips_existing_outputs(run):
-    before = (run.out / LEADS_NPY).stat().st_mtime_ns
-    features_stage(run.cfg)
-    assert (run.out / LEADS_NPY).stat().st_mtime_ns == before
 
 
 # ---- loader --------------------------------------------------------------------------------
@@ -172,5 +159,5 @@ def test_loader_splits_follow_the_folds_file(run, group_by):
 
 def test_loader_without_processed_data_is_a_clear_error(tmp_path):
     cfg = fixture_cfg(tmp_path, tmp_path / "raw")
-    with pytest.raises(FileNotFoundError, match=r"augmented\.csv not found: run `make data TASK=ecg` first"):
+    with pytest.raises(FileNotFoundError, match=r"augmented\.csv not found: run the augment stage first \(`make data TASK=ecg`\)"):
         load_task_data(cfg, cfg.arms.study, "cpu")

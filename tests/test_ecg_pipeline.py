@@ -1,33 +1,47 @@
-"""The ECG pipeline end to end on tiny synthetic records: every stage after download, every arm,
-through the real config, trainer and statistics; and a rerun that redoes nothing."""
+"""The ECG pipeline end to end on tiny synthetic records: every stage from download (a local
+mirror, checksums registered for the test), every arm, through the real config, trainer and
+statistics; a rerun that redoes nothing; training that refuses data made with other settings."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from coordchannels.pipeline import run_stages
+from coordchannels import download
+from coordchannels.pipeline import StageError, file_sha256, run_stages
 from tests.ecg_fixtures import fixture_cfg, write_fixture_records
 
 ARMS = ["none", "control", "study", "intensity", "coordconv_norm", "coordgate"]
-STAGES = "[extract,augment,features,folds,train,stats,report,manifest]"
+STAGES = "[download,extract,augment,features,folds,train,stats,report,manifest]"
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("ecg_pipeline")
-    raw = root / "raw"
-    write_fixture_records(raw)
+    mirror = root / "mirror"
+    write_fixture_records(mirror)
     cfg = fixture_cfg(
-        root, raw, f"stages={STAGES}", "task.data.n_variants=4", f"train.arms=[{','.join(ARMS)}]",
+        root, root / "raw", f"stages={STAGES}", f"task.data.mirror={mirror}", "task.data.n_variants=4", f"train.arms=[{','.join(ARMS)}]",
         "train.epochs=4", "train.limit_train=24", "train.limit_test=12", "train.device=cpu",
         "train.num_threads=1", "stats.compare=all", "stats.n_resamples=200",
     )
-    run_stages(cfg)
+    with registered(mirror):
+        run_stages(cfg)
     return cfg
+
+
+@contextlib.contextmanager
+def registered(mirror):
+    """The fixture records' checksums in the VFDB registry, as the real records' are."""
+    sums = {p.name: file_sha256(p) for p in Path(mirror).iterdir()}
+    real = download.registry
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(download, "registry", lambda which: sums if which == "vfdb" else real(which))
+        yield
 
 
 def test_every_arm_of_both_models_leaves_a_complete_log(pipeline):
@@ -64,5 +78,17 @@ def test_rerun_redoes_nothing(pipeline):
     logs = Path(pipeline.train.logs_dir)
     watched = [processed / "augmented.npy", processed / "leads.npy", *sorted(logs.rglob("*_log.csv"))]
     before = {p: p.stat().st_mtime_ns for p in watched}
-    run_stages(pipeline)
+    with registered(pipeline.task.data.mirror):
+        assert run_stages(pipeline) == []
     assert {p: p.stat().st_mtime_ns for p in watched} == before
+
+
+def test_training_refuses_data_made_with_other_settings(pipeline):
+    cfg = pipeline.copy()
+    cfg.stages = ["train"]
+    cfg.task.data.label_match = "exact"
+    with registered(cfg.task.data.mirror), pytest.raises(StageError, match=r"outputs of stage 'features'.*task.data.label_match: 'substring' -> 'exact'"):
+        run_stages(cfg)
+    cfg.task.data.label_match, cfg.task.data.n_variants = "substring", 5
+    with registered(cfg.task.data.mirror), pytest.raises(StageError, match=r"task.data.n_variants: 4 -> 5"):
+        run_stages(cfg)

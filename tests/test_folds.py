@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import KFold
 
-from coordchannels.ecg import EPISODES_CSV, FOLDS_CSV
-from coordchannels.folds import ecg_folds, folds_stage, sipakmed_folds, slide_of
-from tests.conftest import compose_config
+from coordchannels.ecg.folds import FOLDS_CSV
+from coordchannels.ecg.records import EPISODES_CSV
+from coordchannels.folds import ecg_folds, sipakmed_folds, slide_of
+from tests.conftest import call_stage, compose_config
 
 # 7 records with 1..7 episodes: 28 episodes, some with two-digit indices (episode10 < episode2)
 RECORDS = {"418": 3, "419": 12, "420": 1, "426": 5, "602": 2, "611": 4, "615": 1}
@@ -101,18 +102,15 @@ def test_folds_stage_writes_both_groupings(tmp_path):
     out = tmp_path / "data" / "processed" / "ecg"
     out.mkdir(parents=True)
     pd.DataFrame({"record": RECS, "episode": NAMES}).to_csv(out / EPISODES_CSV, index=False)
-    folds_stage(cfg)
+    call_stage(cfg, "folds")
     table = pd.read_csv(out / FOLDS_CSV, dtype={"record": str})
     assert list(table.columns) == ["episode", "record", "fold_episode", "fold_record"]
     assert list(table["episode"]) == NAMES
     assert dict(zip(table["episode"], table["fold_episode"])) == ecg_folds(NAMES, RECS)
     assert dict(zip(table["episode"], table["fold_record"])) == ecg_folds(NAMES, RECS, group_by="record")
-    (out / FOLDS_CSV).write_text("sentinel")
-    folds_stage(cfg)  # outputs exist: skipped
-    assert (out / FOLDS_CSV).read_text() == "sentinel"
 
 
 def test_folds_stage_needs_episodes(tmp_path):
     cfg = compose_config([f"paths.root_dir={tmp_path}", "task=ecg"])
     with pytest.raises(FileNotFoundError, match=r"episodes\.csv not found"):
-        folds_stage(cfg)
+        call_stage(cfg, "folds")

@@ -6,8 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from coordchannels.manifest import manifest_stage
-from coordchannels.pipeline import record_timing
+from coordchannels.pipeline import record_timing, stage_spec
+from tests.conftest import call_stage
 
 
 def test_manifest_records_run_and_copies_logs(make_cfg, tmp_path):
@@ -20,9 +20,9 @@ def test_manifest_records_run_and_copies_logs(make_cfg, tmp_path):
     log.parent.mkdir(parents=True)
     log.write_text("epoch,train_r2,test_r2\n1,0.5,0.4\n")
     (log.parent / "checkpoint.pt").write_bytes(b"not a log")
-    record_timing(cfg.train.run_dir, "train", 12.5)
+    record_timing(stage_spec(cfg, "train"), 12.5)
 
-    manifest_stage(cfg)
+    call_stage(cfg, "manifest")
 
     out = Path(cfg.stats.out_dir)
     manifest = json.loads((out / "manifest.json").read_text())

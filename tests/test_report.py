@@ -11,8 +11,8 @@ from PIL import Image
 
 from coordchannels.logs import LogError, load_logs, log_path
 from coordchannels.pipeline import run_stages
-from coordchannels.report import curve_summary, learning_curves_figure, report_stage
-from tests.conftest import PUBLISHED_LOGS, require
+from coordchannels.report import curve_summary, learning_curves_figure
+from tests.conftest import PUBLISHED_LOGS, call_stage, require
 from tests.test_logs import write_set
 
 
@@ -47,7 +47,7 @@ def test_figure_has_a_panel_per_model_with_paper_colours(tmp_path):
 
 def test_report_stage_writes_a_png_without_a_display(tmp_path, make_cfg):
     logs = require(PUBLISHED_LOGS, "published per-fold logs")
-    report_stage(report_cfg(make_cfg, logs, tmp_path))
+    call_stage(report_cfg(make_cfg, logs, tmp_path), "report")
     with Image.open(tmp_path / "learning_curves.png") as image:
         assert image.format == "PNG" and image.width > 1000 and image.height > 800
     summary = pd.read_csv(tmp_path / "learning_curves.csv")
@@ -62,7 +62,9 @@ def test_report_stage_writes_a_png_without_a_display(tmp_path, make_cfg):
 def test_pipeline_runs_stats_and_report_from_config(tmp_path, make_cfg):
     logs = write_set(tmp_path / "logs")
     out = tmp_path / "out"
-    assert run_stages(report_cfg(make_cfg, logs, out, "stages=[stats,report]")) == []
+    cfg = report_cfg(make_cfg, logs, out, "stages=[stats,report]")
+    assert run_stages(cfg) == ["stats", "report"]
+    assert run_stages(cfg) == []  # the same logs and settings: nothing to redo
     for name in ("comparison_table.csv", "comparison_table.md", "comparison_table.tex", "fold_values.csv",
                  "fold_differences.csv", "learning_curves.png", "learning_curves.csv"):
         assert (out / name).is_file(), name
@@ -73,5 +75,5 @@ def test_bad_input_writes_no_figure(tmp_path, make_cfg):
     log_path(logs, "NimeshaNet", "control", 5).unlink()
     out = tmp_path / "out"
     with pytest.raises(LogError, match="control_set_fold_5_log.csv"):
-        report_stage(report_cfg(make_cfg, logs, out))
+        call_stage(report_cfg(make_cfg, logs, out), "report")
     assert not out.exists() or not any(out.iterdir())

@@ -16,20 +16,13 @@ import numpy as np
 import py7zr
 import pytest
 
-from coordchannels import download, sipakmed
-from coordchannels.fake_sipakmed import CLASSES, MAX_CELLS, REAL_COUNTS, class_counts, main, make_fake_sipakmed
-from coordchannels.sipakmed import (
-    CROPPED,
-    cropped_members,
-    download_stage,
-    extract_cropped,
-    find_cropped_dirs,
-    outside_image,
-    preprocess_stage,
-    read_cell_image,
-    read_contour,
-)
-from tests.conftest import SHARED_DATA
+from coordchannels import download
+from coordchannels.pipeline import run_stages
+from coordchannels.sipakmed import archives, preprocess
+from coordchannels.sipakmed.archives import CROPPED, cropped_members, extract_cropped, find_cropped_dirs
+from coordchannels.sipakmed.cells import CLASSES, outside_image, read_cell_image, read_contour
+from coordchannels.sipakmed.synthetic import MAX_CELLS, REAL_COUNTS, class_counts, main, make_fake_sipakmed
+from tests.conftest import SHARED_DATA, call_stage
 from tests.http_server import FileServer
 
 N_CELLS = 12
@@ -175,7 +168,7 @@ def test_a_codec_py7zr_lacks_falls_back_to_the_7z_program(fake_archives, tmp_pat
     program.write_text(FAKE_7Z.format(python=sys.executable))
     program.chmod(0o755)
     monkeypatch.setenv("PATH", f"{program.parent}:{os.environ['PATH']}")
-    monkeypatch.setattr(sipakmed, "_py7zr_extract", unsupported)
+    monkeypatch.setattr(archives, "_py7zr_extract", unsupported)
     assert extract_cropped(archive, tmp_path / "program") == want
     assert files_under(tmp_path / "program") == files_under(tmp_path / "py7zr")
     assert "extracting with" in caplog.text and str(program) in caplog.text
@@ -183,8 +176,8 @@ def test_a_codec_py7zr_lacks_falls_back_to_the_7z_program(fake_archives, tmp_pat
 
 def test_a_codec_py7zr_lacks_without_a_7z_program_is_a_clear_error(fake_archives, tmp_path, monkeypatch):
     archive = fake_archives.paths[0]
-    monkeypatch.setattr(sipakmed, "_py7zr_extract", unsupported)
-    monkeypatch.setattr(sipakmed, "seven_zip_program", lambda: None)
+    monkeypatch.setattr(archives, "_py7zr_extract", unsupported)
+    monkeypatch.setattr(archives, "seven_zip_program", lambda: None)
     with pytest.raises(ValueError, match=f"{archive.name}: py7zr cannot decode.*SIPAKMED_DIR"):
         extract_cropped(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -228,9 +221,10 @@ def test_download_stage_fetches_archives_over_http_and_extracts_cells(fake_archi
     with FileServer(files) as server:
         cfg = make_cfg("task=sipakmed", f"task.data.url={server.url}",
                        f"sources.invalid_samples_url={server.url}invalid_samples.csv")
-        download_stage(cfg)
+        cfg.stages = ["download", "authors_list"]
+        assert run_stages(cfg) == ["download", "authors_list"]
         n_requests = len(server.requests)
-        download_stage(cfg)  # complete: nothing fetched again
+        assert run_stages(cfg) == []  # complete: nothing fetched again
         assert len(server.requests) == n_requests
     raw = cfg.task.data.raw_dir
     cropped = files_under(Path(raw) / CROPPED)
@@ -241,13 +235,13 @@ def test_download_stage_fetches_archives_over_http_and_extracts_cells(fake_archi
 
 def test_download_stage_uses_an_extracted_tree_mirror(fake_tree, fake_archives, make_cfg, monkeypatch):
     """A mirror holding the extracted tree gives exactly the files extraction from the archives gives."""
-    monkeypatch.setattr(download, "sipakmed_archives", lambda cfg: list(fake_archives.paths))
+    monkeypatch.setattr(archives, "sipakmed_archives", lambda cfg: list(fake_archives.paths))
     from_archives = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false",
                              "task.data.raw_dir=${paths.raw_dir}/from_archives")
-    download_stage(from_archives)
+    call_stage(from_archives, "download")
     from_tree = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false",
                          f"paths.sipakmed_mirror={fake_tree.out_dir}")
-    download_stage(from_tree)
+    call_stage(from_tree, "download")
     a = files_under(Path(from_archives.task.data.raw_dir) / CROPPED)
     b = files_under(Path(from_tree.task.data.raw_dir) / CROPPED)
     assert a == b and len(a) == 2 * N_CELLS
@@ -261,10 +255,10 @@ def test_archives_in_a_mirror_are_read_in_place_and_locked(fake_archives, make_c
     monkeypatch.setattr(download, "registry", lambda name: sizes)
     mirror = fake_archives.paths[0].parent
     cfg = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false", f"paths.sipakmed_mirror={mirror}")
-    download_stage(cfg)
+    call_stage(cfg, "download")
     raw = Path(cfg.task.data.raw_dir)
     assert not list(raw.glob("*.7z"))
-    lock = json.loads((raw / download.SIPAKMED_LOCK).read_text())
+    lock = json.loads((raw / archives.SIPAKMED_LOCK).read_text())
     assert sorted(lock) == sorted(sizes)
     assert len(files_under(raw / CROPPED)) == 2 * N_CELLS
 
@@ -273,7 +267,7 @@ def test_archives_in_a_mirror_are_read_in_place_and_locked(fake_archives, make_c
     other = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false", f"paths.sipakmed_mirror={mirror}",
                      "task.data.raw_dir=${paths.raw_dir}/other")
     with pytest.raises(download.ChecksumError, match=f"mirror file .*{fake_archives.paths[0].name}: size"):
-        download_stage(other)
+        call_stage(other, "download")
     assert not (Path(other.task.data.raw_dir) / CROPPED).exists()
 
 
@@ -281,7 +275,7 @@ def test_download_stage_with_an_empty_mirror_is_a_clear_error(make_cfg, tmp_path
     (tmp_path / "empty").mkdir()
     cfg = make_cfg("task=sipakmed", f"paths.sipakmed_mirror={tmp_path / 'empty'}")
     with pytest.raises(FileNotFoundError, match="neither the five archives"):
-        download_stage(cfg)
+        call_stage(cfg, "download")
     assert not (tmp_path / "data/raw/sipakmed" / CROPPED).exists()
 
 
@@ -338,7 +332,7 @@ def test_unreadable_image_is_an_error_naming_the_file(tmp_path):
 def raw_cfg(fake_tree, make_cfg):
     """A config whose raw layout is a copy of the generated cells, for spoiling one file."""
     cfg = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false", f"paths.sipakmed_mirror={fake_tree.out_dir}")
-    download_stage(cfg)
+    call_stage(cfg, "download")
     return cfg
 
 
@@ -352,36 +346,36 @@ def test_preprocess_names_an_unreadable_bmp(raw_cfg):
     data = bmp.read_bytes()
     bmp.write_bytes(data[: len(data) // 3])  # truncated: header fine, pixels missing
     with pytest.raises(ValueError, match=rf"{bmp.name}: cannot read the image"):
-        preprocess_stage(raw_cfg)
+        call_stage(raw_cfg, "preprocess")
 
 
 def test_preprocess_names_a_missing_nucleus_contour(raw_cfg):
     bmp = first_cell(raw_cfg)
     (bmp.parent / f"{bmp.stem}_nuc.dat").unlink()
     with pytest.raises(FileNotFoundError, match=rf"{bmp.stem}_nuc.dat is missing"):
-        preprocess_stage(raw_cfg)
+        call_stage(raw_cfg, "preprocess")
 
 
 def test_preprocess_names_an_empty_contour(raw_cfg):
     bmp = first_cell(raw_cfg)
     (bmp.parent / f"{bmp.stem}_nuc.dat").write_text("")
     with pytest.raises(ValueError, match=rf"{bmp.stem}_nuc.dat: empty contour"):
-        preprocess_stage(raw_cfg)
-    assert not (Path(raw_cfg.task.processed_dir) / sipakmed.SAMPLES_CSV).exists()
+        call_stage(raw_cfg, "preprocess")
+    assert not (Path(raw_cfg.task.processed_dir) / preprocess.SAMPLES_CSV).exists()
 
 
 def test_preprocess_without_download_says_what_to_run(make_cfg):
     cfg = make_cfg("task=sipakmed")
     with pytest.raises(FileNotFoundError, match="run the download stage"):
-        preprocess_stage(cfg)
+        call_stage(cfg, "preprocess")
 
 
 def test_authors_list_is_read_whatever_the_suffixes(tmp_path):
     path = write(tmp_path / "inv.csv", "filename\n2_095_10.bmp\n2_095_11_nuc.dat\n3_271_01\n")
-    assert sipakmed.authors_invalid_ids(path) == {"2_095_10", "2_095_11", "3_271_01"}
+    assert preprocess.authors_invalid_ids(path) == {"2_095_10", "2_095_11", "3_271_01"}
     shared = SHARED_DATA / "sipakmed_invalid_samples.csv"
     if shared.exists():
-        ids = sipakmed.authors_invalid_ids(shared)
+        ids = preprocess.authors_invalid_ids(shared)
         assert len(ids) == 26 and "2_095_10" in ids
 
 
@@ -390,5 +384,5 @@ def test_copy_of_tree_ignores_everything_but_cells(tmp_path):
     src.mkdir()
     for name in ("001_01.bmp", "001_01_nuc.dat", "001_01_cyt.dat", "Thumbs.db", "001_02.BMP"):
         (src / name).write_bytes(name.encode())
-    assert sipakmed.copy_cropped(src, tmp_path / "out") == 3
+    assert archives.copy_cropped(src, tmp_path / "out") == 3
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["001_01.bmp", "001_01_nuc.dat", "001_02.bmp"]

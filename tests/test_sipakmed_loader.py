@@ -15,19 +15,13 @@ import pandas as pd
 import pytest
 import torch
 
-from coordchannels import train, warp
-from coordchannels.fake_sipakmed import make_fake_sipakmed
-from coordchannels.sipakmed import (
-    FOLDS_CSV,
-    contours_of,
-    download_stage,
-    folds_stage,
-    load_task_data,
-    nucleus_centre,
-    preprocess_stage,
-    read_cache,
-)
-from tests.conftest import train_killed_after_epoch
+from coordchannels import train
+from coordchannels.sipakmed import warp
+from coordchannels.sipakmed.cells import nucleus_centre
+from coordchannels.sipakmed.folds import FOLDS_CSV
+from coordchannels.sipakmed.loader import contours_of, load_task_data, read_cache
+from coordchannels.sipakmed.synthetic import make_fake_sipakmed
+from tests.conftest import call_stage, train_killed_after_epoch
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +34,8 @@ def prepared(fake, make_cfg):
     def factory(*overrides: str):
         cfg = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false",
                        f"paths.sipakmed_mirror={fake.out_dir}", *overrides)
-        for stage in (download_stage, preprocess_stage, folds_stage):
-            stage(cfg)
+        for stage in ("download", "preprocess", "folds"):
+            call_stage(cfg, stage)
         return cfg
 
     return factory

@@ -13,30 +13,30 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coordchannels.fake_sipakmed import make_fake_sipakmed
 from coordchannels.folds import sipakmed_folds
-from coordchannels.sipakmed import (
-    EXCLUDED_CSV,
-    FOLDS_CSV,
-    IMAGES_NPY,
-    INVALID_COMPARE_CSV,
-    SAMPLES_CSV,
-    VARIANTS_CSV,
+from coordchannels.pipeline import StageError, run_stages
+from coordchannels.sipakmed.cells import (
     area_weights,
-    contours_of,
-    download_stage,
     fit_cell,
-    folds_stage,
     nucleus_centre,
     pad_offsets,
     polygon_centroid,
-    preprocess_stage,
-    read_cache,
     read_cell_image,
     resize_area,
     resized_shape,
     vertex_mean,
 )
+from coordchannels.sipakmed.folds import FOLDS_CSV
+from coordchannels.sipakmed.loader import contours_of, read_cache
+from coordchannels.sipakmed.preprocess import (
+    EXCLUDED_CSV,
+    IMAGES_NPY,
+    INVALID_COMPARE_CSV,
+    SAMPLES_CSV,
+    VARIANTS_CSV,
+)
+from coordchannels.sipakmed.synthetic import make_fake_sipakmed
+from tests.conftest import call_stage
 
 N_CELLS, N_INVALID = 15, 2
 
@@ -53,10 +53,10 @@ def prepared(fake, make_cfg):
     def factory(*overrides: str, folds: bool = True):
         cfg = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false",
                        f"paths.sipakmed_mirror={fake.out_dir}", *overrides)
-        download_stage(cfg)
-        preprocess_stage(cfg)
+        call_stage(cfg, "download")
+        call_stage(cfg, "preprocess")
         if folds:
-            folds_stage(cfg)
+            call_stage(cfg, "folds")
         return cfg
 
     return factory
@@ -240,22 +240,32 @@ def test_invalid_rule_authors_needs_their_list(prepared):
         prepared("task.data.invalid_rule=nonsense", "overwrite=true", folds=False)
 
 
-def test_folds_of_another_sample_set_are_refused(prepared, fake):
-    cfg = prepared()
+def runner_cfg(make_cfg, fake, *overrides: str):
+    return make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false", f"paths.sipakmed_mirror={fake.out_dir}",
+                    "stages=[download,preprocess,folds]", *overrides)
+
+
+def test_folds_of_another_sample_set_are_refused(make_cfg, fake):
+    cfg = runner_cfg(make_cfg, fake)
+    run_stages(cfg)
     write_authors_list(cfg, [fake.invalid_ids[0]])
-    cfg = prepared("task.data.invalid_rule=authors", "overwrite=true", folds=False)
-    cfg.overwrite = False
-    with pytest.raises(ValueError, match="another sample set"):
-        folds_stage(cfg)
+    run_stages(runner_cfg(make_cfg, fake, "task.data.invalid_rule=authors", "stages=[preprocess]", "overwrite=true"))
+    # folds.csv was made for the contour rule's sample set: neither reused nor read by training.
+    with pytest.raises(StageError, match=r"stage 'folds'.*task.data.invalid_rule: 'contour' -> 'authors'"):
+        run_stages(runner_cfg(make_cfg, fake, "task.data.invalid_rule=authors", "stages=[folds]"))
+    with pytest.raises(StageError, match=r"outputs of stage 'folds'.*invalid_rule"):
+        run_stages(runner_cfg(make_cfg, fake, "task.data.invalid_rule=authors", "stages=[train]"))
 
 
-def test_preprocess_skips_finished_work_unless_overwrite(prepared):
-    cfg = prepared(folds=False)
+def test_preprocess_is_skipped_when_done_unless_overwrite(make_cfg, fake):
+    cfg = runner_cfg(make_cfg, fake)
+    assert run_stages(cfg) == ["download", "preprocess", "folds"]
     path = Path(cfg.task.processed_dir) / IMAGES_NPY
     os.utime(path, (1, 1))
-    preprocess_stage(cfg)
+    assert run_stages(cfg) == []
     assert path.stat().st_mtime == 1
-    cfg = prepared("overwrite=true", folds=False)
+    cfg.overwrite = True
+    assert run_stages(cfg) == ["download", "preprocess", "folds"]
     assert path.stat().st_mtime > 1
 
 
@@ -305,4 +315,4 @@ def test_folds_csv_has_both_groupings(prepared):
 
 def test_folds_need_the_preprocess_stage(make_cfg):
     with pytest.raises(FileNotFoundError, match="preprocess"):
-        folds_stage(make_cfg("task=sipakmed"))
+        call_stage(make_cfg("task=sipakmed"), "folds")

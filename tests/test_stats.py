@@ -19,9 +19,8 @@ from coordchannels.stats import (
     instability,
     montecarlo_means,
     one_sided_p,
-    stats_stage,
 )
-from tests.conftest import PUBLISHED_LOGS, require
+from tests.conftest import PUBLISHED_LOGS, call_stage, require
 from tests.test_logs import write_log, write_set
 
 # The paper's Table 3 (SPEC section 7): (model, metric) -> (mean diff, CI low, CI high, p).
@@ -106,7 +105,7 @@ def test_resampling_is_paired(tmp_path, make_cfg):
             path = log_path(tmp_path / "logs", "NimeshaNet", arm, fold)
             path.parent.mkdir(parents=True, exist_ok=True)
             pd.DataFrame({"epoch": range(1, 7), "train_r2": value, "test_r2": value}).to_csv(path, index=False)
-    stats_stage(stats_cfg(make_cfg, tmp_path / "logs", tmp_path / "out"))
+    call_stage(stats_cfg(make_cfg, tmp_path / "logs", tmp_path / "out"), "stats")
     table = pd.read_csv(tmp_path / "out" / "comparison_table.csv").set_index("metric")
     for metric in ("test_r2", "train_r2"):
         row = table.loc[metric]
@@ -135,7 +134,7 @@ def test_holm_step_down():
 
 def test_published_table3_is_reproduced(tmp_path, make_cfg):
     logs = require(PUBLISHED_LOGS, "published per-fold logs")
-    stats_stage(stats_cfg(make_cfg, logs, tmp_path))
+    call_stage(stats_cfg(make_cfg, logs, tmp_path), "stats")
     table = pd.read_csv(tmp_path / "comparison_table.csv")
     assert list(table.columns) == TABLE_COLUMNS
     assert [tuple(k) for k in table[["model", "metric"]].to_numpy()] == list(PUBLISHED)
@@ -156,12 +155,12 @@ def test_published_table3_is_reproduced(tmp_path, make_cfg):
 
 def test_published_exact_and_sum_options(tmp_path, make_cfg):
     logs = require(PUBLISHED_LOGS, "published per-fold logs")
-    stats_stage(stats_cfg(make_cfg, logs, tmp_path / "exact", "stats.method=exact"))
+    call_stage(stats_cfg(make_cfg, logs, tmp_path / "exact", "stats.method=exact"), "stats")
     exact = pd.read_csv(tmp_path / "exact" / "comparison_table.csv")
     row = exact[(exact.model == "Reduced Parameter NimeshaNet") & (exact.metric == "test_r2")].iloc[0]
     assert row.p_value == pytest.approx(0.14112, abs=1e-5)  # 441 of the 3125 resamples
     assert "<0.00032" in (tmp_path / "exact" / "comparison_table.md").read_text()
-    stats_stage(stats_cfg(make_cfg, logs, tmp_path / "sum", "stats.instability=sum"))
+    call_stage(stats_cfg(make_cfg, logs, tmp_path / "sum", "stats.instability=sum"), "stats")
     summed = pd.read_csv(tmp_path / "sum" / "fold_values.csv")
     mean = pd.read_csv(tmp_path / "exact" / "fold_values.csv")
     inst = summed.metric == "instability"
@@ -171,16 +170,16 @@ def test_published_exact_and_sum_options(tmp_path, make_cfg):
 def test_compare_any_pair_and_all_pairs_with_holm(tmp_path, make_cfg):
     write_set(tmp_path / "logs", models=("NimeshaNet", "Extra"), arms=("none", "control", "study"))
     # Default output ignores the third arm and keeps exactly the 7 columns.
-    stats_stage(stats_cfg(make_cfg, tmp_path / "logs", tmp_path / "pair"))
+    call_stage(stats_cfg(make_cfg, tmp_path / "logs", tmp_path / "pair"), "stats")
     table = pd.read_csv(tmp_path / "pair" / "comparison_table.csv")
     assert list(table.columns) == TABLE_COLUMNS and len(table) == 2 * 3
     assert set(pd.read_csv(tmp_path / "pair" / "fold_values.csv").arm) == {"control", "study"}
     # Any two arms.
-    stats_stage(stats_cfg(make_cfg, tmp_path / "logs", tmp_path / "cn", "stats.compare=[control,none]"))
+    call_stage(stats_cfg(make_cfg, tmp_path / "logs", tmp_path / "cn", "stats.compare=[control,none]"), "stats")
     row = pd.read_csv(tmp_path / "cn" / "comparison_table.csv").iloc[1]
     assert row.metric == "test_r2" and row.mean_diff == pytest.approx(0.01) and row.conclusion == "control > none"
     # All pairs: later - earlier in arm order, Holm over the 3 pairs of each model and metric.
-    stats_stage(stats_cfg(make_cfg, tmp_path / "logs", tmp_path / "all", "stats.compare=all"))
+    call_stage(stats_cfg(make_cfg, tmp_path / "logs", tmp_path / "all", "stats.compare=all"), "stats")
     allp = pd.read_csv(tmp_path / "all" / "all_pairs_table.csv")
     assert not (tmp_path / "all" / "comparison_table.csv").exists()
     assert len(allp) == 2 * 3 * 3
@@ -193,7 +192,7 @@ def test_compare_any_pair_and_all_pairs_with_holm(tmp_path, make_cfg):
 
 def test_multi_seed_units_are_paired(tmp_path, make_cfg):
     write_set(tmp_path / "logs", seeds=(1, 2, 3), folds=[1, 2])
-    stats_stage(stats_cfg(make_cfg, tmp_path / "logs", tmp_path / "out"))
+    call_stage(stats_cfg(make_cfg, tmp_path / "logs", tmp_path / "out"), "stats")
     diffs = pd.read_csv(tmp_path / "out" / "fold_differences.csv")
     assert len(diffs[diffs.metric == "test_r2"]) == 6
     assert sorted(zip(diffs.seed[:6], diffs.fold[:6])) == [(s, f) for s in (1, 2, 3) for f in (1, 2)]
@@ -216,14 +215,14 @@ def test_bad_input_writes_no_output(tmp_path, make_cfg, breakage, message):
     breakage(logs)
     out = tmp_path / "out"
     with pytest.raises(LogError, match=message):
-        stats_stage(stats_cfg(make_cfg, logs, out))
+        call_stage(stats_cfg(make_cfg, logs, out), "stats")
     assert not out.exists() or not any(out.iterdir())
 
 
 def test_tables_follow_the_logs_and_settings_of_each_run(tmp_path, make_cfg):
     logs = write_set(tmp_path / "logs")
     out = tmp_path / "out"
-    stats_stage(stats_cfg(make_cfg, logs, out))
+    call_stage(stats_cfg(make_cfg, logs, out), "stats")
     monte_carlo = (out / "comparison_table.md").read_text()
-    stats_stage(stats_cfg(make_cfg, logs, out, "stats.method=exact"))
+    call_stage(stats_cfg(make_cfg, logs, out, "stats.method=exact"), "stats")
     assert (out / "comparison_table.md").read_text() != monte_carlo

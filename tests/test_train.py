@@ -19,9 +19,9 @@ from omegaconf import OmegaConf, open_dict
 from sklearn.metrics import r2_score
 
 from coordchannels import train
-from coordchannels.pipeline import run_stages
 from coordchannels.channels import extra_channels_1d, extra_channels_2d
 from coordchannels.logs import read_log
+from coordchannels.pipeline import run_stages
 from tests.conftest import train_killed_after_epoch
 
 LENGTH = 64  # 1-D signal length (NimeshaNet pools it to 4, reduced to 2)
@@ -108,7 +108,7 @@ def job_log(cfg, model="nimeshanet", arm="study", fold=1):
 # ---------------------------------------------------------------------------------------------
 def test_ecg_run_writes_complete_logs_in_the_published_layout(tiny_cfg):
     LOADS.clear()
-    train._DATA_CACHE.clear()
+    train.job._DATA_CACHE.clear()
     cfg = tiny_cfg("ecg", "train.epochs=4", "train.folds=[1,2]")
     train.train_stage(cfg)
     logs = sorted(p.relative_to(cfg.train.logs_dir).as_posix()
@@ -214,8 +214,8 @@ def test_killed_job_resumes_to_the_uninterrupted_result(tiny_cfg, monkeypatch):
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
 
     epochs_run = []
-    real_train_one_epoch = train.train_one_epoch
-    monkeypatch.setattr(train, "train_one_epoch",
+    real_train_one_epoch = train.job.train_one_epoch
+    monkeypatch.setattr(train.job, "train_one_epoch",
                         lambda *a, **k: epochs_run.append(1) or real_train_one_epoch(*a, **k))
     train.train_stage(cfg)
     assert len(epochs_run) == 2  # epochs 2 and 3 only
@@ -231,7 +231,7 @@ def test_finished_jobs_are_skipped_unless_overwrite(tiny_cfg, monkeypatch):
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished job was trained again")
 
-    monkeypatch.setattr(train, "train_one_epoch", must_not_train)
+    monkeypatch.setattr(train.job, "train_one_epoch", must_not_train)
     train.train_stage(cfg)
     assert path.stat().st_mtime_ns == mtime
 
@@ -327,7 +327,7 @@ def test_a_task_without_models_trains_nothing(make_cfg):
 
 
 def test_auto_runs_one_job_per_core_on_a_cpu(make_cfg, monkeypatch):
-    monkeypatch.setattr(train, "_cores", lambda: 2)
+    monkeypatch.setattr(train.stage, "_cores", lambda: 2)
     cfg = make_cfg("train.n_jobs=auto", "train.device=cpu")
     assert train.jobs_side_by_side(cfg, 20) == 2
     assert train.jobs_side_by_side(cfg, 1) == 1

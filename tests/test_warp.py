@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from coordchannels.warp import (
+from coordchannels.sipakmed.warp import (
     affine_matrices,
     invert_affine,
     table_params,

@@ -413,92 +413,23 @@ def _lock_key(path: Path, lock_path: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _mirror(cfg: DictConfig, key: str) -> Path | None:
+def mirror_setting(cfg: DictConfig, key: str) -> Path | None:
+    """The local mirror folder named by config key `key`, or None when it is not set."""
     value = OmegaConf.select(cfg, key, default=None)
     return Path(value) if value else None
 
 
-def vfdb_files(records: Iterable[int | str]) -> dict[str, str]:
-    """{file name: sha256} of the .hea/.dat/.atr files of `records`, from the registry."""
-    known = registry("vfdb")
-    wanted = [f"{record}.{ext}" for record in records for ext in VFDB_EXTENSIONS]
-    missing = sorted({name.rsplit(".", 1)[0] for name in wanted if name not in known})
-    if missing:
-        known_records = sorted({name.rsplit(".", 1)[0] for name in known})
-        raise ValueError(f"VFDB record(s) {missing} are not in the registry "
-                         f"(coordchannels/registry/vfdb.sha256); known records: {known_records}")
-    return {name: known[name] for name in wanted}
-
-
-def vfdb_stage(cfg: DictConfig) -> None:
-    """The VFDB records of `cfg.task.data.records` into `cfg.task.data.raw_dir`, SHA-256 verified.
-
-    Source: the local folder `cfg.task.data.mirror` when set (Make variable VFDB_DIR), else
-    PhysioNet at `cfg.task.data.url`.
-    """
-    data = cfg.task.data
-    files = vfdb_files(data.records)
-    paths = obtain_all(files, data.raw_dir, base_url=data.url, mirror=_mirror(cfg, "task.data.mirror"),
-                       replace_bad=bool(cfg.overwrite))
-    log.info("VFDB: %d files verified in %s", len(paths), data.raw_dir)
-
-
-def published_logs_stage(cfg: DictConfig) -> None:
-    """The authors' 40 per-fold logs into `cfg.paths.published_logs_dir`, SHA-256 verified.
+def published_logs_stage(cfg: DictConfig, out: Path) -> None:
+    """The authors' 40 per-fold logs into `out` (`paths.published_logs_dir`), SHA-256 verified.
 
     Layout `<Model>/<arm>_set_fold_<k>_log.csv` (SPEC section 6), fetched from
     `cfg.sources.published_logs_url` or copied from the optional folder `paths.published_logs_mirror`.
     """
-    files = registry("published_logs")
-    paths = obtain_all(files, cfg.paths.published_logs_dir, base_url=cfg.sources.published_logs_url,
-                       mirror=_mirror(cfg, "paths.published_logs_mirror"), replace_bad=bool(cfg.overwrite))
-    log.info("published logs: %d files verified in %s", len(paths), cfg.paths.published_logs_dir)
+    paths = obtain_all(registry("published_logs"), out, base_url=cfg.sources.published_logs_url,
+                       mirror=mirror_setting(cfg, "paths.published_logs_mirror"), replace_bad=bool(cfg.overwrite))
+    log.info("published logs: %d files verified in %s", len(paths), out)
 
 
-def invalid_samples(cfg: DictConfig) -> Path:
-    """The authors' list of invalid SiPaKMeD samples as `<raw_dir>/invalid_samples.csv`, verified."""
-    name = "invalid_samples.csv"
-    dest = Path(cfg.task.data.raw_dir) / name
-    sha256 = registry("invalid_samples")[name]
-    if dest.exists() and _verifies(dest, sha256, None):
-        return dest
-    if dest.exists() and not cfg.overwrite:
-        verify_file(dest, sha256=sha256, label=f"existing file {dest}",
-                    advice="Delete it and re-run (or run with overwrite=true) to fetch a fresh copy.")
-    dest.unlink(missing_ok=True)
-    mirror = OmegaConf.select(cfg, "paths.invalid_samples_mirror")
-    if mirror:
-        return copy_from_mirror(Path(mirror), dest, sha256=sha256)
-    return fetch(cfg.sources.invalid_samples_url, dest, sha256=sha256, progress=False)
-
-
-SIPAKMED_LOCK = "sipakmed_archives.lock.json"
-
-
-def sipakmed_archives(cfg: DictConfig) -> list[Path]:
-    """The five SiPaKMeD 7z archives, verified; return their paths.
-
-    The source publishes only sizes, so archives are checked by size, then pinned by SHA-256 in
-    `<raw_dir>/sipakmed_archives.lock.json` on the first complete download and checked against it
-    on every later run. Source: `cfg.task.data.mirror` when set (a folder holding the archives:
-    they are verified and read where they are, not copied, as they are 5 GB), else
-    `cfg.task.data.url` into `raw_dir` (slow server: resumable, retried). A mirror that holds none
-    of the archives is taken to be an already extracted tree: nothing is downloaded and [] is
-    returned; one that holds only some of them is an error naming the missing archive.
-    """
-    data = cfg.task.data
-    sizes = registry("sipakmed_archives")
-    mirror = _mirror(cfg, "task.data.mirror")
-    if mirror is not None and not any((mirror / name).is_file() for name in sizes):
-        log.info("SiPaKMeD mirror %s holds no archives (an extracted tree?): nothing to download", mirror)
-        return []
-    if mirror is not None:
-        paths = [mirror_file(mirror / name, size=size) for name, size in sizes.items()]
-    else:
-        paths = [obtain(name, data.raw_dir, base_url=data.url, size=size, replace_bad=bool(cfg.overwrite))
-                 for name, size in sizes.items()]
-    log.info("SiPaKMeD: checking %d archives against the lock file (SHA-256 of %.1f GB)",
-             len(paths), sum(sizes.values()) / 1e9)
-    # The lock lives in raw_dir even for a mirror: a user's folder may be read-only or shared.
-    check_or_record_lock(paths, Path(data.raw_dir) / SIPAKMED_LOCK)
-    return paths
+def published_logs_outputs(cfg: DictConfig) -> list[str]:
+    """The published_logs stage's declared outputs: every file of the registry."""
+    return list(registry("published_logs"))

@@ -1,4 +1,4 @@
-"""Cross-validation folds (SPEC section 5): pure assignment functions and the ECG folds stage.
+"""Cross-validation folds (SPEC section 5): pure assignment functions shared by the tasks' folds stages.
 
 All variants of one base sample always share a fold; what counts as "one base sample" is the
 `group_by` option (SPEC section 9). The defaults reproduce the authors' scripts:
@@ -14,24 +14,15 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from pathlib import Path
 
-import pandas as pd
-from omegaconf import DictConfig
 from sklearn.model_selection import KFold
 
-from coordchannels.ecg import EPISODES_CSV, FOLDS_CSV
-from coordchannels.io import write_csv
+from coordchannels.settings import choice
 
 log = logging.getLogger(__name__)
 
 ECG_GROUPINGS = ("episode", "record")
 SIPAKMED_GROUPINGS = ("cell", "slide")
-
-
-def _check_grouping(group_by: str, allowed: tuple[str, ...]) -> None:
-    if group_by not in allowed:
-        raise ValueError(f"group_by must be one of {allowed}, got {group_by!r}")
 
 
 def kfold_groups(keys: Sequence[str], n_folds: int = 5, seed: int = 42) -> dict[str, int]:
@@ -53,7 +44,7 @@ def ecg_folds(episode_names: Sequence[str], records: Sequence, n_folds: int = 5,
     episode: KFold over the names sorted as strings (episode10 before episode2, as the scripts).
     record: the same KFold over the sorted unique records; each episode takes its record's fold.
     """
-    _check_grouping(group_by, ECG_GROUPINGS)
+    choice(group_by, ECG_GROUPINGS, "task.data.group_by")
     names = [str(n) for n in episode_names]
     recs = [str(r) for r in records]
     if len(names) != len(recs):
@@ -83,7 +74,7 @@ def round_robin_groups(keys: Sequence[str], n_folds: int = 5, seed: int = 42) ->
 def sipakmed_folds(ids: Sequence[str], n_folds: int = 5, seed: int = 42, group_by: str = "cell") -> dict[str, int]:
     """Valid sample id -> 1-based fold. cell: the scripts' split of the ids themselves; slide: the
     same split of the unique slides (class + NNN), every cell taking its slide's fold."""
-    _check_grouping(group_by, SIPAKMED_GROUPINGS)
+    choice(group_by, SIPAKMED_GROUPINGS, "task.data.group_by")
     ids = [str(i) for i in ids]
     if len(set(ids)) != len(ids):
         raise ValueError("sample ids are not unique")
@@ -91,28 +82,3 @@ def sipakmed_folds(ids: Sequence[str], n_folds: int = 5, seed: int = 42, group_b
         return round_robin_groups(ids, n_folds, seed)
     slide_fold = round_robin_groups(sorted({slide_of(i) for i in ids}), n_folds, seed)
     return {i: slide_fold[slide_of(i)] for i in ids}
-
-
-def folds_stage(cfg: DictConfig) -> None:
-    """ECG: write folds.csv (episode, record, fold_episode, fold_record) from episodes.csv.
-
-    Both groupings go in one file so that switching task.data.group_by needs no rerun; the loader
-    reads column fold_<group_by>.
-    """
-    out = Path(cfg.task.processed_dir)
-    target = out / FOLDS_CSV
-    if target.exists() and not cfg.overwrite:
-        log.info("folds: %s exists, skipped (overwrite=true to redo)", target)
-        return
-    source = out / EPISODES_CSV
-    if not source.is_file():
-        raise FileNotFoundError(f"{source} not found: run the extract stage first (`make data TASK=ecg`)")
-    episodes = pd.read_csv(source, dtype={"record": str})
-    data = cfg.task.data
-    table = pd.DataFrame({"episode": episodes["episode"], "record": episodes["record"]})
-    for group_by in ECG_GROUPINGS:
-        folds = ecg_folds(table["episode"], table["record"], int(data.n_folds), int(data.fold_seed), group_by)
-        table[f"fold_{group_by}"] = table["episode"].map(folds)
-    write_csv(table, target)
-    log.info("folds: %d episodes, episodes per fold (by episode) %s", len(table),
-             table["fold_episode"].value_counts().sort_index().tolist())

@@ -20,11 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# The paper's four models in the order of its Table 3; other model folders follow alphabetically.
-MODEL_ORDER = ("NimeshaNet", "Reduced Parameter NimeshaNet", "LakshyaNet", "Reduced Parameter LakshyaNet")
-# Known arms in a natural baseline-first order; other arms follow alphabetically. All-pairs
-# comparisons take later-minus-earlier in this order, so the pair (control, study) is study - control.
-ARM_ORDER = ("none", "control", "study", "intensity", "coordconv_norm", "coordgate")
+from coordchannels.components import arm_order, model_order, ordered
+
 # A spline of degree 3 (UnivariateSpline's default) needs at least 4 points.
 MIN_EPOCHS = 4
 
@@ -87,15 +84,14 @@ def parse_log_name(name: str) -> tuple[str, int | None, int] | None:
 
 
 def order_models(names: Sequence[str]) -> list[str]:
-    """The paper's four models first, in Table 3 order, then any others alphabetically."""
-    known = [m for m in MODEL_ORDER if m in names]
-    return known + sorted(set(names) - set(MODEL_ORDER))
+    """Models in the rank their config files give (the paper's Table 3 order), others alphabetically."""
+    return ordered(names, model_order())
 
 
 def order_arms(names: Sequence[str]) -> list[str]:
-    """Known arms first, baseline first (ARM_ORDER), then any others alphabetically."""
-    known = [a for a in ARM_ORDER if a in names]
-    return known + sorted(set(names) - set(ARM_ORDER))
+    """Arms in the rank their config files give (baseline first), others alphabetically. All-pairs
+    comparisons take later minus earlier in this order, so (control, study) is study - control."""
+    return ordered(names, arm_order())
 
 
 def read_log(path: str | Path, model: str = "", arm: str = "", seed: int | None = None, fold: int = 0) -> FoldLog:

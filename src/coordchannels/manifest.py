@@ -99,8 +99,7 @@ def copy_logs(src: Path, dest: Path) -> int:
     return len(files)
 
 
-def manifest_stage(cfg: DictConfig) -> None:
-    out = Path(cfg.stats.out_dir)
+def manifest_stage(cfg: DictConfig, out: Path) -> None:
     root = Path(cfg.paths.root_dir)
     n_logs = copy_logs(Path(cfg.stats.logs_dir), out / "fold_logs")
     raw_dir = Path(cfg.task.data.raw_dir) if "raw_dir" in cfg.task.get("data", {}) else None

@@ -1,129 +1,282 @@
-"""Run an ordered list of stages; each writes to its own folder, with its log and config beside it.
+"""The runner: it owns the stage contract, so that stages only do their work.
 
-A stage is a function `fn(cfg) -> None` named in the config (`stage_defs` or `task.stage_defs`)
-together with its output folder `out`. The pipeline knows nothing about what stages do: adding a
-stage is adding a function and one config entry.
+A stage is declared in the config (`stage_defs` in conf/config.yaml for the stages every task
+shares, `task.stage_defs` for a task's own) with:
+
+- `fn`: the function `fn(cfg, out)` that does the work; `out` is the stage's folder, resolved here;
+- `out`: that folder;
+- `outputs`: what a finished stage leaves in `out`: a list of names, or the dotted name of a
+  function `cfg -> [names or paths]` when they depend on the config (one file per record, per job);
+- `settings`: the dotted config keys its outputs are made from;
+- `after`: the stages whose outputs it reads (their settings are chained into this stage's);
+- `inputs`: config keys naming files or folders read as inputs whose content, not a setting, can
+  change (a folder of per-fold logs), optionally with a glob (`stats.logs_dir:**/*_log.csv`):
+  their SHA-256 is part of the record;
+- `on_change`: `refuse` (data stages: outputs made with other settings are an error until
+  `overwrite=true`) or `rerun` (cheap derived outputs such as tables: redo them).
+
+The runner, for each stage asked for: checks that every upstream stage's outputs were made with
+the settings asked for now (so training never reads data built with other settings); skips the
+stage, writing nothing, when its declared outputs exist and its record matches; otherwise runs it
+with its log (`logs/<stage>.log`), resolved config and wall time beside its outputs, and then
+writes its record (`logs/<stage>.inputs.json`: the chained settings and input digests).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
+from coordchannels.components import complete_arms
 from coordchannels.io import write_text
-
+from coordchannels.settings import canonical, plain, validate_choices
 
 log = logging.getLogger(__name__)
 
+ON_CHANGE = ("refuse", "rerun")
+STAGE_KEYS = {"fn", "out", "outputs", "settings", "after", "inputs", "on_change"}
+
 
 class StageError(RuntimeError):
-    """A stage cannot run (unknown name, bad input); the message says why."""
+    """A stage cannot run (unknown name, stale or missing inputs); the message says why."""
 
 
-def stage_spec(cfg: DictConfig, name: str) -> DictConfig:
-    """The definition of stage `name`: task-specific definitions win over common ones."""
+@dataclass(frozen=True)
+class Stage:
+    """One declared stage (see the module docstring)."""
+
+    name: str
+    fn: str
+    out: Path
+    outputs: tuple[str, ...] | str = ()
+    settings: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
+    on_change: str = "refuse"
+
+    @property
+    def record_path(self) -> Path:
+        return self.out / "logs" / f"{self.name}.inputs.json"
+
+    @property
+    def timing_path(self) -> Path:
+        return self.out / "logs" / f"{self.name}.time.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Declarations
+# --------------------------------------------------------------------------------------------
+def stage_names(cfg: DictConfig) -> list[str]:
+    """Every stage declared for the task: its own first, then the common ones."""
+    return list(dict.fromkeys([*(cfg.task.get("stage_defs") or {}), *(cfg.get("stage_defs") or {})]))
+
+
+def stage_spec(cfg: DictConfig, name: str) -> Stage:
+    """The declaration of stage `name`: task-specific definitions win over common ones."""
     for defs in (cfg.task.get("stage_defs"), cfg.get("stage_defs")):
         if defs is not None and name in defs:
-            return defs[name]
-    known = sorted(set(cfg.task.get("stage_defs", {})) | set(cfg.get("stage_defs", {})))
-    raise StageError(f"unknown stage {name!r} for task {cfg.task.name!r}; known stages: {known}")
+            return _stage(name, defs[name])
+    raise StageError(f"unknown stage {name!r} for task {cfg.task.name!r}; known stages: {sorted(stage_names(cfg))}")
 
 
+def _stage(name: str, node: DictConfig) -> Stage:
+    spec = plain(node)
+    unknown = set(spec) - STAGE_KEYS
+    if unknown:
+        raise StageError(f"stage {name!r}: unknown key(s) {sorted(unknown)}; a stage declares {sorted(STAGE_KEYS)}")
+    for key in ("fn", "out"):
+        if not spec.get(key):
+            raise StageError(f"stage {name!r}: `{key}` is required")
+    on_change = spec.get("on_change", "refuse")
+    if on_change not in ON_CHANGE:
+        raise StageError(f"stage {name!r}: on_change must be one of {list(ON_CHANGE)}, got {on_change!r}")
+    outputs = spec.get("outputs") or ()
+    return Stage(name=name, fn=str(spec["fn"]), out=Path(spec["out"]),
+                 outputs=outputs if isinstance(outputs, str) else tuple(outputs),
+                 settings=tuple(spec.get("settings") or ()), after=tuple(spec.get("after") or ()),
+                 inputs=tuple(spec.get("inputs") or ()), on_change=on_change)
+
+
+def stage_function(stage: Stage) -> Callable:
+    try:
+        return get_method(stage.fn)
+    except Exception as exc:  # hydra wraps import errors in its own types
+        raise StageError(f"stage {stage.name!r}: cannot import its function {stage.fn!r} ({exc})") from exc
+
+
+def output_paths(cfg: DictConfig, stage: Stage) -> list[Path]:
+    """The stage's declared outputs as paths (relative names are under its folder)."""
+    names = get_method(stage.outputs)(cfg) if isinstance(stage.outputs, str) else stage.outputs
+    return [stage.out / n for n in names]
+
+
+# --------------------------------------------------------------------------------------------
+# Records: what a stage's outputs were made from
+# --------------------------------------------------------------------------------------------
+def stage_record(cfg: DictConfig, stage: Stage, _chain: tuple[str, ...] = ()) -> dict:
+    """The chained settings of `stage` (its own and its upstream stages') and its input digests."""
+    if stage.name in _chain:
+        raise StageError(f"stages {' -> '.join([*_chain, stage.name])} form a cycle through `after`")
+    record = {}
+    for name in stage.after:
+        record.update(stage_record(cfg, stage_spec(cfg, name), (*_chain, stage.name)))
+    for key in stage.settings:
+        record[key] = plain(OmegaConf.select(cfg, key, throw_on_missing=True))
+    for entry in stage.inputs:
+        key, _, pattern = entry.partition(":")
+        record[f"sha256({entry})"] = path_digest(Path(str(OmegaConf.select(cfg, key))), pattern or "**/*")
+    return json.loads(canonical(record))
+
+
+def read_record(stage: Stage) -> dict | None:
+    if not stage.record_path.exists():
+        return None
+    try:
+        return json.loads(stage.record_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StageError(f"{stage.record_path}: unreadable stage record ({exc}); delete it or set overwrite=true") from exc
+
+
+def changes(stored: dict, wanted: dict) -> str:
+    keys = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+    return ", ".join(f"{k}: {stored.get(k, '<absent>')!r} -> {wanted.get(k, '<absent>')!r}" for k in keys)
+
+
+def path_digest(path: Path, pattern: str = "**/*") -> str | None:
+    """SHA-256 of a file, or `tree_sha256` of a folder's files matching `pattern`; None when the
+    path does not exist."""
+    if path.is_file():
+        return file_sha256(path)
+    if not path.is_dir():
+        return None
+    return tree_sha256(path, pattern)
+
+
+def tree_sha256(folder: Path, pattern: str = "**/*") -> str:
+    """One SHA-256 for a folder: of the lines `<relative path> <file SHA-256>` of its files that
+    match `pattern`, sorted by path; hidden (temporary) files are left out."""
+    lines = sorted(f"{p.relative_to(folder).as_posix()} {file_sha256(p)}\n" for p in folder.glob(pattern)
+                   if p.is_file() and not p.name.startswith("."))
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------
 def run_stages(cfg: DictConfig) -> list[str]:
-    """Run `cfg.stages` in order; return the names of the stages that were not available."""
-    missing = []
+    """Run `cfg.stages` in order; return the names of the stages that ran (the rest were done)."""
+    complete_arms(cfg)  # every conf/arm/ file is an arm, listed in config.yaml or not
+    validate_choices(cfg)  # every setting checked before anything is written
+    stages = [stage_spec(cfg, name) for name in cfg.stages]
     # The code a run used is the commit it started from, whatever is committed while it runs.
     commit = git_state(cfg.paths.root_dir)["commit"]
-    for name in cfg.stages:
-        spec = stage_spec(cfg, name)
-        if spec.fn is None:
-            log.warning("stage %r of task %r is not implemented yet: skipped", name, cfg.task.name)
-            missing.append(name)
+    ran = []
+    for stage in stages:
+        check_upstream(cfg, stage)
+        record = stage_record(cfg, stage)
+        if not needs_run(cfg, stage, record):
+            log.info("stage %s: done in %s (same settings), skipped", stage.name, stage.out)
             continue
-        check_inputs(cfg, name, spec)
-        run_stage(cfg, name, get_method(spec.fn), Path(spec.out), commit)
-        record_inputs(cfg, name, spec)
-    if missing:
-        log.warning("not run (not implemented yet) for task %r: %s", cfg.task.name, ", ".join(missing))
-    return missing
+        run_stage(cfg, stage, commit)
+        write_text(stage.record_path, json.dumps(record, indent=1) + "\n")
+        ran.append(stage.name)
+    return ran
 
 
-def run_stage(cfg: DictConfig, name: str, fn, out: Path, commit: str | None = None) -> None:
-    """Run one stage with a log file and the resolved config saved in `out/logs/`."""
-    logs = out / "logs"
+def check_upstream(cfg: DictConfig, stage: Stage) -> None:
+    """Every stage `stage` reads from must have finished with the settings asked for now."""
+    for name in stage.after:
+        up = stage_spec(cfg, name)
+        stored, wanted = read_record(up), stage_record(cfg, up)
+        if stored is None or not all(p.exists() for p in output_paths(cfg, up)):
+            raise StageError(f"stage {stage.name!r} reads the outputs of stage {name!r} in {up.out}, which "
+                             f"has not finished there: run it first (`make data TASK={cfg.task.name}`)")
+        if stored != wanted:
+            raise StageError(
+                f"stage {stage.name!r}: the outputs of stage {name!r} in {up.out} were made with other "
+                f"settings ({changes(stored, wanted)}); rebuild them (`make data TASK={cfg.task.name} "
+                f"ARGS='... overwrite=true'`) or point paths.data_dir elsewhere")
+
+
+def needs_run(cfg: DictConfig, stage: Stage, record: dict) -> bool:
+    """False when the stage is done: declared outputs exist, made with the same record."""
+    if cfg.overwrite:
+        return True
+    stored = read_record(stage)
+    outputs = output_paths(cfg, stage)
+    exist = all(p.exists() for p in outputs)
+    if stored == record and exist:
+        return False
+    if (stored is not None and stored != record and stage.on_change == "refuse"
+            and any(p.exists() for p in outputs)):
+        raise StageError(
+            f"stage {stage.name!r}: the outputs in {stage.out} were made with other settings "
+            f"({changes(stored, record)}); rerun with overwrite=true, or point paths.data_dir "
+            "(or train.run_name) elsewhere")
+    return True
+
+
+def run_stage(cfg: DictConfig, stage: Stage, commit: str | None = None) -> None:
+    """Run one stage with its log file, resolved config and wall time in `out/logs/`."""
+    fn = stage_function(stage)
+    logs = stage.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    write_text(logs / f"{name}.config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    handler = logging.FileHandler(logs / f"{name}.log")
+    write_text(logs / f"{stage.name}.config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    handler = logging.FileHandler(logs / f"{stage.name}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
     start = time.perf_counter()
-    log.info("stage %s (task %s) -> %s", name, cfg.task.name, out)
+    log.info("stage %s (task %s) -> %s", stage.name, cfg.task.name, stage.out)
     try:
-        fn(cfg)
+        fn(cfg, stage.out)
         seconds = time.perf_counter() - start
-        log.info("stage %s finished in %.1f s", name, seconds)
-        record_timing(out, name, seconds, commit)
+        log.info("stage %s finished in %.1f s", stage.name, seconds)
+        record_timing(stage, seconds, commit)
+    except BaseException as exc:
+        log.error("stage %s failed after %.1f s: %s", stage.name, time.perf_counter() - start,
+                  exc or type(exc).__name__)
+        raise
     finally:
         root.removeHandler(handler)
         handler.close()
 
 
-
-def inputs_path(out: str | Path, name: str) -> Path:
-    return Path(out) / "logs" / f"{name}.inputs.json"
-
-
-def stage_inputs(cfg: DictConfig, spec: DictConfig) -> dict:
-    """The values of the settings a stage declares in `depends_on` (dotted config keys)."""
-    keys = spec.get("depends_on") or []
-    return {key: OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}), resolve=True)["v"]
-            for key in keys}
+def require_input(path: Path, stage: str, task: str) -> Path:
+    """`path`, or a clear error naming the stage that makes it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} not found: run the {stage} stage first (`make data TASK={task}`)")
+    return Path(path)
 
 
-def check_inputs(cfg: DictConfig, name: str, spec: DictConfig) -> None:
-    """Refuse to reuse outputs made with other settings than the ones asked for now.
-
-    Stages skip work whose outputs exist; without this check, changing e.g.
-    task.data.label_match would silently reuse the episodes of the old setting.
-    """
-    path = inputs_path(spec.out, name)
-    if cfg.overwrite or not path.exists():
-        return
-    recorded, wanted = json.loads(path.read_text()), stage_inputs(cfg, spec)
-    changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
-    if changed:
-        raise StageError(
-            f"stage {name!r}: the outputs in {spec.out} were made with other settings "
-            f"({', '.join(f'{k}: {recorded.get(k)!r} -> {wanted.get(k)!r}' for k in changed)}); "
-            "rerun with overwrite=true, or point paths.processed_dir (or the task's folders) elsewhere")
-
-
-def record_inputs(cfg: DictConfig, name: str, spec: DictConfig) -> None:
-    if spec.get("depends_on"):
-        write_text(inputs_path(spec.out, name), json.dumps(stage_inputs(cfg, spec), indent=1) + "\n")
-
-
-def timing_path(out: str | Path, name: str) -> Path:
-    return Path(out) / "logs" / f"{name}.time.json"
-
-
-def record_timing(out: str | Path, name: str, seconds: float, commit: str | None = None) -> None:
-    """Append, beside its outputs, the wall time of a successful run of a stage (a rerun that
-    found its outputs done appears as a short run after the one that did the work)."""
-    path = timing_path(out, name)
-    runs = read_timings(path)
+# --------------------------------------------------------------------------------------------
+# Wall times and the code version
+# --------------------------------------------------------------------------------------------
+def record_timing(stage: Stage, seconds: float, commit: str | None = None) -> None:
+    """Append the wall time of a run of a stage beside its outputs (a skipped stage writes none)."""
+    runs = read_timings(stage.timing_path)
     runs.append({"seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                  "commit": commit})
-    write_text(path, json.dumps(runs, indent=1) + "\n")
+    write_text(stage.timing_path, json.dumps(runs, indent=1) + "\n")
 
 
 def read_timings(path: Path) -> list[dict]:
@@ -132,6 +285,16 @@ def read_timings(path: Path) -> list[dict]:
         return []
     runs = json.loads(path.read_text())
     return [runs] if isinstance(runs, dict) else runs
+
+
+def stage_timings(cfg: DictConfig) -> dict:
+    """Every recorded run (wall time, end, commit) of every stage of the task."""
+    times = {}
+    for name in cfg.task.stages:
+        path = stage_spec(cfg, name).timing_path
+        if path.exists():
+            times[name] = read_timings(path)
+    return times
 
 
 def git_state(root: str | Path) -> dict:
@@ -145,13 +308,3 @@ def git_state(root: str | Path) -> dict:
 
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
-
-
-def stage_timings(cfg: DictConfig) -> dict:
-    """Every recorded run (wall time, end, commit) of every stage of the task."""
-    times = {}
-    for name in cfg.task.stages:
-        path = timing_path(stage_spec(cfg, name).out, name)
-        if path.exists():
-            times[name] = read_timings(path)
-    return times

@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
+from coordchannels.components import arm_style
 from coordchannels.io import atomic_path, write_csv
 from coordchannels.logs import FoldLog, load_logs
 from coordchannels.stats import compare_setting
@@ -27,23 +28,8 @@ log = logging.getLogger(__name__)
 
 FIGURE_NAME = "learning_curves.png"
 CURVES_NAME = "learning_curves.csv"
-# Legend label and colour per arm: the paper's names and colours for its two arms.
-ARM_STYLE = {
-    "control": ("CoordConv", "red"),
-    "study": ("Proposed Method", "blue"),
-    "none": ("No coordinates", "black"),
-    "intensity": ("Intensity channel", "tab:green"),
-    "coordconv_norm": ("CoordConv (normalised)", "tab:orange"),
-    "coordgate": ("CoordGate", "tab:purple"),
-}
-OTHER_COLOURS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 SPLITS = (("train", "Train", "-"), ("test", "Test", "--"))
 STYLE = {"font.family": "serif", "font.serif": ["STIXGeneral", "DejaVu Serif"], "mathtext.fontset": "stix"}
-
-
-def arm_style(arm: str, index: int) -> tuple[str, str]:
-    """(label, colour) of an arm; unknown arms get their own name and a spare colour."""
-    return ARM_STYLE.get(arm, (arm, OTHER_COLOURS[index % len(OTHER_COLOURS)]))
 
 
 def curve_summary(logs: dict[str, dict[str, list[FoldLog]]]) -> pd.DataFrame:
@@ -66,8 +52,8 @@ def draw_panel(ax, summary: pd.DataFrame, model: str) -> None:
     arms = list(dict.fromkeys(summary.loc[summary.model == model, "arm"]))
     spare = 0
     for arm in arms:
-        label, colour = arm_style(arm, spare)
-        spare += arm not in ARM_STYLE
+        label, colour, known = arm_style(None, arm, spare)
+        spare += not known
         for split, split_label, linestyle in SPLITS:
             sel = summary[(summary.model == model) & (summary.arm == arm) & (summary.split == split)]
             ax.plot(sel.epoch, sel["mean"], color=colour, linestyle=linestyle, linewidth=1.6,
@@ -108,10 +94,9 @@ def save_png(fig: Figure, path: Path, dpi: int = 120) -> None:
         fig.savefig(tmp, format="png", dpi=dpi)
 
 
-def report_stage(cfg: DictConfig) -> None:
+def report_stage(cfg: DictConfig, out: Path) -> None:
     """Draw the learning curves of the compared arms into cfg.stats.out_dir (always redrawn, like
     the tables, so that they follow the logs)."""
-    out = Path(cfg.stats.out_dir)
     logs = load_logs(cfg.stats.logs_dir, compare_setting(cfg))  # validates before anything is written
     summary = curve_summary(logs)
     fig = learning_curves_figure(summary)

@@ -359,6 +359,11 @@ def output_names(all_pairs: bool) -> list[str]:
     return [f"{stem}.csv", f"{stem}.md", f"{stem}.tex", "fold_values.csv", "fold_differences.csv"]
 
 
+def outputs(cfg: DictConfig) -> list[str]:
+    """The stats stage's declared outputs for this config."""
+    return output_names(isinstance(compare_setting(cfg), str))
+
+
 def compare_setting(cfg: DictConfig):
     """stats.compare as a plain value: the string 'all' or a list [a, b]."""
     value = cfg.stats.compare
@@ -396,13 +401,12 @@ def build_outputs(cfg: DictConfig) -> dict[str, pd.DataFrame | str]:
     }
 
 
-def stats_stage(cfg: DictConfig) -> None:
+def stats_stage(cfg: DictConfig, out: Path) -> None:
     """Compare arms on a folder of per-fold logs; write the tables into cfg.stats.out_dir.
 
     Always recomputed (a second or two): the tables must follow the logs and the settings
     (method, resamples, arms) of this run, never an earlier one.
     """
-    out = Path(cfg.stats.out_dir)
     outputs = build_outputs(cfg)  # everything is validated and computed before the first write
     for name, content in outputs.items():
         if isinstance(content, pd.DataFrame):

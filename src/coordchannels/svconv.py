@@ -473,12 +473,8 @@ def stage_out(cfg: DictConfig) -> Path:
     return Path(stage_spec(cfg, "experiment").out)
 
 
-def svconv_stage(cfg: DictConfig) -> None:
+def svconv_stage(cfg: DictConfig, out: Path) -> None:
     """Run the experiment and write results.csv, the two figures, summary.md and operator.npy."""
-    out = stage_out(cfg)
-    if not cfg.overwrite and all((out / f).exists() for f in OUTPUTS):
-        log.info("CoordGate experiment outputs exist in %s: skipped (overwrite=true to redo)", out)
-        return
     threads = torch.get_num_threads()
     torch.set_num_threads(int(cfg.task.experiment.num_threads))
     try:

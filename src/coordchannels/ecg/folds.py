@@ -1,0 +1,37 @@
+"""The ECG folds stage: both groupings of every episode in one folds.csv (SPEC sections 5, 9)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from coordchannels.ecg.records import EPISODES_CSV
+from coordchannels.folds import ECG_GROUPINGS, ecg_folds
+from coordchannels.io import write_csv
+
+log = logging.getLogger(__name__)
+
+FOLDS_CSV = "folds.csv"
+
+
+def folds_stage(cfg: DictConfig, out: Path) -> None:
+    """Write folds.csv (episode, record, fold_episode, fold_record) from episodes.csv.
+
+    Both groupings go in one file so that switching task.data.group_by needs no rerun; the loader
+    reads column fold_<group_by>.
+    """
+    source = out / EPISODES_CSV
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} not found: run the extract stage first (`make data TASK=ecg`)")
+    episodes = pd.read_csv(source, dtype={"record": str})
+    data = cfg.task.data
+    table = pd.DataFrame({"episode": episodes["episode"], "record": episodes["record"]})
+    for group_by in ECG_GROUPINGS:
+        folds = ecg_folds(table["episode"], table["record"], int(data.n_folds), int(data.fold_seed), group_by)
+        table[f"fold_{group_by}"] = table["episode"].map(folds)
+    write_csv(table, out / FOLDS_CSV)
+    log.info("folds: %d episodes, episodes per fold (by episode) %s", len(table),
+             table["fold_episode"].value_counts().sort_index().tolist())

@@ -1,0 +1,42 @@
+"""The one trainer (SPEC section 5): every task, model and arm goes through `run_job`.
+
+- `grid`: which jobs, one job = (model, arm, seed, fold);
+- `stage`: the train stage, jobs one after another or side by side;
+- `job`: one job's training loop, evaluation and per-fold log;
+- `record`: checkpoints, fingerprints and the run record that guard resuming and skipping;
+- `device`: device, seeds and determinism.
+"""
+
+from __future__ import annotations
+
+from coordchannels.train.device import resolve_device, seed_everything, set_determinism
+from coordchannels.train.grid import Job, job_grid
+from coordchannels.train.job import (
+    Execution,
+    build_model,
+    checkpoint_path,
+    epoch_generator,
+    job_indices,
+    job_log_path,
+    log_epoch,
+    predict,
+    r2_per_target,
+    run_job,
+    target_standardisation,
+    train_one_epoch,
+    train_step,
+)
+from coordchannels.train.record import RunConfigError, job_fingerprint
+from coordchannels.train.stage import (
+    expected_logs,
+    jobs_side_by_side,
+    threads_per_job,
+    train_stage,
+)
+
+__all__ = [
+    "Execution", "Job", "expected_logs", "RunConfigError", "build_model", "checkpoint_path", "epoch_generator", "job_fingerprint",
+    "job_grid", "job_indices", "job_log_path", "jobs_side_by_side", "log_epoch", "predict", "r2_per_target",
+    "resolve_device", "run_job", "seed_everything", "set_determinism", "target_standardisation",
+    "threads_per_job", "train_one_epoch", "train_stage", "train_step",
+]

@@ -1,0 +1,128 @@
+"""The train stage: every job of the grid, one after another or side by side (`train.n_jobs`).
+
+Jobs share nothing but read-only data, so they can also be fanned out by a Hydra launcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from coordchannels.train.device import resolve_device
+from coordchannels.train.grid import Job, job_grid
+from coordchannels.train.job import _DATA_CACHE, job_log_path, run_job
+from coordchannels.train.record import update_run_config
+
+log = logging.getLogger(__name__)
+
+
+
+# --------------------------------------------------------------------------------------------
+# The stage: the job grid, run serially or side by side
+# --------------------------------------------------------------------------------------------
+def expected_logs(cfg: DictConfig) -> list[Path]:
+    """The train stage's declared outputs: the per-fold log of every job of the grid."""
+    return [job_log_path(cfg, job) for job in job_grid(cfg)] if cfg.task.models else []
+
+
+def train_stage(cfg: DictConfig, out: Path | None = None) -> None:
+    """Run every job of the grid (models x arms x seeds x folds) in `out` = train.run_dir,
+    skipping finished ones and resuming interrupted ones."""
+    if not cfg.task.models:
+        log.info("task %s trains no models (its experiment stage trains its own): nothing to do",
+                 cfg.task.name)
+        return
+    jobs = job_grid(cfg)
+    update_run_config(cfg, jobs)
+    n_jobs = jobs_side_by_side(cfg, len(jobs))
+    threads = threads_per_job(cfg, n_jobs)
+    log.info("%d training jobs in %s (%d side by side, %d torch thread(s) each)",
+             len(jobs), cfg.train.run_dir, n_jobs, threads)
+    start = time.perf_counter()
+    if n_jobs == 1:
+        try:
+            with torch_threads(threads):
+                paths = [run_job(cfg, *_job_args(job)) for job in jobs]
+        finally:
+            _DATA_CACHE.clear()
+    else:
+        from joblib import Parallel, delayed
+
+        # Resolve once here so that every worker sees the same paths and values.
+        plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        root = logging.getLogger()
+        # Workers append their progress lines to the stage's log files too (and print to stderr).
+        files = [h.baseFilename for h in root.handlers if isinstance(h, logging.FileHandler)]
+        paths = Parallel(n_jobs=n_jobs, backend="loky")(
+            delayed(_run_job_in_worker)(plain, job, threads, root.getEffectiveLevel(), files) for job in jobs)
+    log.info("%d per-fold logs under %s (%.1f s)", len(paths), cfg.train.logs_dir, time.perf_counter() - start)
+
+
+def jobs_side_by_side(cfg: DictConfig, n_jobs_total: int) -> int:
+    """cfg.train.n_jobs, where `auto` = one job per core on a CPU (the small models gain little
+    from more threads per job) and one at a time on a GPU (which a single job keeps busy)."""
+    wanted = cfg.train.n_jobs
+    if str(wanted) == "auto":
+        wanted = 1 if resolve_device(cfg.train.device).type == "cuda" else _cores()
+    return max(1, min(int(wanted), n_jobs_total))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_per_job(cfg: DictConfig, n_jobs: int) -> int:
+    """cfg.train.num_threads, or the cores shared equally by the jobs running side by side."""
+    if cfg.train.num_threads is not None:
+        return int(cfg.train.num_threads)
+    return max(1, _cores() // n_jobs)
+
+
+def _job_args(job: Job) -> tuple[str, str, int, int]:
+    return job.model, job.arm, job.seed, job.fold
+
+
+def _run_job_in_worker(cfg: DictConfig, job: Job, threads: int, level: int, log_files: list[str]) -> Path:
+    """Entry point of a joblib worker process: its own threads, logging like the parent's."""
+    _worker_logging(level, log_files)
+    torch.set_num_threads(threads)
+    return run_job(cfg, *_job_args(job))
+
+
+# Handlers this worker process added, by the log files they write to (workers are reused).
+_WORKER_HANDLERS: dict[tuple[str, ...], list[logging.Handler]] = {}
+
+
+def _worker_logging(level: int, log_files: list[str]) -> None:
+    root = logging.getLogger()
+    root.setLevel(level)
+    key = tuple(log_files)
+    if key in _WORKER_HANDLERS:
+        return
+    for old in _WORKER_HANDLERS.pop(next(iter(_WORKER_HANDLERS), ()), []):  # an earlier stage's files
+        root.removeHandler(old)
+        old.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers = [logging.StreamHandler(), *(logging.FileHandler(f, mode="a") for f in log_files)]
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    _WORKER_HANDLERS[key] = handlers
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Use n torch threads inside the block, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,162 @@
+"""The runner owns the stage contract: it passes each stage its folder, skips finished stages
+without writing anything, chains settings through upstream stages, and refuses stale inputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf, open_dict
+
+from coordchannels.pipeline import StageError, run_stages
+from tests.conftest import compose_config
+
+CALLS: list[str] = []
+
+
+def make_stage(cfg, out: Path) -> None:
+    """A data stage: writes made.txt with the settings it was made from."""
+    CALLS.append("make")
+    logging.getLogger("probe").info("make running")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "made.txt").write_text(f"{cfg.task.data.label_match} {cfg.seed}")
+
+
+def use_stage(cfg, out: Path) -> None:
+    """A stage reading make's output."""
+    CALLS.append("use")
+    (out / "used.txt").write_text((out.parent / "make" / "made.txt").read_text())
+
+
+def failing_stage(cfg, out: Path) -> None:
+    raise RuntimeError("the probe broke")
+
+
+def with_probes(tmp_path, *overrides: str):
+    cfg = compose_config([f"paths.root_dir={tmp_path}", *overrides])
+    with open_dict(cfg):
+        cfg.stage_defs.make = {"fn": "tests.test_pipeline.make_stage", "out": str(tmp_path / "make"),
+                               "outputs": ["made.txt"], "settings": ["task.data.label_match"]}
+        cfg.stage_defs.use = {"fn": "tests.test_pipeline.use_stage", "out": str(tmp_path / "use"),
+                              "outputs": ["used.txt"], "settings": ["seed"], "after": ["make"]}
+        cfg.stage_defs.broken = {"fn": "tests.test_pipeline.failing_stage", "out": str(tmp_path / "broken"),
+                                 "outputs": ["never.txt"]}
+    CALLS.clear()
+    return cfg
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_stage_gets_its_folder_log_config_and_record(tmp_path):
+    cfg = with_probes(tmp_path, "stages=[make]")
+    assert run_stages(cfg) == ["make"]
+    out = tmp_path / "make"
+    assert (out / "made.txt").read_text() == "substring 42"
+    assert "make running" in (out / "logs" / "make.log").read_text()
+    assert OmegaConf.load(out / "logs" / "make.config.yaml").task.name == "ecg"
+    assert json.loads((out / "logs" / "make.inputs.json").read_text()) == {"task.data.label_match": "substring"}
+    assert len(json.loads((out / "logs" / "make.time.json").read_text())) == 1
+
+
+def test_a_finished_stage_is_skipped_and_writes_nothing(tmp_path):
+    cfg = with_probes(tmp_path, "stages=[make,use]")
+    run_stages(cfg)
+    before = snapshot(tmp_path)
+    CALLS.clear()
+    assert run_stages(cfg) == []
+    assert CALLS == [] and snapshot(tmp_path) == before
+
+
+def test_settings_chain_through_upstream_stages(tmp_path):
+    cfg = with_probes(tmp_path, "stages=[make,use]")
+    run_stages(cfg)
+    record = json.loads((tmp_path / "use" / "logs" / "use.inputs.json").read_text())
+    assert record == {"task.data.label_match": "substring", "seed": 42}
+    # Changed upstream data: both stages refuse to reuse their outputs silently...
+    cfg.task.data.label_match = "exact"
+    with pytest.raises(StageError, match=r"stage 'make'.*task.data.label_match: 'substring' -> 'exact'"):
+        run_stages(cfg)
+    # ...also when only the downstream stage is asked for: it will not read stale inputs.
+    cfg.stages = ["use"]
+    with pytest.raises(StageError, match=r"outputs of stage 'make'.*other settings.*label_match"):
+        run_stages(cfg)
+    cfg.stages, cfg.overwrite = ["make", "use"], True
+    assert run_stages(cfg) == ["make", "use"]
+    assert (tmp_path / "use" / "used.txt").read_text() == "exact 42"
+
+
+def test_a_downstream_stage_refuses_to_run_before_its_inputs_exist(tmp_path):
+    cfg = with_probes(tmp_path, "stages=[use]")
+    with pytest.raises(StageError, match=r"reads the outputs of stage 'make'.*has not finished"):
+        run_stages(cfg)
+    assert not (tmp_path / "use").exists()
+
+
+def test_rerun_stages_are_redone_when_their_inputs_change(tmp_path):
+    cfg = with_probes(tmp_path, "stages=[make]")
+    logs = tmp_path / "logs_in"
+    (logs / "M").mkdir(parents=True)
+    (logs / "M" / "a_log.csv").write_text("1")
+    with open_dict(cfg):
+        cfg.probe_dir = str(logs)
+        cfg.stage_defs.make.inputs = ["probe_dir:*/*_log.csv"]
+        cfg.stage_defs.make.on_change = "rerun"
+    assert run_stages(cfg) == ["make"]
+    assert run_stages(cfg) == []
+    (logs / "M" / "unrelated.txt").write_text("not a log")
+    assert run_stages(cfg) == []
+    (logs / "M" / "a_log.csv").write_text("2")
+    assert run_stages(cfg) == ["make"]
+
+
+def test_a_failed_stage_logs_its_error_and_records_nothing(tmp_path):
+    cfg = with_probes(tmp_path, "stages=[broken]")
+    with pytest.raises(RuntimeError, match="the probe broke"):
+        run_stages(cfg)
+    logs = tmp_path / "broken" / "logs"
+    assert "stage broken failed" in (logs / "broken.log").read_text()
+    assert "the probe broke" in (logs / "broken.log").read_text()
+    assert not (logs / "broken.inputs.json").exists() and not (logs / "broken.time.json").exists()
+
+
+def test_a_bad_setting_fails_before_any_stage_writes(tmp_path):
+    cfg = with_probes(tmp_path, "stages=[make]", "train.precision=fp16")
+    with pytest.raises(ValueError, match="train.precision must be one of"):
+        run_stages(cfg)
+    assert not (tmp_path / "make").exists()
+
+
+def test_unknown_stage_and_bad_declarations_are_clear_errors(tmp_path):
+    cfg = with_probes(tmp_path, "stages=[nonsense]")
+    with pytest.raises(StageError, match="unknown stage 'nonsense'"):
+        run_stages(cfg)
+    cfg = with_probes(tmp_path, "stages=[make]")
+    with open_dict(cfg):
+        cfg.stage_defs.make.on_change = "sometimes"
+    with pytest.raises(StageError, match="on_change must be one of"):
+        run_stages(cfg)
+
+
+def test_a_new_arm_is_one_yaml_file(tmp_path, monkeypatch):
+    from coordchannels import components
+
+    conf = tmp_path / "conf"
+    (conf / "arm").mkdir(parents=True)
+    for f in (components.CONF_DIR / "arm").glob("*.yaml"):
+        (conf / "arm" / f.name).write_text(f.read_text())
+    (conf / "arm" / "doubled.yaml").write_text(
+        "name: doubled\nlabel: Doubled\ncolour: tab:cyan\norder: 9\nchannels: coords_norm\nmodel_kwargs: {}\n")
+    monkeypatch.setattr(components, "CONF_DIR", conf)
+    components.group_files.cache_clear()
+    try:
+        cfg = compose_config([f"paths.root_dir={tmp_path}", "stages=[]"])
+        run_stages(cfg)
+        assert cfg.arms.doubled.channels == "coords_norm"
+        assert components.arm_order()["doubled"] == 9
+        assert components.arm_style(None, "doubled") == ("Doubled", "tab:cyan", True)
+    finally:
+        components.group_files.cache_clear()
