@@ -25,7 +25,7 @@ MIRRORS := $(if $(VFDB_DIR),"paths.vfdb_mirror='$(VFDB_DIR)'") \
   $(if $(PUBLISHED_LOGS_DIR),"paths.published_logs_mirror='$(PUBLISHED_LOGS_DIR)'")
 APP := $(PY) -m coordchannels
 
-.PHONY: help setup test test-slow reproduce data train stats table3 ecg-record ecg-arms demo bench-gpu clean-runs
+.PHONY: help setup lint format test test-slow reproduce data train stats table3 ecg-record ecg-arms demo bench-gpu clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+lint: setup ## check style and common mistakes (ruff), as CI does
+	$(PY) -m ruff check src tests scripts
+
+format: setup ## apply the project's formatting and import order (ruff)
+	$(PY) -m ruff check --fix --select I src tests scripts
+	$(PY) -m ruff format src tests scripts
 
 test: setup ## run the default test suite (no network, no GPU, no slow tests)
 	$(PY) -m pytest

@@ -130,7 +130,7 @@ def main() -> None:
     print()
     print(f"{'':38s}{'ours (cached)':>16s}{'scripts (per sample)':>22s}{'ratio':>8s}")
     print(f"{'features, once (s)':38s}{features_s:16.2f}{'-':>22s}")
-    print(f"{'training epoch over %d samples (s)' % n:38s}{ours:16.2f}{theirs:22.2f}{theirs / ours:8.1f}x")
+    print(f"{f'training epoch over {n} samples (s)':38s}{ours:16.2f}{theirs:22.2f}{theirs / ours:8.1f}x")
     print(f"{'full ECG arm, one core, projected (min)':38s}{full_ours / 60:16.1f}{full_theirs / 60:22.1f}"
           f"{full_theirs / full_ours:8.1f}x")
     print(f"{'full ECG arm, 2 jobs on 2 cores (min)':38s}{full_ours / 120:16.1f}{full_theirs / 120:22.1f}")

@@ -32,9 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -43,19 +41,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import r2_score
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from coordchannels.channels import N_EXTRA
+from coordchannels.components import group_files
+from coordchannels.environment import hardware
 from coordchannels.io import save_npy, write_text
 from coordchannels.models import LakshyaNet
 from coordchannels.sipakmed.loader import SipakmedTaskData
+from coordchannels.sipakmed.synthetic import synthetic_cells
 from coordchannels.sipakmed.warp import variant_params
 from coordchannels.train import Execution, train_step
 
-ARM_CHANNELS = {"control": "coords", "study": "intensity_weighted_coords"}
+# The arms the benchmark compares, and their channels, from their config files (conf/arm).
+ARM_CHANNELS = {name: str(group_files("arm")[name].channels) for name in ("control", "study")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,48 +128,6 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-# ---------------------------------------------------------------------------------------------
-# Synthetic data
-
-
-def _ellipse(xx, yy, centre, axes, angle, edge=1.5):
-    """Soft elliptic masks (n, 1, H, W) in [0, 1]: 1 inside, a sigmoid edge ~`edge` px wide."""
-    dx = xx - centre[:, 0, None, None]
-    dy = yy - centre[:, 1, None, None]
-    c, s = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
-    u = (dx * c + dy * s) / axes[:, 0, None, None]
-    v = (-dx * s + dy * c) / axes[:, 1, None, None]
-    radius = torch.sqrt(u * u + v * v)
-    return torch.sigmoid((1 - radius) * axes.min(dim=1).values[:, None, None] / edge)[:, None]
-
-
-def synthetic_cells(n: int, size: int, seed: int, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """n cell-like RGB images, uint8 (n, 3, size, size), and their nucleus centres (n, 2) = (x, y)."""
-    gen = torch.Generator().manual_seed(seed)
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32),
-                            torch.arange(size, dtype=torch.float32), indexing="ij")
-    images, centres = [], []
-    for start in range(0, n, chunk):
-        m = min(chunk, n - start)
-        r = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
-        # Background: low-frequency texture, slightly tinted per image.
-        low = r(m, 3, max(size // 16, 2), max(size // 16, 2))
-        texture = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
-        img = 170 + 40 * r(m, 3, 1, 1) + 40 * (texture - 0.5)
-        # Cytoplasm: a large light ellipse near the middle.
-        cyto_c = size / 2 + (r(m, 2) - 0.5) * 0.2 * size
-        cyto_axes = size * (0.22 + 0.12 * r(m, 2))
-        cyto = _ellipse(xs, ys, cyto_c, cyto_axes, r(m) * math.pi)
-        img = img * (1 - cyto) + (120 + 60 * r(m, 3, 1, 1)) * cyto
-        # Nucleus: a small dark ellipse inside the cytoplasm; its centre is the target.
-        nuc_c = cyto_c + (r(m, 2) - 0.5) * cyto_axes * 0.8
-        nuc_axes = size * (0.04 + 0.05 * r(m, 2))
-        nuc = _ellipse(xs, ys, nuc_c, nuc_axes, r(m) * math.pi)
-        img = img * (1 - nuc) + (40 + 40 * r(m, 3, 1, 1)) * nuc
-        img = img + 8 * torch.randn(img.shape, generator=gen)
-        images.append(img.clamp(0, 255).round().to(torch.uint8))
-        centres.append(nuc_c.double())
-    return torch.cat(images), torch.cat(centres)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,12 +537,7 @@ def write_report(report: dict, out: str) -> None:
 
 
 def environment(args, device: torch.device) -> dict:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"CPU ({platform.processor() or platform.machine()})"
-    return {"device": str(device), "device_name": name, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    return hardware(device)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from coordchannels.environment import hardware
 from coordchannels.io import write_text
 from coordchannels.sipakmed.archives import archive_class, extract_cropped
 from coordchannels.sipakmed.synthetic import make_fake_sipakmed
@@ -128,8 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                          "raw_cropped_mb": tree_bytes(root / "data" / "raw" / "sipakmed" / "cropped") / 1e6,
                          "n_images": sum(1 for _ in open(processed / "samples.csv")) - 1})
             print(f"n_variants={k}: {measured['seconds']:.0f} s, peak RSS {measured['peak_rss_mb']:.0f} MB")
-    env = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-           "platform": platform.platform(), "cells": args.cells}
+    env = {**hardware(), "cells": args.cells}
     report = render(runs, env, extraction, startup)
     print(report)
     if args.out:

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from coordchannels.logs import order_arms
+
 METRICS = {"train_r2": "train R²", "test_r2": "test R²", "instability": "instability"}
-ARMS = ["none", "control", "study", "intensity", "coordconv_norm", "coordgate"]
 
 
 def levels_table(values: pd.DataFrame, model: str) -> str:
     rows = ["| arm | " + " | ".join(METRICS.values()) + " |", "|---|" + "---|" * len(METRICS)]
     values = values[values.model == model]
-    for arm in [a for a in ARMS if a in set(values.arm)]:
+    for arm in order_arms(set(values.arm)):
         cells = []
         for metric in METRICS:
             v = values[(values.arm == arm) & (values.metric == metric)]["value"]
@@ -34,7 +35,7 @@ def versus_table(pairs: pd.DataFrame, model: str, reference: str) -> str:
     rows = [f"| arm − {reference} | metric | mean diff | 95% CI | p (Holm) | conclusion (Holm) |",
             "|---|---|---|---|---|---|"]
     pairs = pairs[pairs.model == model]
-    for arm in ARMS:
+    for arm in order_arms(set(pairs.arm_a) | set(pairs.arm_b)):
         for metric in ("test_r2", "instability"):
             hit = pairs[(pairs.metric == metric) & (((pairs.arm_a == arm) & (pairs.arm_b == reference)) |
                                                     ((pairs.arm_a == reference) & (pairs.arm_b == arm)))]

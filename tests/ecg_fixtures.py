@@ -102,8 +102,8 @@ def write_record(folder: Path, name: str, n_samples: int, annotations: list[tupl
 
 def write_fixture_records(folder: Path) -> list[str]:
     """Write every record of RECORDS into `folder`; return their names."""
-    for name, (n, annotations) in RECORDS.items():
-        write_record(folder, name, n, annotations)
+    for name, (n, marks) in RECORDS.items():
+        write_record(folder, name, n, marks)
     return list(RECORDS)
 
 

@@ -43,7 +43,7 @@ class FileServer:
         with self._lock:
             return sum(1 for p, _ in self.requests if p == path)
 
-    def __enter__(self) -> "FileServer":
+    def __enter__(self) -> FileServer:
         self._thread.start()
         return self
 

@@ -7,53 +7,16 @@ computed from into `<stats.out_dir>/fold_logs/` (`logs/` holds the stages' own l
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import platform
 import shutil
-import sys
-from importlib import metadata
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.download import file_sha256
+from coordchannels.environment import hardware, package_versions
 from coordchannels.io import atomic_dir, write_text
-from coordchannels.pipeline import git_state, stage_timings
-
-PACKAGES = ("torch", "numpy", "scipy", "pandas", "scikit-learn", "wfdb", "pillow", "hydra-core",
-            "omegaconf", "matplotlib", "py7zr", "requests", "tqdm", "coordchannels")
-
-
-def package_versions() -> dict:
-    versions = {"python": sys.version.split()[0]}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def hardware() -> dict:
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    info = {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        info["memory_gib"] = round(pages * page_size / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
-    return info
+from coordchannels.pipeline import git_state, stage_timings, tree_sha256
 
 
 def data_checksums(raw_dir: Path) -> dict:
@@ -79,11 +42,6 @@ def data_checksums(raw_dir: Path) -> dict:
     return sums
 
 
-def tree_sha256(folder: Path) -> str:
-    """One SHA-256 for a folder: of the lines `<relative path> <file SHA-256>`, sorted by path."""
-    lines = sorted(f"{p.relative_to(folder).as_posix()} {file_sha256(p)}\n"
-                   for p in folder.rglob("*") if p.is_file())
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def copy_logs(src: Path, dest: Path) -> int:

@@ -37,6 +37,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.components import complete_arms
+from coordchannels.download import file_sha256
 from coordchannels.io import write_text
 from coordchannels.settings import canonical, plain, validate_choices
 
@@ -168,13 +169,6 @@ def tree_sha256(folder: Path, pattern: str = "**/*") -> str:
                    if p.is_file() and not p.name.startswith("."))
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

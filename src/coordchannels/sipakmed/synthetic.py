@@ -20,7 +20,7 @@ ones. What it reproduces:
   stages must exclude), like the 26 listed by the authors.
 
 `make_fake_sipakmed` returns what was written, with the expected nucleus centres, so tests can
-check the pipeline against the truth. CLI: `python -m coordchannels.fake_sipakmed OUT --cells N`.
+check the pipeline against the truth. CLI: `python -m coordchannels.sipakmed.synthetic OUT --cells N`.
 """
 
 from __future__ import annotations
@@ -28,12 +28,15 @@ from __future__ import annotations
 import argparse
 import io as _bytes_io
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import py7zr
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from coordchannels.io import atomic_dir, atomic_path
@@ -211,6 +214,50 @@ def write_tree(class_root: Path, members: dict[str, bytes]) -> None:
             target = tmp / arcname
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
+
+
+# --------------------------------------------------------------------------------------------
+# In-memory cell images (benchmarks): no files, any number, fast
+
+
+def _ellipse(xx, yy, centre, axes, angle, edge=1.5):
+    """Soft elliptic masks (n, 1, H, W) in [0, 1]: 1 inside, a sigmoid edge ~`edge` px wide."""
+    dx = xx - centre[:, 0, None, None]
+    dy = yy - centre[:, 1, None, None]
+    c, s = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
+    u = (dx * c + dy * s) / axes[:, 0, None, None]
+    v = (-dx * s + dy * c) / axes[:, 1, None, None]
+    radius = torch.sqrt(u * u + v * v)
+    return torch.sigmoid((1 - radius) * axes.min(dim=1).values[:, None, None] / edge)[:, None]
+
+
+def synthetic_cells(n: int, size: int, seed: int, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """n cell-like RGB images, uint8 (n, 3, size, size), and their nucleus centres (n, 2) = (x, y)."""
+    gen = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32),
+                            torch.arange(size, dtype=torch.float32), indexing="ij")
+    images, centres = [], []
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        r = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
+        # Background: low-frequency texture, slightly tinted per image.
+        low = r(m, 3, max(size // 16, 2), max(size // 16, 2))
+        texture = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+        img = 170 + 40 * r(m, 3, 1, 1) + 40 * (texture - 0.5)
+        # Cytoplasm: a large light ellipse near the middle.
+        cyto_c = size / 2 + (r(m, 2) - 0.5) * 0.2 * size
+        cyto_axes = size * (0.22 + 0.12 * r(m, 2))
+        cyto = _ellipse(xs, ys, cyto_c, cyto_axes, r(m) * math.pi)
+        img = img * (1 - cyto) + (120 + 60 * r(m, 3, 1, 1)) * cyto
+        # Nucleus: a small dark ellipse inside the cytoplasm; its centre is the target.
+        nuc_c = cyto_c + (r(m, 2) - 0.5) * cyto_axes * 0.8
+        nuc_axes = size * (0.04 + 0.05 * r(m, 2))
+        nuc = _ellipse(xs, ys, nuc_c, nuc_axes, r(m) * math.pi)
+        img = img * (1 - nuc) + (40 + 40 * r(m, 3, 1, 1)) * nuc
+        img = img + 8 * torch.randn(img.shape, generator=gen)
+        images.append(img.clamp(0, 255).round().to(torch.uint8))
+        centres.append(nuc_c.double())
+    return torch.cat(images), torch.cat(centres)
 
 
 # --------------------------------------------------------------------------------------------
