@@ -13,13 +13,17 @@ shares, `task.stage_defs` for a task's own) with:
   change (a folder of per-fold logs), optionally with a glob (`stats.logs_dir:**/*_log.csv`):
   their SHA-256 is part of the record;
 - `on_change`: `refuse` (data stages: outputs made with other settings are an error until
-  `overwrite=true`) or `rerun` (cheap derived outputs such as tables: redo them).
+  `overwrite=true`) or `rerun` (cheap derived outputs such as tables: redo them);
+- `check`: optional dotted name of a function `check(cfg)` that validates the stage's settings;
+  the runner calls it for every stage asked for before any stage runs.
 
 The runner, for each stage asked for: checks that every upstream stage's outputs were made with
 the settings asked for now (so training never reads data built with other settings); skips the
 stage, writing nothing, when its declared outputs exist and its record matches; otherwise runs it
-with its log (`logs/<stage>.log`), resolved config and wall time beside its outputs, and then
-writes its record (`logs/<stage>.inputs.json`: the chained settings and input digests).
+with its log (`logs/<stage>.log`) beside its outputs, and when it succeeds writes its resolved
+config, wall time, record (`logs/<stage>.inputs.json`: the chained settings and input digests) and
+the sizes of its outputs (`logs/<stage>.outputs.json`), so that a damaged output (a truncated
+array) is noticed instead of read.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from coordchannels.settings import canonical, plain, validate_choices
 log = logging.getLogger(__name__)
 
 ON_CHANGE = ("refuse", "rerun")
-STAGE_KEYS = {"fn", "out", "outputs", "settings", "after", "inputs", "on_change"}
+STAGE_KEYS = {"fn", "out", "outputs", "settings", "after", "inputs", "on_change", "check"}
 
 
 class StageError(RuntimeError):
@@ -63,10 +67,15 @@ class Stage:
     after: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
     on_change: str = "refuse"
+    check: str | None = None
 
     @property
     def record_path(self) -> Path:
         return self.out / "logs" / f"{self.name}.inputs.json"
+
+    @property
+    def sizes_path(self) -> Path:
+        return self.out / "logs" / f"{self.name}.outputs.json"
 
     @property
     def timing_path(self) -> Path:
@@ -104,7 +113,7 @@ def _stage(name: str, node: DictConfig) -> Stage:
     return Stage(name=name, fn=str(spec["fn"]), out=Path(spec["out"]),
                  outputs=outputs if isinstance(outputs, str) else tuple(outputs),
                  settings=tuple(spec.get("settings") or ()), after=tuple(spec.get("after") or ()),
-                 inputs=tuple(spec.get("inputs") or ()), on_change=on_change)
+                 inputs=tuple(spec.get("inputs") or ()), on_change=on_change, check=spec.get("check"))
 
 
 def stage_function(stage: Stage) -> Callable:
@@ -179,6 +188,9 @@ def run_stages(cfg: DictConfig) -> list[str]:
     complete_arms(cfg)  # every conf/arm/ file is an arm, listed in config.yaml or not
     validate_choices(cfg)  # every setting checked before anything is written
     stages = [stage_spec(cfg, name) for name in cfg.stages]
+    for stage in stages:
+        if stage.check:
+            get_method(stage.check)(cfg)
     # The code a run used is the commit it started from, whatever is committed while it runs.
     commit = git_state(cfg.paths.root_dir)["commit"]
     ran = []
@@ -189,9 +201,26 @@ def run_stages(cfg: DictConfig) -> list[str]:
             log.info("stage %s: done in %s (same settings), skipped", stage.name, stage.out)
             continue
         run_stage(cfg, stage, commit)
+        write_text(stage.sizes_path, json.dumps(output_sizes(cfg, stage), indent=1) + "\n")
         write_text(stage.record_path, json.dumps(record, indent=1) + "\n")
         ran.append(stage.name)
     return ran
+
+
+def output_sizes(cfg: DictConfig, stage: Stage) -> dict[str, int]:
+    """{output: bytes} of the stage's declared outputs that are files (folders are not sized)."""
+    return {str(p.relative_to(stage.out) if p.is_relative_to(stage.out) else p): p.stat().st_size
+            for p in output_paths(cfg, stage) if p.is_file()}
+
+
+def damaged_outputs(cfg: DictConfig, stage: Stage) -> list[str]:
+    """Outputs whose size is not the one written (truncated, replaced), as 'name: now vs written'."""
+    if not stage.sizes_path.exists():
+        return []
+    written = json.loads(stage.sizes_path.read_text())
+    now = output_sizes(cfg, stage)
+    return [f"{stage.out / name}: {now.get(name, 'missing')} bytes, {size} written"
+            for name, size in written.items() if now.get(name) != size]
 
 
 def check_upstream(cfg: DictConfig, stage: Stage) -> None:
@@ -207,6 +236,10 @@ def check_upstream(cfg: DictConfig, stage: Stage) -> None:
                 f"stage {stage.name!r}: the outputs of stage {name!r} in {up.out} were made with other "
                 f"settings ({changes(stored, wanted)}); rebuild them (`make data TASK={cfg.task.name} "
                 f"ARGS='... overwrite=true'`) or point paths.data_dir elsewhere")
+        damaged = damaged_outputs(cfg, up)
+        if damaged:
+            raise StageError(f"stage {stage.name!r}: outputs of stage {name!r} changed since they were written "
+                             f"({'; '.join(damaged)}); rebuild them (`make data TASK={cfg.task.name}`)")
 
 
 def needs_run(cfg: DictConfig, stage: Stage, record: dict) -> bool:
@@ -217,7 +250,11 @@ def needs_run(cfg: DictConfig, stage: Stage, record: dict) -> bool:
     outputs = output_paths(cfg, stage)
     exist = all(p.exists() for p in outputs)
     if stored == record and exist:
-        return False
+        damaged = damaged_outputs(cfg, stage)
+        if not damaged:
+            return False
+        log.warning("stage %s: outputs changed since they were written (%s): redoing it", stage.name, "; ".join(damaged))
+        return True
     if (stored is not None and stored != record and stage.on_change == "refuse"
             and any(p.exists() for p in outputs)):
         raise StageError(
@@ -228,11 +265,10 @@ def needs_run(cfg: DictConfig, stage: Stage, record: dict) -> bool:
 
 
 def run_stage(cfg: DictConfig, stage: Stage, commit: str | None = None) -> None:
-    """Run one stage with its log file, resolved config and wall time in `out/logs/`."""
+    """Run one stage with its log file in `out/logs/`; on success, its resolved config and wall time."""
     fn = stage_function(stage)
     logs = stage.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    write_text(logs / f"{stage.name}.config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     handler = logging.FileHandler(logs / f"{stage.name}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -245,6 +281,8 @@ def run_stage(cfg: DictConfig, stage: Stage, commit: str | None = None) -> None:
         fn(cfg, stage.out)
         seconds = time.perf_counter() - start
         log.info("stage %s finished in %.1f s", stage.name, seconds)
+        # The config beside the outputs describes the run that made them: written on success only.
+        write_text(logs / f"{stage.name}.config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         record_timing(stage, seconds, commit)
     except BaseException as exc:
         log.error("stage %s failed after %.1f s: %s", stage.name, time.perf_counter() - start,
