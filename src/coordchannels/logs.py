@@ -121,6 +121,14 @@ def read_log(path: str | Path, model: str = "", arm: str = "", seed: int | None 
             f"{path}: {int(bad.sum())} missing, NaN or non-numeric value(s), first in column "
             f"{columns[col]!r} at data row {row + 1}"
         )
+    r2 = values[:, 1:]
+    above = r2 > 1  # R^2 = 1 - SS_res/SS_tot can be any negative number, but never above 1
+    if above.any():
+        row, col = np.argwhere(above)[0]
+        raise LogError(
+            f"{path}: {int(above.sum())} R² value(s) above 1 (impossible: R² <= 1), first "
+            f"{float(r2[row, col])!r} in column {columns[col + 1]!r} at data row {row + 1}"
+        )
     epochs = values[:, 0]
     if np.any(epochs != np.round(epochs)) or np.any(np.diff(epochs) <= 0):
         raise LogError(f"{path}: the epoch column must hold strictly increasing integers")
