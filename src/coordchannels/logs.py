@@ -192,7 +192,7 @@ class Expected:
     source: str = ""  # where the expectation comes from, for messages (e.g. 'task.data.n_folds')
 
     def units(self, found: set[tuple[int | None, int]]) -> set[tuple[int | None, int]]:
-        seeds = self.seeds if self.seeds is not None else sorted({s for s, _ in found}, key=lambda s: unit_key((s, 0)))
+        seeds = self.seeds if self.seeds is not None else {s for s, _ in found}
         return {(seed, fold) for seed in seeds for fold in self.folds}
 
     def describe(self) -> str:
@@ -212,6 +212,11 @@ def describe_folds(folds: Sequence[int]) -> str:
     if len(folds) > 2 and folds == list(range(folds[0], folds[-1] + 1)):
         return f"{folds[0]}-{folds[-1]}"
     return ", ".join(str(f) for f in folds)
+
+
+def describe_unit(unit: tuple[int | None, int]) -> str:
+    seed, fold = unit
+    return f"fold {fold}" if seed is None else f"seed {seed} fold {fold}"
 
 
 def _list_paths(paths: Sequence[Path], limit: int = 10) -> str:
@@ -244,25 +249,20 @@ def check_complete(logs_dir: Path, model: str, arms: dict[str, dict], wanted: Se
         if extra:
             arm = next(a for a in order_arms(wanted) if extra[0] in arms[a])
             raise LogError(
-                f"{log_path(logs_dir, model, arm, extra[0][1], extra[0][0])}: (seed, fold) {extra[0]} is not "
+                f"{log_path(logs_dir, model, arm, extra[0][1], extra[0][0])}: {describe_unit(extra[0])} is not "
                 f"one of the expected units, {expected.describe()}; {len(extra)} such unit(s). Set "
                 "stats.expected_folds (and stats.expected_seeds) to the run's folds and seeds"
             )
-    missing = [
-        log_path(logs_dir, model, arm, fold, seed)
-        for arm in order_arms(wanted)
-        for seed, fold in sorted(units - set(arms[arm]), key=unit_key)
-    ]
+    lacking = {arm: sorted(units - set(arms[arm]), key=unit_key) for arm in order_arms(wanted)}
+    missing = [log_path(logs_dir, model, arm, fold, seed) for arm, gone in lacking.items() for seed, fold in gone]
     if not missing:
         return units, []
     if not allow_incomplete:
-        first = missing[0]
-        arm = next(a for a in order_arms(wanted) if first.name.startswith(f"{a}_set_"))
-        n_arm = sum(1 for p in missing if p.name.startswith(f"{arm}_set_"))
+        arm = next(a for a, gone in lacking.items() if gone)
         expectation = (f"a complete run has {expected.describe()}" if expected
                        else "every arm needs the same (seed, fold) logs")
         raise LogError(
-            f"missing per-fold log {first} ({n_arm} missing for arm {arm!r}, {len(missing)} in all; "
+            f"missing per-fold log {missing[0]} ({len(lacking[arm])} missing for arm {arm!r}, {len(missing)} in all; "
             f"{expectation}). Missing:{_list_paths(missing)}"
             + ("\nTo compare the units present in every arm anyway, flagged as incomplete in the tables, "
                "set stats.allow_incomplete=true" if expected is not None else "")
