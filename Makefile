@@ -69,12 +69,20 @@ data: setup ## download and prepare the data (stages before training) for TASK
 train: setup ## train every job (model x arm x fold) of TASK, skipping finished ones
 	@for t in $(TASKS); do $(APP) task=$$t stages=[train] $(ARGS) || exit 1; done
 
+# `key=value` as one shell word holding a Hydra single-quoted string, so that any folder name
+# (spaces, apostrophes, double quotes, commas, brackets, `=`) reaches the config unchanged:
+# Hydra escapes ' as \' inside its quotes; the shell word is single-quoted, ' written '\''.
+# Not supported: a backslash just before an apostrophe or at the end, `${` (a config
+# interpolation), and `$` (make's own; write $$).
+hydra_arg = '$(subst ','\'',$(1)='$(subst ',\',$(2))')'
+
 stats: setup ## statistics and figures for a folder of per-fold logs: make stats LOGS=<dir> OUT=<dir>
-	@test -n "$(LOGS)" -a -n "$(OUT)" || { echo "usage: make stats LOGS=<dir> OUT=<dir>"; exit 2; }
-	$(APP) stages=[stats,report] "stats.logs_dir='$(LOGS)'" "stats.out_dir='$(OUT)'" $(ARGS)
+	@$(if $(and $(strip $(LOGS)),$(strip $(OUT))),true,echo "usage: make stats LOGS=<dir> OUT=<dir>"; exit 2)
+	$(APP) stages=[stats] $(call hydra_arg,stats.logs_dir,$(LOGS)) \
+	  $(call hydra_arg,stats.out_dir,$(OUT)) $(ARGS)
 
 table3: setup ## fetch the authors' published per-fold logs and re-derive the paper's Table 3
-	$(APP) stages=[published_logs,stats,report] $(MIRRORS) 'stats.logs_dir=$${paths.published_logs_dir}' \
+	$(APP) stages=[published_logs,stats] $(MIRRORS) 'stats.logs_dir=$${paths.published_logs_dir}' \
 	  'stats.out_dir=$${paths.results_dir}/published_table3' $(ARGS)
 
 ecg-record: setup ## the ECG arm with record grouping (no patient in train and test) -> results/ecg_record

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import threading
+import time
+import traceback
 
 import pytest
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from coordchannels import download
 from coordchannels.download import (
@@ -416,3 +420,117 @@ def test_invalid_samples_from_a_local_mirror(make_cfg, tmp_path):
     with pytest.raises(ChecksumError):
         archives.invalid_samples(cfg)
     assert not path.exists()
+
+
+# ------------------------------------------------------------------ time limits and failure messages
+
+
+@pytest.fixture
+def silent_server():
+    """A port that accepts connections (the kernel's backlog) but never answers a request."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    sock.close()
+
+
+def closed_port_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens: connection refused, as with no network."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return f"http://127.0.0.1:{port}/"
+
+
+def chained(err: BaseException) -> bool:
+    """Whether Python would print more than this one exception's traceback."""
+    text = "".join(traceback.format_exception(err))
+    return "During handling" in text or "direct cause" in text
+
+
+def test_server_that_never_answers_fails_at_the_deadline_with_the_cause(silent_server, tmp_path):
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as err:
+        fetch(silent_server + NAME, tmp_path / "a.bin", retries=10, backoff=0.2, timeout=0.5, deadline=2,
+              progress=False)
+    took = time.monotonic() - start
+    assert 1.5 <= took < 4, took  # the deadline, not 11 attempts x 0.5 s + backoff
+    message = str(err.value)
+    assert "read timeout" in message and "no data for 2 s" in message, message
+    assert not chained(err.value)
+    assert leftovers(tmp_path) == []
+
+
+def test_default_limits_fail_a_silent_server_within_about_30_seconds():
+    assert download.TIMEOUT == 10 and download.DEADLINE == 30
+    # the worst case: every attempt waits a whole timeout, plus the waits between attempts
+    worst = sum(download.BACKOFF * 2**a for a in range(download.RETRIES)) + download.TIMEOUT
+    assert min(worst, download.DEADLINE) + download.TIMEOUT <= 40
+
+
+def test_slow_download_that_keeps_sending_is_not_cut_off(tmp_path):
+    # 12 pieces 0.1 s apart: 1.2 s in all, longer than the deadline, but never silent for long
+    body = bytes(range(120))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+
+    def serve():
+        conn, _ = sock.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+            for i in range(0, len(body), 10):
+                time.sleep(0.1)
+                conn.sendall(body[i : i + 10])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        dest = fetch(f"http://127.0.0.1:{sock.getsockname()[1]}/a.bin", tmp_path / "a.bin", sha256=sha(body),
+                     retries=0, timeout=0.5, deadline=0.6, progress=False)
+    finally:
+        thread.join(timeout=5)
+        sock.close()
+    assert dest.read_bytes() == body
+
+
+@pytest.mark.parametrize(
+    "stage, overrides, url_key, variable",
+    [
+        ("published_logs", [], "sources.published_logs_url", "PUBLISHED_LOGS_DIR="),
+        ("download", ["task=ecg", "task.data.records=[418]"], "task.data.url", "VFDB_DIR="),
+        ("download", ["task=sipakmed"], "task.data.url", "SIPAKMED_DIR="),
+    ],
+)
+def test_no_network_and_no_mirror_ends_with_how_to_use_a_local_copy(make_cfg, stage, overrides, url_key,
+                                                                     variable):
+    cfg = make_cfg(*overrides, "download.backoff=0.01", "download.retries=1")
+    with open_dict(cfg):
+        OmegaConf.update(cfg, url_key, closed_port_url())
+    with pytest.raises(DownloadError) as err:
+        call_stage(cfg, stage)
+    lines = str(err.value).splitlines()
+    assert "connection failed" in lines[0] and "Connection refused" in lines[0], lines
+    assert variable in lines[-1] and "local copy" in lines[-1], lines
+    assert not chained(err.value)
+
+
+def test_invalid_samples_without_network_says_how_to_do_without(make_cfg):
+    cfg = make_cfg("task=sipakmed", "download.retries=0")
+    with open_dict(cfg):
+        cfg.sources.invalid_samples_url = closed_port_url() + "invalid_samples.csv"
+    with pytest.raises(DownloadError) as err:
+        archives.invalid_samples(cfg)
+    assert "paths.invalid_samples_mirror=" in str(err.value).splitlines()[-1]
+
+
+def test_network_settings_come_from_the_config_with_defaults(make_cfg):
+    assert download.network_settings(make_cfg()) == {"timeout": 10.0, "deadline": 30.0, "retries": 4,
+                                                     "backoff": 1.0}
+    cfg = make_cfg("download.deadline=120", "download.timeout=5")
+    assert download.network_settings(cfg)["deadline"] == 120.0 and download.network_settings(cfg)["timeout"] == 5.0
+    with pytest.raises(ValueError, match="download.timeout=0"):
+        download.network_settings(make_cfg("download.timeout=0"))

@@ -16,7 +16,7 @@ from coordchannels.pipeline import StageError, file_sha256, run_stages
 from tests.ecg_fixtures import fixture_cfg, write_fixture_records
 
 ARMS = ["none", "control", "study", "intensity", "coordconv_norm", "coordgate"]
-STAGES = "[download,extract,augment,features,folds,train,stats,report,manifest]"
+STAGES = "[download,extract,augment,features,folds,train,stats,manifest]"
 
 
 @pytest.fixture(scope="module")

@@ -164,3 +164,28 @@ def test_bad_compare_setting(tmp_path):
         load_logs(tmp_path, ["study", "study"])
     with pytest.raises(ValueError, match="expected \\[arm_a, arm_b\\] or 'all'"):
         load_logs(tmp_path, "every")
+
+
+def test_r2_above_one_is_refused_with_file_and_row(tmp_path):
+    write_set(tmp_path)
+    path = log_path(tmp_path, "NimeshaNet", "control", 2)
+    frame = pd.read_csv(path)
+    frame.loc[3, "test_r2"] = 1.2
+    frame.to_csv(path, index=False)
+    with pytest.raises(LogError, match=r"control_set_fold_2_log\.csv: 1 R² value\(s\) above 1 .*1\.2 in column "
+                                       r"'test_r2' at data row 4"):
+        load_logs(tmp_path)
+    # 2-D logs: each coordinate is checked, not only their mean (1.1 and 0.8 average below 1).
+    path = log_path(tmp_path / "2d", "LakshyaNet", "study", 1)
+    write_log(path, dims=2)
+    frame = pd.read_csv(path)
+    frame.loc[0, "train_r2_h"] = 1.1
+    frame.loc[0, "train_r2_k"] = 0.8
+    frame.to_csv(path, index=False)
+    with pytest.raises(LogError, match=r"'train_r2_h' at data row 1"):
+        read_log(path)
+    # exactly 1 (a perfect fit) and any negative value are valid R²
+    frame.loc[0, "train_r2_h"] = 1.0
+    frame.loc[1, "test_r2_k"] = -3.5
+    frame.to_csv(path, index=False)
+    assert read_log(path).train[0] == pytest.approx(0.9)

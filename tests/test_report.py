@@ -47,7 +47,7 @@ def test_figure_has_a_panel_per_model_with_paper_colours(tmp_path):
 
 def test_report_stage_writes_a_png_without_a_display(tmp_path, make_cfg):
     logs = require(PUBLISHED_LOGS, "published per-fold logs")
-    call_stage(report_cfg(make_cfg, logs, tmp_path), "report")
+    call_stage(report_cfg(make_cfg, logs, tmp_path), "stats")
     with Image.open(tmp_path / "learning_curves.png") as image:
         assert image.format == "PNG" and image.width > 1000 and image.height > 800
     summary = pd.read_csv(tmp_path / "learning_curves.csv")
@@ -62,8 +62,8 @@ def test_report_stage_writes_a_png_without_a_display(tmp_path, make_cfg):
 def test_pipeline_runs_stats_and_report_from_config(tmp_path, make_cfg):
     logs = write_set(tmp_path / "logs")
     out = tmp_path / "out"
-    cfg = report_cfg(make_cfg, logs, out, "stages=[stats,report]")
-    assert run_stages(cfg) == ["stats", "report"]
+    cfg = report_cfg(make_cfg, logs, out, "stages=[stats]")
+    assert run_stages(cfg) == ["stats"]
     assert run_stages(cfg) == []  # the same logs and settings: nothing to redo
     for name in ("comparison_table.csv", "comparison_table.md", "comparison_table.tex", "fold_values.csv",
                  "fold_differences.csv", "learning_curves.png", "learning_curves.csv"):
@@ -75,5 +75,5 @@ def test_bad_input_writes_no_figure(tmp_path, make_cfg):
     log_path(logs, "NimeshaNet", "control", 5).unlink()
     out = tmp_path / "out"
     with pytest.raises(LogError, match="control_set_fold_5_log.csv"):
-        call_stage(report_cfg(make_cfg, logs, out), "report")
+        call_stage(report_cfg(make_cfg, logs, out), "stats")
     assert not out.exists() or not any(out.iterdir())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -97,9 +98,10 @@ def test_montecarlo_is_seeded():
 
 
 def test_resampling_is_paired(tmp_path, make_cfg):
-    # Folds differ wildly (+-50) but study is control + 0.1 in every fold: a paired bootstrap sees
-    # only the constant difference, so the CI has zero width; an unpaired one would span ~+-40.
-    control = np.array([-50.0, 20.0, 3.0, 45.0, -10.0])
+    # Folds differ wildly (R² from -50 to 0.85) but study is control + 0.1 in every fold: a paired
+    # bootstrap sees only the constant difference, so the CI has zero width; an unpaired one would
+    # span ~+-20. (R² is never above 1: the logs are refused if it is.)
+    control = np.array([-50.0, -20.0, 0.3, 0.85, -10.0])
     for fold, c in enumerate(control, start=1):
         for arm, value in (("control", c), ("study", c + 0.1)):
             path = log_path(tmp_path / "logs", "NimeshaNet", arm, fold)
@@ -145,8 +147,13 @@ def test_published_table3_is_reproduced(tmp_path, make_cfg):
         assert abs(row.p_value - p) <= 0.01 or (row.p_value < 1e-3 and p < 1e-3), row
         # default_rng(seed) per comparison reproduces the published draw to the printed digit
         assert (round(row.ci_low, 5), round(row.ci_high, 5), round(row.p_value, 5)) == pytest.approx((low, high, p))
+    assert (table.n_units == 5).all() and (table.n_epochs == 15).all()
+    assert table.complete.all() and not table.limited.any()
     md = (tmp_path / "comparison_table.md").read_text()
     assert "| NimeshaNet | Instability | -0.01532 | [-0.03198, -0.00487] | <0.00005 | study < control |" in md
+    assert ("Evidence: 5 paired (seed, fold) units per comparison, 15 epochs per fold; "
+            "a complete run has folds 1-5") in md
+    assert "LIMITED" not in md and "INCOMPLETE" not in md
     assert "$<0.00005$" in (tmp_path / "comparison_table.tex").read_text()
     diffs = pd.read_csv(tmp_path / "fold_differences.csv")
     assert len(diffs) == 4 * 3 * 5
@@ -192,7 +199,7 @@ def test_compare_any_pair_and_all_pairs_with_holm(tmp_path, make_cfg):
 
 def test_multi_seed_units_are_paired(tmp_path, make_cfg):
     write_set(tmp_path / "logs", seeds=(1, 2, 3), folds=[1, 2])
-    call_stage(stats_cfg(make_cfg, tmp_path / "logs", tmp_path / "out"), "stats")
+    call_stage(stats_cfg(make_cfg, tmp_path / "logs", tmp_path / "out", "stats.expected_folds=2"), "stats")
     diffs = pd.read_csv(tmp_path / "out" / "fold_differences.csv")
     assert len(diffs[diffs.metric == "test_r2"]) == 6
     assert sorted(zip(diffs.seed[:6], diffs.fold[:6])) == [(s, f) for s in (1, 2, 3) for f in (1, 2)]
@@ -226,3 +233,107 @@ def test_tables_follow_the_logs_and_settings_of_each_run(tmp_path, make_cfg):
     monte_carlo = (out / "comparison_table.md").read_text()
     call_stage(stats_cfg(make_cfg, logs, out, "stats.method=exact"), "stats")
     assert (out / "comparison_table.md").read_text() != monte_carlo
+
+
+# ---------------------------------------------------------------- thin or incomplete evidence
+
+
+def test_one_paired_unit_is_refused(tmp_path, make_cfg):
+    with pytest.raises(ValueError, match="at least 2 paired units; got 1"):
+        compare(np.array([0.01]), "study", "control")
+    logs = write_set(tmp_path / "logs", folds=[1])
+    out = tmp_path / "out"
+    with pytest.raises(LogError, match=r"NimeshaNet: study - control has 1 paired unit\(s\) \(fold 1\); .* at least 2"):
+        call_stage(stats_cfg(make_cfg, logs, out, "stats.expected_folds=1"), "stats")
+    # also when incomplete sets are allowed: one unit is never enough
+    with pytest.raises(LogError, match="at least 2"):
+        call_stage(stats_cfg(make_cfg, logs, out, "stats.allow_incomplete=true"), "stats")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_fold_missing_in_both_arms_is_refused_naming_the_logs(tmp_path, make_cfg):
+    logs = write_set(tmp_path / "logs", folds=[1, 2, 3, 4])  # fold 5 of 5 (task.data.n_folds) missing
+    out = tmp_path / "out"
+    with pytest.raises(LogError) as err:
+        call_stage(stats_cfg(make_cfg, logs, out), "stats")
+    message = str(err.value)
+    assert "control_set_fold_5_log.csv" in message and "study_set_fold_5_log.csv" in message
+    assert "folds 1-5" in message and "stats.allow_incomplete=true" in message
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_incomplete_set_when_allowed_is_flagged_in_every_table(tmp_path, make_cfg):
+    logs = write_set(tmp_path / "logs", epochs=15)
+    log_path(logs, "NimeshaNet", "study", 2).unlink()  # one arm only: fold 2 cannot be paired
+    log_path(logs, "NimeshaNet", "control", 5).unlink()
+    log_path(logs, "NimeshaNet", "study", 5).unlink()
+    out = tmp_path / "out"
+    call_stage(stats_cfg(make_cfg, logs, out, "stats.allow_incomplete=true"), "stats")
+    table = pd.read_csv(out / "comparison_table.csv")
+    assert (table.n_units == 3).all() and (~table.complete).all() and (~table.limited).all()
+    assert sorted(pd.read_csv(out / "fold_differences.csv").fold.unique()) == [1, 3, 4]
+    for name in ("comparison_table.md", "comparison_table.tex"):
+        text = (out / name).read_text()
+        assert "INCOMPLETE: 3 expected log(s) missing" in text, name
+        assert "study_set_fold_2" in text.replace("\\_", "_"), name  # the .tex escapes the underscores
+        assert "3 paired (seed, fold) units per comparison, 15 epochs per fold" in text, name
+
+
+def test_four_epochs_instability_is_not_estimable_and_the_run_is_flagged_limited(tmp_path, make_cfg):
+    # A cubic spline through 4 points interpolates them: the residual is 0 by construction, and a
+    # bootstrap of such zeros used to give "study < control, p 0.003" on a difference of -0.00000.
+    logs = write_set(tmp_path / "logs", epochs=4)
+    out = tmp_path / "out"
+    call_stage(stats_cfg(make_cfg, logs, out), "stats")
+    table = pd.read_csv(out / "comparison_table.csv").set_index("metric")
+    inst = table.loc["instability"]
+    assert inst.conclusion == "not estimable (4 epochs; needs 5)"
+    assert np.isnan(inst.mean_diff) and np.isnan(inst.ci_low) and np.isnan(inst.ci_high) and inst.p_value == 1
+    assert table.loc["test_r2"].conclusion == "study > control"  # the final R² is still compared
+    assert (table.n_epochs == 4).all() and table.limited.all() and table.complete.all() and (table.n_units == 5).all()
+    values = pd.read_csv(out / "fold_values.csv")
+    assert values[values.metric == "instability"].value.isna().all()
+    md = (out / "comparison_table.md").read_text()
+    assert "| NimeshaNet | Instability | n/a | n/a | n/a | not estimable (4 epochs; needs 5) |" in md
+    assert "LIMITED RUN (4 epochs (protocol: 15))" in md and "Instability NOT ESTIMABLE with 4 epochs" in md
+    assert "LIMITED RUN" in (out / "comparison_table.tex").read_text()
+    # all pairs: the Holm columns carry the same verdict
+    call_stage(stats_cfg(make_cfg, logs, tmp_path / "all", "stats.compare=all"), "stats")
+    allp = pd.read_csv(tmp_path / "all" / "all_pairs_table.csv").set_index("metric")
+    assert allp.loc["instability"].conclusion_holm.startswith("not estimable")
+    assert {"n_units", "n_epochs", "limited", "complete"} <= set(allp.columns)
+
+
+def test_spline_instability_refuses_fewer_than_four_epochs():
+    with pytest.raises(ValueError, match="needs at least 4 epochs .*got 3"):
+        instability(np.arange(1.0, 4.0), np.array([0.1, 0.2, 0.25]))
+    assert instability(np.arange(1.0, 5.0), np.array([0.1, 0.3, 0.2, 0.4])) == pytest.approx(0, abs=1e-20)
+
+
+def test_train_limits_mark_the_run_limited(tmp_path, make_cfg):
+    logs = write_set(tmp_path / "logs", epochs=15)
+    call_stage(stats_cfg(make_cfg, logs, tmp_path / "full"), "stats")
+    assert not pd.read_csv(tmp_path / "full" / "comparison_table.csv").limited.any()
+    assert "LIMITED" not in (tmp_path / "full" / "comparison_table.md").read_text()
+    call_stage(stats_cfg(make_cfg, logs, tmp_path / "cfg", "train.limit_train=16"), "stats")
+    assert pd.read_csv(tmp_path / "cfg" / "comparison_table.csv").limited.all()
+    assert "LIMITED RUN (train.limit_train=16)" in (tmp_path / "cfg" / "comparison_table.md").read_text()
+    # a run's own record beside its logs says so too, when stats run later on its own
+    (tmp_path / "run_config.yaml").write_text("train:\n  epochs: 15\n  limit_train: null\n  limit_test: 12\n")
+    call_stage(stats_cfg(make_cfg, logs, tmp_path / "record"), "stats")
+    assert "LIMITED RUN (train.limit_test=12)" in (tmp_path / "record" / "comparison_table.md").read_text()
+
+
+def test_expected_seeds_follow_train_seeds_for_this_configs_logs(tmp_path, make_cfg):
+    cfg = make_cfg("train.seeds=[1,2,3]", "task.data.n_folds=2")
+    write_set(Path(cfg.train.logs_dir), seeds=(1, 2), folds=[1, 2])  # seed 3 never ran
+    with pytest.raises(LogError, match=r"control_set_seed_3_fold_1_log\.csv.*seeds 1, 2, 3"):
+        call_stage(cfg, "stats")
+
+
+def test_folds_beyond_the_expected_ones_are_an_error(tmp_path, make_cfg):
+    logs = write_set(tmp_path / "logs", folds=range(1, 7))
+    with pytest.raises(LogError, match=r"fold_6_log\.csv.*not one of the expected units, folds 1-5.*expected_folds"):
+        call_stage(stats_cfg(make_cfg, logs, tmp_path / "out"), "stats")
+    call_stage(stats_cfg(make_cfg, logs, tmp_path / "out", "stats.expected_folds=6"), "stats")
+    assert (pd.read_csv(tmp_path / "out" / "comparison_table.csv").n_units == 6).all()

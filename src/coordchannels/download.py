@@ -5,7 +5,7 @@ Two layers:
 * generic pieces: `fetch` (HTTP, resumable, retried, verified), `mirror_file` (a file of a local
   mirror, used in place), `copy_from_mirror` (a local copy, verified), `obtain` (do nothing if the file is already there and verifies, else mirror or
   network), `check_or_record_lock` (pin the SHA-256 of files that are only known by size);
-* the download stages of the project: `vfdb_stage`, `published_logs_stage`, and the helpers
+* the published_logs stage (the tasks' download stages live in their subpackages), and the helpers
   `invalid_samples` and `sipakmed_archives` used by the SiPaKMeD stages.
 
 The expected checksums and sizes are facts shipped with the package in
@@ -20,17 +20,29 @@ Why the download goes to `<dest>.part` rather than through `coordchannels.io.ato
 stable temporary name is what makes a broken download resumable (the next run continues the same
 `.part` with an HTTP Range request). The guarantee is the same: the finished name only appears, by
 an atomic rename, after the content has been verified.
+
+Time limits (`fetch`): each connection attempt waits at most `timeout` (default 10 s) to connect
+and then for each piece of data; a file fails once no byte of it has arrived for `deadline`
+(default 30 s) across attempts, or after `retries` more attempts (default 4). A download that
+keeps receiving bytes, however slowly, is never cut off. A failure raises one `DownloadError`
+whose message holds the short cause (no chained tracebacks); the stages add, as its last line,
+how to use a local copy instead (`VFDB_DIR=`, `SIPAKMED_DIR=`, `PUBLISHED_LOGS_DIR=`). The
+stages read these limits from the optional config keys `download.timeout`, `download.deadline`,
+`download.retries` and `download.backoff` (e.g. `++download.deadline=120`), with the defaults
+above.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
@@ -50,7 +62,12 @@ CHUNK = 1 << 20  # 1 MiB: small enough for a smooth progress bar, large enough t
 HEADERS = {"Accept-Encoding": "identity", "User-Agent": "coordchannels (research reproduction)"}
 # HTTP statuses worth another try: the server is busy or failing, not saying "no".
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-VFDB_EXTENSIONS = ("hea", "dat", "atr")
+# Network limits (see the module docstring): seconds to connect / between pieces of data, seconds
+# without any byte of a file before it fails, further attempts, first wait between attempts.
+TIMEOUT = 10.0
+DEADLINE = 30.0
+RETRIES = 4
+BACKOFF = 1.0
 
 
 class DownloadError(RuntimeError):
@@ -142,14 +159,34 @@ def _verifies(path: Path, sha256: str | None, size: int | None) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+class _Stall:
+    """The clock of a file's `deadline`: seconds since the last byte arrived (or the start)."""
+
+    def __init__(self, deadline: float):
+        self.deadline = float(deadline)
+        self.started = self.last = time.monotonic()
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+    def left(self) -> float:
+        return self.deadline - (time.monotonic() - self.last)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
 def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size: int | None = None,
-          retries: int = 4, backoff: float = 1.0, timeout: float = 60, progress: bool = True) -> Path:
+          retries: int = RETRIES, backoff: float = BACKOFF, timeout: float = TIMEOUT,
+          deadline: float = DEADLINE, progress: bool = True) -> Path:
     """Download `url` to `dest`, resumably, and verify it; return `dest`.
 
     Bytes go to `<dest>.part`. An existing `.part` (from an interrupted run) is continued with an
     HTTP Range request; a server that ignores Range (200 instead of 206) makes it start over.
     Dropped connections, timeouts and busy-server statuses are retried up to `retries` more
-    times, waiting backoff, 2*backoff, 4*backoff ... seconds. Only once the size and/or SHA-256
+    times, waiting backoff, 2*backoff, 4*backoff ... seconds, as long as the file has received a
+    byte within the last `deadline` seconds; each attempt waits at most `timeout` seconds to
+    connect and for each piece of data. Only once the size and/or SHA-256
     match is the `.part` renamed onto `dest`. On a mismatch the `.part` is deleted and
     ChecksumError raised, so a failed download never leaves a file that looks complete (when the
     bad bytes may come from a `.part` left by an earlier run, it first tries once from scratch).
@@ -158,18 +195,25 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size:
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     resumed = part.exists() and part.stat().st_size > 0
+    stall = _Stall(deadline)
     with requests.Session() as session:
         session.headers.update(HEADERS)
         for attempt in range(retries + 1):
             try:
-                _download_once(session, url, part, size=size, timeout=timeout, progress=progress)
+                _download_once(session, url, part, size=size, timeout=max(0.01, min(timeout, stall.left())),
+                               progress=progress, stall=stall)
                 break
             except _RetryableError as err:
-                if attempt == retries:
-                    raise DownloadError(
-                        f"could not download {url} after {retries + 1} attempts: {err}. The partial "
-                        f"file {part} is kept; re-run to resume it.") from err
                 wait = backoff * 2**attempt
+                out_of_time = stall.left() <= wait
+                if attempt == retries or out_of_time:
+                    tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
+                    why = (f"no data for {deadline:g} s, {tries}" if out_of_time
+                           else f"{tries} in {stall.elapsed():.0f} s")
+                    kept = (f" The partial file {part} is kept; re-run to resume it."
+                            if part.exists() and part.stat().st_size else "")
+                    # One exception, its cause in the message: no chain of library tracebacks.
+                    raise DownloadError(f"could not download {url}: {err} (gave up: {why}).{kept}") from None
                 log.warning("%s: %s; retry %d/%d in %.2f s", dest.name, err, attempt + 1, retries, wait)
                 time.sleep(wait)
     try:
@@ -182,14 +226,26 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size:
         if resumed:  # the old .part may have come from another version of the file: one clean try
             log.warning("%s: resumed download does not verify; downloading it again from the start", dest.name)
             return fetch(url, dest, sha256=sha256, size=size, retries=retries, backoff=backoff,
-                         timeout=timeout, progress=progress)
+                         timeout=timeout, deadline=deadline, progress=progress)
         raise
     os.replace(part, dest)
     return dest
 
 
+def _short_cause(err: BaseException, timeout: float) -> str:
+    """One line on why a request failed, without the library's nested exception reprs."""
+    if isinstance(err, requests.ConnectTimeout):
+        return f"no connection within {timeout:.3g} s (connect timeout)"
+    if isinstance(err, requests.ReadTimeout):
+        return f"connected, but the server sent nothing for {timeout:.3g} s (read timeout)"
+    inner = err.args[0] if err.args and isinstance(err.args[0], BaseException) else err
+    inner = getattr(inner, "reason", None) or inner  # urllib3's MaxRetryError wraps the real one
+    text = re.sub(r"^<[^>]*>: ", "", str(inner))  # drop '<...Connection object at 0x...>: '
+    return f"connection failed ({type(inner).__name__}: {text})"
+
+
 def _download_once(session: requests.Session, url: str, part: Path, *, size: int | None,
-                   timeout: float, progress: bool) -> None:
+                   timeout: float, progress: bool, stall: _Stall | None = None) -> None:
     """One attempt: continue (or start) `part`; raise _RetryableError if it stops short."""
     offset = part.stat().st_size if part.exists() else 0
     if size is not None and offset > size:  # cannot be a prefix of the right file
@@ -201,7 +257,7 @@ def _download_once(session: requests.Session, url: str, part: Path, *, size: int
     try:
         response = session.get(url, headers=headers, stream=True, timeout=timeout)
     except (requests.ConnectionError, requests.Timeout) as err:
-        raise _RetryableError(f"connection failed ({err.__class__.__name__}: {err})") from err
+        raise _RetryableError(_short_cause(err, timeout)) from None
     with response:
         offset = _start_offset(response, url, part, offset)
         total = _total_size(response, offset)
@@ -209,7 +265,7 @@ def _download_once(session: requests.Session, url: str, part: Path, *, size: int
             part.unlink(missing_ok=True)
             raise ChecksumError(f"{url}: the server reports {total} bytes, the registry expects {size}. "
                                 "Nothing was downloaded; the server holds a different file (check the URL).")
-        _stream_to(response, part, offset, total, progress)
+        _stream_to(response, part, offset, total, progress, stall, timeout)
     expected = total if total is not None else size
     got = part.stat().st_size
     if expected is not None and got < expected:
@@ -261,7 +317,7 @@ def _total_size(response: requests.Response, offset: int) -> int | None:
 
 
 def _stream_to(response: requests.Response, part: Path, offset: int, total: int | None,
-               progress: bool) -> None:
+               progress: bool, stall: _Stall | None = None, timeout: float = TIMEOUT) -> None:
     """Append the body to `part` (truncated first when starting at 0), with a progress bar."""
     mode = "ab" if offset else "wb"
     bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
@@ -275,10 +331,14 @@ def _stream_to(response: requests.Response, part: Path, offset: int, total: int 
             for block in blocks:
                 fh.write(block)
                 bar.update(len(block))
-    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, requests.Timeout,
-            urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError) as err:
+                if stall is not None and block:
+                    stall.touch()
+    except (requests.Timeout, urllib3.exceptions.ReadTimeoutError):
+        raise _RetryableError(f"the server stopped sending for {timeout:.3g} s (read timeout)") from None
+    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
+            urllib3.exceptions.ProtocolError) as err:
         # What arrived is kept in .part: the next attempt resumes after it.
-        raise _RetryableError(f"connection dropped ({err.__class__.__name__})") from err
+        raise _RetryableError(f"connection dropped ({err.__class__.__name__})") from None
     finally:
         bar.close()
 
@@ -318,7 +378,8 @@ def url_for(base_url: str, name: str) -> str:
 
 def obtain(name: str, dest_dir: str | os.PathLike, *, base_url: str, mirror: str | os.PathLike | None = None,
            sha256: str | None = None, size: int | None = None, progress: bool = True,
-           replace_bad: bool = False, retries: int = 4, backoff: float = 1.0, timeout: float = 60) -> Path:
+           replace_bad: bool = False, retries: int = RETRIES, backoff: float = BACKOFF, timeout: float = TIMEOUT,
+           deadline: float = DEADLINE) -> Path:
     """Make sure `dest_dir/name` exists and verifies; return its path.
 
     Already there and verifies: nothing is fetched. Already there and does not verify: raise
@@ -342,16 +403,18 @@ def obtain(name: str, dest_dir: str | os.PathLike, *, base_url: str, mirror: str
     url = url_for(base_url, name)
     log.info("downloading %s", url)
     return fetch(url, dest, sha256=sha256, size=size, retries=retries, backoff=backoff,
-                 timeout=timeout, progress=progress)
+                 timeout=timeout, deadline=deadline, progress=progress)
 
 
 def obtain_all(files: dict[str, str], dest_dir: str | os.PathLike, *, base_url: str,
                mirror: str | os.PathLike | None = None, replace_bad: bool = False,
-               progress: bool = True) -> list[Path]:
-    """`obtain` every {name: sha256} in `files`; return their paths in the same order."""
+               progress: bool = True, **network) -> list[Path]:
+    """`obtain` every {name: sha256} in `files`; return their paths in the same order.
+
+    `network`: retries, backoff, timeout, deadline, passed on to `fetch`."""
     names = tqdm(files, desc="files", unit="file", disable=None if progress else True)
     return [obtain(name, dest_dir, base_url=base_url, mirror=mirror, sha256=files[name],
-                   replace_bad=replace_bad, progress=progress) for name in names]
+                   replace_bad=replace_bad, progress=progress, **network) for name in names]
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,14 +482,53 @@ def mirror_setting(cfg: DictConfig, key: str) -> Path | None:
     return Path(value) if value else None
 
 
+def network_settings(cfg: DictConfig) -> dict:
+    """fetch's limits from the optional config keys download.{timeout,deadline,retries,backoff}."""
+    defaults = {"timeout": TIMEOUT, "deadline": DEADLINE, "retries": RETRIES, "backoff": BACKOFF}
+    settings = {}
+    for key, default in defaults.items():
+        value = OmegaConf.select(cfg, f"download.{key}", default=None)
+        settings[key] = type(default)(default if value is None else value)
+        if settings[key] < 0 or (key in ("timeout", "deadline") and settings[key] <= 0):
+            raise ValueError(f"download.{key}={value}: must be positive")
+    return settings
+
+
+# The last line of a failed download's error: how to do without the network.
+LOCAL_COPY_HINT = {
+    "vfdb": "No network? Use a local copy of the VFDB: make reproduce TASK=ecg VFDB_DIR=<folder with the "
+            "records' .hea/.dat/.atr files> (or the override paths.vfdb_mirror=<folder>).",
+    "published_logs": "No network? Use a local copy of the authors' logs: make table3 PUBLISHED_LOGS_DIR=<folder "
+                      "with <Model>/<arm>_set_fold_<k>_log.csv> (or paths.published_logs_mirror=<folder>).",
+    "sipakmed": "No network? Use a local copy of SiPaKMeD: make reproduce TASK=sipakmed SIPAKMED_DIR=<folder "
+                "with the five .7z archives or the extracted tree> (or paths.sipakmed_mirror=<folder>).",
+    "invalid_samples": "No network? Use a local copy of the authors' list: paths.invalid_samples_mirror=<path "
+                       "of invalid_samples.csv>, or task.data.fetch_authors_invalid=false to do without it.",
+}
+
+
+@contextlib.contextmanager
+def local_copy_hint(which: str) -> Iterator[None]:
+    """Re-raise a failed download (not a checksum mismatch) with LOCAL_COPY_HINT[which] as its
+    last line, as one exception without the chain of tracebacks behind it."""
+    try:
+        yield
+    except ChecksumError:
+        raise
+    except DownloadError as err:
+        raise DownloadError(f"{err}\n{LOCAL_COPY_HINT[which]}") from None
+
+
 def published_logs_stage(cfg: DictConfig, out: Path) -> None:
     """The authors' 40 per-fold logs into `out` (`paths.published_logs_dir`), SHA-256 verified.
 
     Layout `<Model>/<arm>_set_fold_<k>_log.csv` (SPEC section 6), fetched from
     `cfg.sources.published_logs_url` or copied from the optional folder `paths.published_logs_mirror`.
     """
-    paths = obtain_all(registry("published_logs"), out, base_url=cfg.sources.published_logs_url,
-                       mirror=mirror_setting(cfg, "paths.published_logs_mirror"), replace_bad=bool(cfg.overwrite))
+    with local_copy_hint("published_logs"):
+        paths = obtain_all(registry("published_logs"), out, base_url=cfg.sources.published_logs_url,
+                           mirror=mirror_setting(cfg, "paths.published_logs_mirror"),
+                           replace_bad=bool(cfg.overwrite), **network_settings(cfg))
     log.info("published logs: %d files verified in %s", len(paths), out)
 
 

@@ -1,16 +1,75 @@
-"""Atomic file output: nothing half-written is ever left where a finished file is expected."""
+"""Atomic file output: nothing half-written is ever left where a finished file is expected.
+
+A file or folder is written under a hidden temporary name beside its target,
+`.<name>.<8 random characters>.part`, and renamed onto the target only when complete. A process
+killed mid-write cannot remove its temporary; the next write of the same target removes such
+leftovers first (`remove_stale_parts`): those of that target name only, and only when they were
+last modified before this process imported this module, so a temporary that another process is
+still filling (its modification time keeps moving) is left alone. Two processes writing the same
+target at the same time are not supported (the last rename wins in any case); one writer may
+then remove the other's temporary if it sat unmodified since before the writer started.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
+
+# Temporaries older than this belong to an earlier (killed) process, not to this one.
+_STARTED = time.time()
+# tempfile's random part: 8 characters of "abcdefghijklmnopqrstuvwxyz0123456789_".
+_RANDOM = r"[a-z0-9_]{8}"
+
+
+def stale_parts(path: str | os.PathLike, before: float | None = None) -> list[Path]:
+    """Temporaries of `path` (`.<name>.<random>.part` beside it) last modified before `before`
+    (default: when this process imported this module). Temporaries of other targets never match,
+    even `.<name>.gz.<random>.part` of `<name>.gz`: the random part has no dot."""
+    path = Path(path)
+    before = _STARTED if before is None else before
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{_RANDOM}\.part")
+    if not path.parent.is_dir():
+        return []
+    found = []
+    for entry in path.parent.iterdir():
+        if pattern.fullmatch(entry.name):
+            try:
+                if entry.lstat().st_mtime < before:
+                    found.append(entry)
+            except FileNotFoundError:  # removed meanwhile
+                continue
+    return sorted(found)
+
+
+def remove_stale_parts(path: str | os.PathLike, before: float | None = None) -> list[Path]:
+    """Delete the temporaries `stale_parts` finds (files or folders); return what was removed."""
+    removed = []
+    for entry in stale_parts(path, before):
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as err:  # never fail a write over a leftover we cannot delete
+            log.warning("could not remove stale temporary %s: %s", entry, err)
+            continue
+        log.info("removed %s, a temporary left by an interrupted write of %s", entry, Path(path).name)
+        removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager
@@ -18,6 +77,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
@@ -37,6 +97,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; it becomes `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
     try:
         yield tmp

@@ -7,14 +7,17 @@ one test column per coordinate, `epoch,train_r2_h,train_r2_k,test_r2_h,test_r2_k
 
 `load_logs` reads and checks a whole folder before anything downstream runs, so that a bad
 folder fails with one clear `LogError` (naming the file and the problem) and no output is
-written from half of it.
+written from half of it. Given the `Expected` (seed, fold) units of a complete run, it also
+refuses a folder that lacks any of them (say fold 5 in both arms), naming the missing files;
+with `allow_incomplete` it instead keeps the units present in every compared arm and reports
+what is missing (`Loaded.missing`), for the tables to flag.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +120,14 @@ def read_log(path: str | Path, model: str = "", arm: str = "", seed: int | None 
             f"{path}: {int(bad.sum())} missing, NaN or non-numeric value(s), first in column "
             f"{columns[col]!r} at data row {row + 1}"
         )
+    r2 = values[:, 1:]
+    above = r2 > 1  # R^2 = 1 - SS_res/SS_tot can be any negative number, but never above 1
+    if above.any():
+        row, col = np.argwhere(above)[0]
+        raise LogError(
+            f"{path}: {int(above.sum())} R² value(s) above 1 (impossible: R² <= 1), first "
+            f"{float(r2[row, col])!r} in column {columns[col + 1]!r} at data row {row + 1}"
+        )
     epochs = values[:, 0]
     if np.any(epochs != np.round(epochs)) or np.any(np.diff(epochs) <= 0):
         raise LogError(f"{path}: the epoch column must hold strictly increasing integers")
@@ -164,8 +175,60 @@ def expected_units(units: set[tuple[int | None, int]]) -> set[tuple[int | None, 
     return {(seed, fold) for seed in {s for s, _ in units} for fold in full}
 
 
-def check_complete(logs_dir: Path, model: str, arms: dict[str, dict], wanted: Sequence[str]) -> None:
-    """Every wanted arm is present and has a log for every (seed, fold) of the model."""
+@dataclass(frozen=True)
+class Expected:
+    """The (seed, fold) units of a complete run: every seed times every fold.
+
+    `seeds` holds None for single-seed runs, whose log names carry no seed; `seeds=None` means
+    "the seeds found in the logs" (a bare folder of logs does not say how many seeds its run had).
+    """
+
+    folds: tuple[int, ...]
+    seeds: tuple[int | None, ...] | None = (None,)
+    source: str = ""  # where the expectation comes from, for messages (e.g. 'task.data.n_folds')
+
+    def units(self, found: set[tuple[int | None, int]]) -> set[tuple[int | None, int]]:
+        seeds = self.seeds if self.seeds is not None else {s for s, _ in found}
+        return {(seed, fold) for seed in seeds for fold in self.folds}
+
+    def describe(self) -> str:
+        folds = describe_folds(self.folds)
+        if self.seeds is None:
+            seeds = "each seed present"
+        elif self.seeds == (None,):
+            seeds = "one seed"
+        else:
+            seeds = f"seeds {', '.join(str(s) for s in self.seeds)}"
+        return f"folds {folds} x {seeds}" + (f" ({self.source})" if self.source else "")
+
+
+def describe_folds(folds: Sequence[int]) -> str:
+    """'1-5' for a run of consecutive folds, else '1, 2, 4'."""
+    folds = sorted(folds)
+    if len(folds) > 2 and folds == list(range(folds[0], folds[-1] + 1)):
+        return f"{folds[0]}-{folds[-1]}"
+    return ", ".join(str(f) for f in folds)
+
+
+def describe_unit(unit: tuple[int | None, int]) -> str:
+    seed, fold = unit
+    return f"fold {fold}" if seed is None else f"seed {seed} fold {fold}"
+
+
+def _list_paths(paths: Sequence[Path], limit: int = 10) -> str:
+    shown = "\n  ".join(str(p) for p in paths[:limit])
+    more = f"\n  ... and {len(paths) - limit} more" if len(paths) > limit else ""
+    return f"\n  {shown}{more}"
+
+
+def check_complete(logs_dir: Path, model: str, arms: dict[str, dict], wanted: Sequence[str],
+                   expected: Expected | None = None, allow_incomplete: bool = False) -> tuple[set, list[Path]]:
+    """Every wanted arm is present and has a log for every (seed, fold) of the model.
+
+    Without `expected`, a complete set is every fold from the lowest to the highest seen, per
+    seed seen. Returns (the units to compare, the missing log files): with `allow_incomplete`
+    the units present in every wanted arm, else all of them (a missing file raises LogError).
+    """
     missing_arms = [a for a in wanted if a not in arms]
     if missing_arms:
         present = ", ".join(order_arms(list(arms))) or "none"
@@ -173,15 +236,35 @@ def check_complete(logs_dir: Path, model: str, arms: dict[str, dict], wanted: Se
             f"{logs_dir / model}: no logs of arm(s) {', '.join(missing_arms)} to compare with "
             f"(arms present: {present}); expected files like {log_path(logs_dir, model, missing_arms[0], 1).name}"
         )
-    units = expected_units(set().union(*(set(arms[a]) for a in wanted)))
-    for arm in order_arms(wanted):
-        lacking = sorted(units - set(arms[arm]), key=unit_key)
-        if lacking:
-            seed, fold = lacking[0]
+    found = set().union(*(set(arms[a]) for a in wanted))
+    if expected is None:
+        units = expected_units(found)
+    else:
+        units = expected.units(found)
+        extra = sorted(found - units, key=unit_key)
+        if extra:
+            arm = next(a for a in order_arms(wanted) if extra[0] in arms[a])
             raise LogError(
-                f"missing per-fold log {log_path(logs_dir, model, arm, fold, seed)} "
-                f"({len(lacking)} missing for arm {arm!r}; every arm needs the same (seed, fold) logs)"
+                f"{log_path(logs_dir, model, arm, extra[0][1], extra[0][0])}: {describe_unit(extra[0])} is not "
+                f"one of the expected units, {expected.describe()}; {len(extra)} such unit(s). Set "
+                "stats.expected_folds (and stats.expected_seeds) to the run's folds and seeds"
             )
+    lacking = {arm: sorted(units - set(arms[arm]), key=unit_key) for arm in order_arms(wanted)}
+    missing = [log_path(logs_dir, model, arm, fold, seed) for arm, gone in lacking.items() for seed, fold in gone]
+    if not missing:
+        return units, []
+    if not allow_incomplete:
+        arm = next(a for a, gone in lacking.items() if gone)
+        expectation = (f"a complete run has {expected.describe()}" if expected
+                       else "every arm needs the same (seed, fold) logs")
+        raise LogError(
+            f"missing per-fold log {missing[0]} ({len(lacking[arm])} missing for arm {arm!r}, {len(missing)} in all; "
+            f"{expectation}). Missing:{_list_paths(missing)}"
+            + ("\nTo compare the units present in every arm anyway, flagged as incomplete in the tables, "
+               "set stats.allow_incomplete=true" if expected is not None else "")
+        )
+    present = set.intersection(*(set(arms[a]) for a in wanted)) & units
+    return present, missing
 
 
 def check_consistent(model_dir: Path, logs: list[FoldLog]) -> None:
@@ -212,30 +295,57 @@ def resolve_arms(compare, present: set[str]) -> list[str]:
     return arms
 
 
-def load_logs(logs_dir: str | Path, compare=("study", "control")) -> dict[str, dict[str, list[FoldLog]]]:
+class Loaded(dict):
+    """{model: {arm: [FoldLog by (seed, fold)]}}, with `missing`: {model: [missing log files]}
+    (empty unless loaded with allow_incomplete) and the `expected` units it was checked against."""
+
+    def __init__(self, *args, missing: dict[str, list[Path]] | None = None, expected: Expected | None = None):
+        super().__init__(*args)
+        self.missing = missing or {}
+        self.expected = expected
+
+
+def load_logs(logs_dir: str | Path, compare=("study", "control"), expected: Expected | None = None,
+              allow_incomplete: bool = False) -> Loaded:
     """Read and validate every log the comparison needs: {model: {arm: [FoldLog by (seed, fold)]}}.
 
     `compare` is [a, b] (those two arms must be present in every model) or 'all' (every arm
-    present in a model; at least two). Raises LogError before returning anything if any file
-    is missing, misnamed, malformed or inconsistent with the others.
+    present in a model; at least two). `expected`: the (seed, fold) units of a complete run;
+    without it, the folds from the lowest to the highest present. Raises LogError before
+    returning anything if any file is missing, misnamed, malformed or inconsistent with the
+    others. With `allow_incomplete`, missing files are listed in the result's `missing` instead,
+    and only the units present in every compared arm are loaded.
     """
     logs_dir = Path(logs_dir)
     found = discover(logs_dir)
-    loaded: dict[str, dict[str, list[FoldLog]]] = {}
+    wanted_arms = {model: resolve_arms(compare, set(arms)) for model, arms in found.items()}
+    if expected is not None and expected.seeds is None:
+        # A folder does not say how many seeds its run had: expect every seed found in any of its
+        # compared logs, so that a seed missing for one model or arm is still caught.
+        seeds = {seed for model, arms in found.items() for arm in wanted_arms[model] if arm in arms
+                 for seed, _ in arms[arm]}
+        expected = replace(expected, seeds=tuple(sorted(seeds, key=lambda s: unit_key((s, 0)))),
+                           source=f"{expected.source}; seeds as found in the logs".lstrip("; "))
+    loaded = Loaded(expected=expected)
     for model, arms in found.items():
-        wanted = resolve_arms(compare, set(arms))
+        wanted = wanted_arms[model]
         if len(wanted) < 2:
             raise LogError(
                 f"{logs_dir / model}: only arm {wanted[0]!r} has logs; a comparison needs two arms"
             )
-        check_complete(logs_dir, model, arms, wanted)
+        units, missing = check_complete(logs_dir, model, arms, wanted, expected, allow_incomplete)
+        if not units:
+            raise LogError(f"{logs_dir / model}: no (seed, fold) unit has logs of every arm compared, "
+                           f"{', '.join(order_arms(wanted))}")
         per_arm = {
             arm: [
                 read_log(arms[arm][unit], model, arm, *unit)
-                for unit in sorted(arms[arm], key=unit_key)
+                for unit in sorted(units, key=unit_key)
             ]
             for arm in order_arms(wanted)
         }
         check_consistent(logs_dir / model, [log for logs in per_arm.values() for log in logs])
         loaded[model] = per_arm
+        if missing:
+            loaded.missing[model] = missing
     return loaded

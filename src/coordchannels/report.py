@@ -1,4 +1,5 @@
-"""Figures of the statistics stage: the learning curves of the paper's Figure 2.
+"""The statistics stage (`stats_stage`: tables and figures together) and its figure, the learning
+curves of the paper's Figure 2.
 
 One panel per model: per epoch the mean over folds (and seeds) of train R^2 (solid) and test
 R^2 (dashed) for each compared arm, control red and study blue as in the paper, with a shaded
@@ -21,8 +22,8 @@ from omegaconf import DictConfig
 
 from coordchannels.components import arm_style
 from coordchannels.io import atomic_path, write_csv
-from coordchannels.logs import FoldLog, load_logs
-from coordchannels.stats import compare_setting
+from coordchannels.logs import FoldLog
+from coordchannels.stats import build_outputs, load_checked_logs, table_names, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +95,24 @@ def save_png(fig: Figure, path: Path, dpi: int = 120) -> None:
         fig.savefig(tmp, format="png", dpi=dpi)
 
 
-def report_stage(cfg: DictConfig, out: Path) -> None:
-    """Draw the learning curves of the compared arms into cfg.stats.out_dir (always redrawn, like
-    the tables, so that they follow the logs)."""
-    logs = load_logs(cfg.stats.logs_dir, compare_setting(cfg))  # validates before anything is written
+def stats_stage(cfg: DictConfig, out: Path) -> None:
+    """The `stats` stage: compare arms on a folder of per-fold logs and draw their learning curves,
+    into `out` (stats.out_dir).
+
+    Tables and figure come from one reading of the logs and are all computed before the first file
+    is written, so that a failure leaves the previous set whole and a new set is never paired with
+    an old figure.
+    """
+    logs = load_checked_logs(cfg)
+    outputs = build_outputs(cfg, logs)
     summary = curve_summary(logs)
-    fig = learning_curves_figure(summary)
+    figure = learning_curves_figure(summary)
+    write_outputs(outputs, out)
     write_csv(summary, out / CURVES_NAME)
-    save_png(fig, out / FIGURE_NAME)
-    log.info("report: wrote %s and %s to %s", FIGURE_NAME, CURVES_NAME, out)
+    save_png(figure, out / FIGURE_NAME)
+    log.info("stats: wrote %s, %s and %s to %s", ", ".join(outputs), CURVES_NAME, FIGURE_NAME, out)
+
+
+def outputs(cfg: DictConfig) -> list[str]:
+    """The stats stage's declared outputs."""
+    return [*table_names(cfg), CURVES_NAME, FIGURE_NAME]

@@ -4,8 +4,29 @@ Per model and (seed, fold) the final-epoch train and test R^2 and the instabilit
 curve (squared residuals of a smoothing spline, mean by default) are compared between two arms,
 paired by fold: d_i = a_i - b_i. The bootstrap resamples the d_i with replacement, either
 Monte-Carlo (`numpy.random.default_rng(seed)`, fresh per comparison: this reproduces the
-published confidence intervals) or by enumerating all n^n resamples. `stats_stage` writes the
+published confidence intervals) or by enumerating all n^n resamples. `coordchannels.report.stats_stage` writes the
 comparison table (csv, md, tex), every per-fold value and every per-fold difference.
+
+Thin or incomplete evidence is refused or flagged, never silently turned into a conclusion:
+
+* the logs must hold every (seed, fold) unit of a complete run: folds 1..`stats.expected_folds`
+  (default `task.data.n_folds`, else 5) times the seeds `stats.expected_seeds` (default
+  `train.seeds` when the logs are this config's training logs, else the seeds present). A missing
+  log is an error naming it; with `stats.allow_incomplete=true` the units present in every arm
+  are compared instead and the tables say INCOMPLETE;
+* a comparison needs at least 2 paired units (with one, every resample is that one difference:
+  p = 0 and a zero-width CI);
+* every table states the number of paired units and of epochs, and whether the run was limited
+  (fewer epochs than the protocol's `stats.protocol_epochs` = 15, or `train.limit_train` /
+  `train.limit_test` set, in this config or in the run record `run_config.yaml` beside the logs);
+* the spline instability needs at least 4 epochs (logs with fewer are refused) and is NOT
+  ESTIMABLE below 5: UnivariateSpline is cubic (k = 3), so through k + 1 = 4 points it
+  interpolates exactly and the residual is zero by construction. Such rows keep their place in
+  the tables with no mean, CI or effect size, p = 1 (no evidence) and the conclusion
+  "not estimable"; their per-fold values are NaN.
+
+These settings are read with defaults when the config does not define them; override them with
+`++stats.allow_incomplete=true`, `++stats.expected_folds=10`, etc.
 """
 
 from __future__ import annotations
@@ -21,16 +42,26 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from scipy.interpolate import UnivariateSpline
 
 from coordchannels.io import write_csv, write_text
-from coordchannels.logs import FoldLog, load_logs, order_arms, unit_key
+from coordchannels.logs import MIN_EPOCHS, Expected, FoldLog, LogError, load_logs, order_arms, unit_key
 
 log = logging.getLogger(__name__)
 
 METRICS = ("instability", "test_r2", "train_r2")
-TABLE_COLUMNS = ["model", "metric", "mean_diff", "ci_low", "ci_high", "p_value", "conclusion"]
+# How much evidence stands behind each row, stated in every table.
+EVIDENCE_COLUMNS = ["n_units", "n_epochs", "limited", "complete"]
+TABLE_COLUMNS = ["model", "metric", "mean_diff", "ci_low", "ci_high", "p_value", "conclusion", *EVIDENCE_COLUMNS]
 METRIC_LABELS = {"instability": "Instability", "test_r2": "Test R²", "train_r2": "Train R²"}
 METRIC_LATEX = {"instability": "Instability", "test_r2": "Test $R^2$", "train_r2": "Train $R^2$"}
 # Exact enumeration materialises n^n resample means; beyond this it is a memory hazard.
 MAX_EXACT_RESAMPLES = 10_000_000
+# The protocol of the paper: 15 epochs on all samples; fewer makes a run "limited".
+PROTOCOL_EPOCHS = 15
+# A cubic spline (UnivariateSpline's default k = 3) needs k + 1 = 4 points, and through exactly 4
+# it interpolates: the instability is only estimable from 5 epochs on.
+MIN_SPLINE_POINTS = MIN_EPOCHS
+MIN_INSTABILITY_EPOCHS = MIN_SPLINE_POINTS + 1
+# A paired comparison needs at least this many (seed, fold) units.
+MIN_UNITS = 2
 
 
 # ---------------------------------------------------------------- per-fold metrics
@@ -40,9 +71,16 @@ def instability(epochs: np.ndarray, curve: np.ndarray, how: str = "mean") -> flo
     """Roughness of a test curve: squared residuals around a default UnivariateSpline fit.
 
     The scripts (and hence the published numbers) take the mean; the paper's text says sum.
+    Refused below 4 epochs (the cubic spline's minimum); note that with exactly 4 it is 0 by
+    construction (see `instability_estimable`).
     """
     epochs = np.asarray(epochs, dtype=float)
     curve = np.asarray(curve, dtype=float)
+    if len(epochs) < MIN_SPLINE_POINTS:
+        raise ValueError(
+            f"the spline instability needs at least {MIN_SPLINE_POINTS} epochs (a cubic spline, k = 3, "
+            f"needs k + 1 points); got {len(epochs)}"
+        )
     residuals = curve - UnivariateSpline(epochs, curve)(epochs)
     squared = residuals**2
     if how == "mean":
@@ -52,10 +90,19 @@ def instability(epochs: np.ndarray, curve: np.ndarray, how: str = "mean") -> flo
     raise ValueError(f"stats.instability={how!r}: expected 'mean' or 'sum'")
 
 
+def instability_estimable(n_epochs: int) -> bool:
+    """Whether n epochs leave the spline a residual: not with 4, through which a cubic interpolates."""
+    return n_epochs >= MIN_INSTABILITY_EPOCHS
+
+
 def fold_metrics(fold_log: FoldLog, how: str = "mean") -> dict[str, float]:
-    """The three compared values of one fold: instability, final test R^2, final train R^2."""
+    """The three compared values of one fold: instability (NaN when not estimable), final test
+    R^2, final train R^2."""
+    n = len(fold_log.epochs)
+    inst = float("nan") if MIN_SPLINE_POINTS <= n < MIN_INSTABILITY_EPOCHS else instability(
+        fold_log.epochs, fold_log.test, how)
     return {
-        "instability": instability(fold_log.epochs, fold_log.test, how),
+        "instability": inst,
         "test_r2": float(fold_log.test[-1]),
         "train_r2": float(fold_log.train[-1]),
     }
@@ -174,6 +221,13 @@ def compare(d: np.ndarray, arm_a: str, arm_b: str, method: str = "montecarlo", n
             seed: int = 42, confidence: float = 0.95) -> dict:
     """Paired bootstrap summary of the differences d = a - b (one row of the table, plus extras)."""
     d = np.asarray(d, dtype=float)
+    if len(d) < MIN_UNITS:
+        raise ValueError(
+            f"a paired bootstrap needs at least {MIN_UNITS} paired units; got {len(d)} (every resample of "
+            "one difference is that difference: p = 0 and a zero-width CI, whatever the data)"
+        )
+    if not np.all(np.isfinite(d)):
+        raise ValueError(f"paired differences must be finite numbers; got {d.tolist()}")
     if not 0 < confidence < 1:
         raise ValueError(f"stats.confidence={confidence}: must lie strictly between 0 and 1")
     means = resample_means(d, method, n_resamples, seed)
@@ -215,17 +269,49 @@ def arm_pairs(arms: Sequence[str], compare_cfg) -> list[tuple[str, str]]:
     return [(a, b)]
 
 
+def not_estimable(d: np.ndarray, n_epochs: int, n_resamples: int) -> dict:
+    """The row of an instability that cannot be estimated: no numbers, p = 1 (no evidence)."""
+    return {
+        "mean_diff": float("nan"),
+        "ci_low": float("nan"),
+        "ci_high": float("nan"),
+        "p_value": 1.0,
+        "conclusion": f"not estimable ({n_epochs} epochs; needs {MIN_INSTABILITY_EPOCHS})",
+        "effect_size": float("nan"),
+        "n_units": len(d),
+        "n_resamples": n_resamples,
+    }
+
+
 def compare_all(values: pd.DataFrame, logs: dict[str, dict[str, list[FoldLog]]], compare_cfg,
-                method: str, n_resamples: int, seed: int, confidence: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every comparison: (results, one row per model x pair x metric; per-fold differences)."""
+                method: str, n_resamples: int, seed: int, confidence: float,
+                evidence: dict[str, dict] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every comparison: (results, one row per model x pair x metric; per-fold differences).
+
+    `evidence`: per model, the columns EVIDENCE_COLUMNS except n_units, added to each row.
+    """
     results, differences = [], []
     for model, arms in logs.items():
+        n_epochs = len(next(iter(arms.values()))[0].epochs)
         for arm_a, arm_b in arm_pairs(list(arms), compare_cfg):
             for metric in METRICS:
                 diffs = paired_differences(values, model, metric, arm_a, arm_b)
-                summary = compare(diffs["diff"].to_numpy(), arm_a, arm_b, method, n_resamples, seed, confidence)
+                d = diffs["diff"].to_numpy()
+                if len(d) < MIN_UNITS:
+                    units = ", ".join(f"fold {f}" + ("" if pd.isna(s) else f" seed {s}")
+                                      for s, f in zip(diffs.seed, diffs.fold))
+                    raise LogError(
+                        f"{model}: {arm_a} - {arm_b} has {len(d)} paired unit(s) ({units}); a paired comparison "
+                        f"needs at least {MIN_UNITS} (with one, every resample equals it: p = 0 and a zero-width CI)"
+                    )
+                if metric == "instability" and not instability_estimable(n_epochs):
+                    summary = not_estimable(d, n_epochs, n_resamples)
+                else:
+                    summary = compare(d, arm_a, arm_b, method, n_resamples, seed, confidence)
                 summary["fold_diffs"] = diffs["diff"].tolist()
-                results.append({"model": model, "arm_a": arm_a, "arm_b": arm_b, "metric": metric, **summary})
+                row = {"model": model, "arm_a": arm_a, "arm_b": arm_b, "metric": metric, **summary}
+                row.update((evidence or {}).get(model, {"n_epochs": n_epochs}))
+                results.append(row)
                 differences.append(diffs)
     return pd.DataFrame(results), pd.concat(differences, ignore_index=True)
 
@@ -239,6 +325,8 @@ def add_holm(results: pd.DataFrame, confidence: float) -> pd.DataFrame:
     alpha = 1 - confidence
 
     def holm_conclusion(row) -> str:
+        if str(row.conclusion).startswith("not estimable"):
+            return row.conclusion
         if row.p_holm >= alpha or row.mean_diff == 0:
             return "not significant"
         return f"{row.arm_a} {'>' if row.mean_diff > 0 else '<'} {row.arm_b}"
@@ -257,7 +345,16 @@ def format_p(p: float, n_resamples: int) -> str:
 
 
 def _num(x: float) -> str:
-    return f"{x:.5f}"
+    return "n/a" if np.isnan(x) else f"{x:.5f}"
+
+
+def _p_cell(row, p: float) -> str:
+    """p as printed; 'n/a' for a row whose value could not be estimated."""
+    return "n/a" if np.isnan(row.mean_diff) else format_p(p, row.n_resamples)
+
+
+def _ci_cell(row) -> str:
+    return "n/a" if np.isnan(row.mean_diff) else f"[{_num(row.ci_low)}, {_num(row.ci_high)}]"
 
 
 def describe(method: str, n_resamples: int, seed: int, how: str, confidence: float) -> str:
@@ -283,14 +380,14 @@ def markdown_table(results: pd.DataFrame, note: str, confidence: float, all_pair
         cells += [
             METRIC_LABELS.get(row.metric, row.metric),
             _num(row.mean_diff),
-            f"[{_num(row.ci_low)}, {_num(row.ci_high)}]",
-            format_p(row.p_value, row.n_resamples),
+            _ci_cell(row),
+            _p_cell(row, row.p_value),
             row.conclusion,
         ]
         if all_pairs:
-            cells += [format_p(row.p_two_sided, row.n_resamples), format_p(row.p_holm, row.n_resamples),
-                      row.conclusion_holm]
-        cells += [f"{row.effect_size:.3f}", ", ".join(_num(x) for x in row.fold_diffs)]
+            cells += [_p_cell(row, row.p_two_sided), _p_cell(row, row.p_holm), row.conclusion_holm]
+        effect = "n/a" if np.isnan(row.effect_size) else f"{row.effect_size:.3f}"
+        cells += [effect, ", ".join(_num(x) for x in row.fold_diffs)]
         lines.append("| " + " | ".join(cells) + " |")
     return f"{note}\n\n" + "\n".join(lines) + "\n"
 
@@ -300,6 +397,11 @@ def _tex(text: str) -> str:
     for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
         text = text.replace(char, repl)
     return text.replace(">", "$>$").replace("<", "$<$")
+
+
+def _math(cell: str) -> str:
+    """A number in math mode; 'n/a' as text."""
+    return cell if cell == "n/a" else f"${cell}$"
 
 
 def _tex_note(note: str) -> str:
@@ -322,13 +424,13 @@ def latex_table(results: pd.DataFrame, note: str, confidence: float, all_pairs: 
             cells.append(f"{_tex(row.arm_a)} $-$ {_tex(row.arm_b)}")
         cells += [
             METRIC_LATEX.get(row.metric, _tex(row.metric)),
-            f"${_num(row.mean_diff)}$",
-            f"$[{_num(row.ci_low)}, {_num(row.ci_high)}]$",
-            f"${format_p(row.p_value, row.n_resamples)}$",
+            _math(_num(row.mean_diff)),
+            _math(_ci_cell(row)),
+            _math(_p_cell(row, row.p_value)),
             _tex(row.conclusion),
         ]
         if all_pairs:
-            cells += [f"${format_p(row.p_holm, row.n_resamples)}$", _tex(row.conclusion_holm)]
+            cells += [_math(_p_cell(row, row.p_holm)), _tex(row.conclusion_holm)]
         body.append(" & ".join(cells) + r" \\")
         previous = row.model
     return "\n".join(
@@ -359,8 +461,8 @@ def output_names(all_pairs: bool) -> list[str]:
     return [f"{stem}.csv", f"{stem}.md", f"{stem}.tex", "fold_values.csv", "fold_differences.csv"]
 
 
-def outputs(cfg: DictConfig) -> list[str]:
-    """The stats stage's declared outputs for this config."""
+def table_names(cfg: DictConfig) -> list[str]:
+    """The tables the statistics write for this config."""
     return output_names(isinstance(compare_setting(cfg), str))
 
 
@@ -370,15 +472,130 @@ def compare_setting(cfg: DictConfig):
     return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
 
 
-def build_outputs(cfg: DictConfig) -> dict[str, pd.DataFrame | str]:
-    """Read, validate and compute everything; return {file name: table or text}. Writes nothing."""
+def _setting(cfg: DictConfig, key: str, default=None):
+    """An optional setting: its value, or `default` when the config lacks it or holds null."""
+    value = OmegaConf.select(cfg, key, default=None)
+    if isinstance(value, (ListConfig, DictConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    return default if value is None else value
+
+
+def _same_folder(a, b) -> bool:
+    return a is not None and b is not None and Path(str(a)).resolve() == Path(str(b)).resolve()
+
+
+def complete_run(cfg: DictConfig) -> Expected:
+    """The (seed, fold) units a complete run has, from the config (see the module docstring)."""
+    folds = _setting(cfg, "stats.expected_folds")
+    if folds is None:
+        n_folds = _setting(cfg, "task.data.n_folds")
+        folds, source = (5, "SPEC default") if n_folds is None else (n_folds, "task.data.n_folds")
+    else:
+        source = "stats.expected_folds"
+    folds = list(range(1, int(folds) + 1)) if isinstance(folds, (int, str)) else [int(f) for f in folds]
+    if not folds or min(folds) < 1:
+        raise ValueError(f"{source}={folds}: give the number of folds (>= 1) or a list of fold numbers")
+    seeds = _setting(cfg, "stats.expected_seeds")
+    train_seeds = _setting(cfg, "train.seeds")
+    if seeds is None and train_seeds and _same_folder(_setting(cfg, "stats.logs_dir"), _setting(cfg, "train.logs_dir")):
+        seeds, source = train_seeds, f"{source}, train.seeds"
+    elif seeds is not None:
+        source = f"{source}, stats.expected_seeds"
+    if seeds is not None:
+        seeds = [int(x) for x in ([seeds] if isinstance(seeds, int) else seeds)]
+        # the trainer names a seed in the log names only when a run has several
+        seeds = (None,) if len(seeds) == 1 else tuple(seeds)
+    return Expected(tuple(sorted(set(folds))), seeds, source)
+
+
+def run_limits(cfg: DictConfig, logs_dir: Path) -> list[str]:
+    """train.limit_train / limit_test set in this config or in the run record beside the logs."""
+    found = {}
+    record = Path(logs_dir).parent / "run_config.yaml"
+    if record.is_file():
+        try:
+            stored = OmegaConf.load(record)
+            for key in ("limit_train", "limit_test"):
+                value = OmegaConf.select(stored, f"train.{key}", default=None)
+                if value is not None:
+                    found[key] = value
+        except Exception as exc:  # the record is a courtesy here; the trainer checks it properly
+            log.warning("stats: could not read the run record %s (%s)", record, exc)
+    for key in ("limit_train", "limit_test"):
+        value = _setting(cfg, f"train.{key}")
+        if value is not None:
+            found[key] = value
+    return [f"train.{key}={value}" for key, value in found.items()]
+
+
+def evidence(logs, limits: list[str], protocol_epochs: int) -> dict[str, dict]:
+    """Per model: n_epochs, limited, complete (the table's evidence columns) and the reasons."""
+    out = {}
+    for model, arms in logs.items():
+        n_epochs = len(next(iter(arms.values()))[0].epochs)
+        reasons = ([f"{n_epochs} epochs (protocol: {protocol_epochs})"] if n_epochs < protocol_epochs else []) + limits
+        out[model] = {"n_epochs": n_epochs, "limited": bool(reasons), "complete": model not in logs.missing,
+                      "_reasons": reasons}
+    return out
+
+
+def evidence_lines(results: pd.DataFrame, info: dict[str, dict], logs, expected: Expected) -> list[str]:
+    """Sentences for the table headings: units, epochs, and loudly any limit or gap."""
+    groups: dict[tuple, list[str]] = {}
+    for model, rows in results.groupby("model", sort=False):
+        key = (tuple(sorted(set(rows.n_units))), info[model]["n_epochs"])
+        groups.setdefault(key, []).append(model)
+    parts = []
+    for (units, n_epochs), models in groups.items():
+        who = "" if len(groups) == 1 else f"{', '.join(models)}: "
+        n = "/".join(str(u) for u in units)
+        parts.append(f"{who}{n} paired (seed, fold) units per comparison, {n_epochs} epochs per fold")
+    lines = [f"Evidence: {'; '.join(parts)}; a complete run has {expected.describe()}."]
+    limited = {m: i["_reasons"] for m, i in info.items() if i["limited"]}
+    if limited:
+        reasons = sorted({r for rs in limited.values() for r in rs})
+        lines.append(f"LIMITED RUN ({', '.join(reasons)}): not the paper's protocol; do not compare with the "
+                     "published numbers.")
+    if logs.missing:
+        n_missing = sum(len(paths) for paths in logs.missing.values())
+        names = ", ".join(f"{p.parent.name}/{p.name}" for paths in logs.missing.values() for p in paths[:3])
+        lines.append(f"INCOMPLETE: {n_missing} expected log(s) missing (e.g. {names}); compared on the units "
+                     "present in every arm (stats.allow_incomplete=true).")
+    thin = sorted({info[m]["n_epochs"] for m in info if not instability_estimable(info[m]["n_epochs"])})
+    if thin:
+        lines.append(f"Instability NOT ESTIMABLE with {'/'.join(map(str, thin))} epochs: the spline is cubic (k = 3), "
+                     f"so through 4 points it interpolates and leaves no residual; it needs at least "
+                     f"{MIN_INSTABILITY_EPOCHS} epochs.")
+    return lines
+
+
+def load_checked_logs(cfg: DictConfig):
+    """The logs as the statistics use them: checked against the expected units of a complete
+    run, incomplete sets refused unless stats.allow_incomplete (then the missing ones listed)."""
+    allow = _setting(cfg, "stats.allow_incomplete", False)
+    if not isinstance(allow, bool):
+        raise ValueError(f"stats.allow_incomplete={allow!r}: expected true or false")
+    logs = load_logs(cfg.stats.logs_dir, compare_setting(cfg), complete_run(cfg), allow)
+    for model, paths in logs.missing.items():
+        log.warning("stats: INCOMPLETE logs of %s: %d missing (%s); comparing the units present in every arm "
+                    "because stats.allow_incomplete=true", model, len(paths), ", ".join(p.name for p in paths))
+    return logs
+
+
+def build_outputs(cfg: DictConfig, logs=None) -> dict[str, pd.DataFrame | str]:
+    """Read (unless `logs` are given), validate and compute every table; return {file name: table
+    or text}. Writes nothing."""
     s = cfg.stats
     compare_cfg = compare_setting(cfg)
     all_pairs = isinstance(compare_cfg, str)
-    logs = load_logs(s.logs_dir, compare_cfg)
+    logs = load_checked_logs(cfg) if logs is None else logs
+    expected = logs.expected
+    protocol = int(_setting(cfg, "stats.protocol_epochs", PROTOCOL_EPOCHS))
+    info = evidence(logs, run_limits(cfg, Path(s.logs_dir)), protocol)
+    columns = {m: {k: v for k, v in i.items() if not k.startswith("_")} for m, i in info.items()}
     values = fold_values(logs, s.instability)
     results, differences = compare_all(
-        values, logs, compare_cfg, s.method, int(s.n_resamples), int(s.seed), float(s.confidence)
+        values, logs, compare_cfg, s.method, int(s.n_resamples), int(s.seed), float(s.confidence), columns
     )
     n_res = int(s.n_resamples)
     note = describe(s.method, n_res, int(s.seed), s.instability, float(s.confidence))
@@ -387,30 +604,26 @@ def build_outputs(cfg: DictConfig) -> dict[str, pd.DataFrame | str]:
         results = add_holm(results, float(s.confidence))
         note += " Holm correction over the arm pairs of each model and metric, on two-sided p = min(1, 2p)."
         table = results[["model", "arm_a", "arm_b", "metric", "mean_diff", "ci_low", "ci_high", "p_value",
-                         "conclusion", "effect_size", "p_two_sided", "p_holm", "conclusion_holm"]]
+                         "conclusion", "effect_size", "p_two_sided", "p_holm", "conclusion_holm", *EVIDENCE_COLUMNS]]
     else:
         a, b = compare_cfg
         note = f"Difference = {a} − {b}. " + note
         table = results[TABLE_COLUMNS]
+    lines = evidence_lines(results, info, logs, expected)
+    for line in lines[1:]:
+        log.warning("stats: %s", line)
     return {
         names[0]: table,
-        names[1]: markdown_table(results, note, float(s.confidence), all_pairs),
-        names[2]: latex_table(results, note, float(s.confidence), all_pairs),
+        names[1]: markdown_table(results, "\n\n".join([note, *lines]), float(s.confidence), all_pairs),
+        names[2]: latex_table(results, " ".join([note, *lines]), float(s.confidence), all_pairs),
         names[3]: values,
         names[4]: differences,
     }
 
 
-def stats_stage(cfg: DictConfig, out: Path) -> None:
-    """Compare arms on a folder of per-fold logs; write the tables into cfg.stats.out_dir.
-
-    Always recomputed (a second or two): the tables must follow the logs and the settings
-    (method, resamples, arms) of this run, never an earlier one.
-    """
-    outputs = build_outputs(cfg)  # everything is validated and computed before the first write
+def write_outputs(outputs: dict[str, pd.DataFrame | str], out: Path) -> None:
     for name, content in outputs.items():
         if isinstance(content, pd.DataFrame):
             write_csv(content, out / name)
         else:
             write_text(out / name, content)
-    log.info("stats: wrote %s to %s", ", ".join(outputs), out)

@@ -39,6 +39,8 @@ def download_stage(cfg: DictConfig, out: Path) -> None:
     PhysioNet at `task.data.url`.
     """
     data = cfg.task.data
-    paths = download.obtain_all(vfdb_files(data.records), out, base_url=data.url,
-                       mirror=download.mirror_setting(cfg, "task.data.mirror"), replace_bad=bool(cfg.overwrite))
+    with download.local_copy_hint("vfdb"):
+        paths = download.obtain_all(vfdb_files(data.records), out, base_url=data.url,
+                                    mirror=download.mirror_setting(cfg, "task.data.mirror"),
+                                    replace_bad=bool(cfg.overwrite), **download.network_settings(cfg))
     log.info("VFDB: %d files verified in %s", len(paths), out)

@@ -281,7 +281,9 @@ def invalid_samples(cfg: DictConfig) -> Path:
     mirror = OmegaConf.select(cfg, "paths.invalid_samples_mirror")
     if mirror:
         return download.copy_from_mirror(Path(mirror), dest, sha256=sha256)
-    return download.fetch(cfg.sources.invalid_samples_url, dest, sha256=sha256, progress=False)
+    with download.local_copy_hint("invalid_samples"):
+        return download.fetch(cfg.sources.invalid_samples_url, dest, sha256=sha256, progress=False,
+                              **download.network_settings(cfg))
 
 
 def sipakmed_archives(cfg: DictConfig) -> list[Path]:
@@ -304,8 +306,9 @@ def sipakmed_archives(cfg: DictConfig) -> list[Path]:
     if mirror is not None:
         paths = [download.mirror_file(mirror / name, size=size) for name, size in sizes.items()]
     else:
-        paths = [download.obtain(name, data.raw_dir, base_url=data.url, size=size, replace_bad=bool(cfg.overwrite))
-                 for name, size in sizes.items()]
+        with download.local_copy_hint("sipakmed"):
+            paths = [download.obtain(name, data.raw_dir, base_url=data.url, size=size, replace_bad=bool(cfg.overwrite),
+                                     **download.network_settings(cfg)) for name, size in sizes.items()]
     log.info("SiPaKMeD: checking %d archives against the lock file (SHA-256 of %.1f GB)",
              len(paths), sum(sizes.values()) / 1e9)
     # The lock lives in raw_dir even for a mirror: a user's folder may be read-only or shared.
