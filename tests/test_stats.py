@@ -318,8 +318,10 @@ def test_train_limits_mark_the_run_limited(tmp_path, make_cfg):
     call_stage(stats_cfg(make_cfg, logs, tmp_path / "cfg", "train.limit_train=16"), "stats")
     assert pd.read_csv(tmp_path / "cfg" / "comparison_table.csv").limited.all()
     assert "LIMITED RUN (train.limit_train=16)" in (tmp_path / "cfg" / "comparison_table.md").read_text()
-    # a run's own record beside its logs says so too, when stats run later on its own
-    (tmp_path / "run_config.yaml").write_text("train:\n  epochs: 15\n  limit_train: null\n  limit_test: 12\n")
+    # the job records beside the logs say so too, when stats run later on their own
+    record = tmp_path / "jobs" / "NimeshaNet" / "control_set_fold_1_log.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"epochs": 15, "fingerprint": {"train": {"limit_train": null, "limit_test": 12}}}')
     call_stage(stats_cfg(make_cfg, logs, tmp_path / "record"), "stats")
     assert "LIMITED RUN (train.limit_test=12)" in (tmp_path / "record" / "comparison_table.md").read_text()
 

@@ -7,6 +7,7 @@ with the arm's coordinate channels appended by the real channel code.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 from sklearn.metrics import r2_score
 
 from coordchannels import train
@@ -126,10 +127,14 @@ def test_ecg_run_writes_complete_logs_in_the_published_layout(tiny_cfg):
     assert LOADS == [("ecg", "control"), ("ecg", "study")]
     ckpts = sorted(p.name for p in (Path(cfg.train.run_dir) / "checkpoints" / "NimeshaNet").iterdir())
     assert ckpts == [f"{a}_seed_42_fold_{k}.pt" for a in ("control", "study") for k in (1, 2)]
-    record = OmegaConf.load(os.path.join(cfg.train.run_dir, "run_config.yaml"))
-    assert record.train.lr == 1e-3 and record.log_seed == 42
-    assert set(record.models) == {"nimeshanet", "nimeshanet_reduced"} and set(record.arms) == {"control", "study"}
-    assert "raw_dir" not in record.task.data  # where the data come from does not matter
+    records = sorted(p.relative_to(Path(cfg.train.run_dir) / "jobs").as_posix()
+                     for p in (Path(cfg.train.run_dir) / "jobs").rglob("*.json"))
+    assert records == [f"{m}/{a}_set_fold_{k}_log.json" for m in ("NimeshaNet", "Reduced Parameter NimeshaNet")
+                       for a in ("control", "study") for k in (1, 2)]
+    record = json.loads((Path(cfg.train.run_dir) / "jobs" / records[0]).read_text())
+    assert record["epochs"] == 4 and record["fingerprint"]["seed"] == 42
+    assert record["fingerprint"]["train"]["lr"] == 1e-3 and record["fingerprint"]["train"]["num_threads"] == 1
+    assert "raw_dir" not in record["fingerprint"]["task"]["data"]  # where the data come from does not matter
 
 
 def test_training_learns_the_bump_position(tiny_cfg):
@@ -247,7 +252,7 @@ def test_changed_config_refuses_to_resume_or_skip(tiny_cfg, monkeypatch):
     changed = tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[control]", "train.lr=0.01")
     with pytest.raises(train.RunConfigError, match=r"train\.lr: stored 0\.001, now 0\.01.*train\.run_name.*overwrite=true"):
         train.train_stage(changed)
-    # A job run on its own (no run record check) is stopped by its checkpoint's fingerprint.
+    # A job run on its own is stopped the same way.
     with pytest.raises(train.RunConfigError, match="another configuration"):
         train.run_job(changed, "nimeshanet", "control", 42, 1)
     # Data settings count too.
@@ -262,12 +267,13 @@ def test_changed_config_refuses_to_resume_or_skip(tiny_cfg, monkeypatch):
     before = read(job_log(cfg, arm="control"))
     train.train_stage(changed)
     assert not read(job_log(cfg, arm="control")).equals(before)
-    assert OmegaConf.load(os.path.join(cfg.train.run_dir, "run_config.yaml")).task.data.fake_seed == 1
+    record = json.loads(train.job.job_record_path(changed, train.Job("nimeshanet", "control", 42, 1)).read_text())
+    assert record["fingerprint"]["task"]["data"]["fake_seed"] == 1
 
 
 def test_a_single_seed_run_with_another_seed_is_refused(tiny_cfg):
     train.train_stage(tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[control]"))
-    with pytest.raises(train.RunConfigError, match="log_seed"):
+    with pytest.raises(train.RunConfigError, match=r"seed: stored 42, now 7"):
         train.train_stage(tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[control]", "train.seeds=[7]"))
 
 
@@ -275,8 +281,9 @@ def test_new_models_and_arms_join_an_existing_run(tiny_cfg):
     train.train_stage(tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[control]"))
     cfg = tiny_cfg("ecg", "train.models=[nimeshanet_reduced]", "train.arms=[study]")
     train.train_stage(cfg)
-    record = OmegaConf.load(os.path.join(cfg.train.run_dir, "run_config.yaml"))
-    assert set(record.models) == {"nimeshanet", "nimeshanet_reduced"} and set(record.arms) == {"control", "study"}
+    jobs = Path(cfg.train.run_dir) / "jobs"
+    assert (jobs / "NimeshaNet" / "control_set_fold_1_log.json").is_file()
+    assert (jobs / "Reduced Parameter NimeshaNet" / "study_set_fold_1_log.json").is_file()
 
 
 def test_unknown_names_and_folds_are_clear_errors(tiny_cfg):
@@ -370,3 +377,93 @@ def test_compiled_model_gives_the_eager_numbers_and_plain_checkpoints(tiny_cfg):
     np.testing.assert_allclose(a["test_r2"], b["test_r2"], atol=2e-3)
     ckpt = torch.load(train.checkpoint_path(compiled, train.Job("nimeshanet", "study", 42, 1)), weights_only=False)
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])  # loads into an eager model
+
+
+def test_a_log_without_its_job_record_is_not_reused(tiny_cfg):
+    cfg = tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[control]", "train.folds=[1]")
+    train.train_stage(cfg)
+    train.job.job_record_path(cfg, train.Job("nimeshanet", "control", 42, 1)).unlink()
+    other = tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[control]", "train.folds=[1]", "train.lr=0.01")
+    with pytest.raises(train.RunConfigError, match="has no job record"):
+        train.train_stage(other)
+
+
+def test_more_epochs_continue_a_finished_run_with_the_same_numbers(tiny_cfg, monkeypatch):
+    args = ("ecg", "train.models=[nimeshanet]", "train.arms=[study]", "train.folds=[1]")
+    straight = tiny_cfg(*args, "train.run_name=straight", "train.epochs=5")
+    train.train_stage(straight)
+    cfg = tiny_cfg(*args, "train.run_name=longer", "train.epochs=3")
+    train.train_stage(cfg)
+    epochs_run = []
+    real = train.job.train_one_epoch
+    monkeypatch.setattr(train.job, "train_one_epoch", lambda *a, **k: epochs_run.append(1) or real(*a, **k))
+    train.train_stage(tiny_cfg(*args, "train.run_name=longer", "train.epochs=5"))
+    assert len(epochs_run) == 2  # epochs 4 and 5 only
+    pd.testing.assert_frame_equal(read(job_log(cfg, arm="study")), read(job_log(straight, arm="study")),
+                                  check_exact=True)
+    with pytest.raises(train.RunConfigError, match="past epoch 4"):
+        train.train_stage(tiny_cfg(*args, "train.run_name=longer", "train.epochs=4"))
+
+
+def test_thread_count_is_part_of_the_fingerprint(tiny_cfg):
+    args = ("ecg", "train.models=[nimeshanet]", "train.arms=[control]", "train.folds=[1]")
+    train.train_stage(tiny_cfg(*args))
+    with pytest.raises(train.RunConfigError, match=r"train.num_threads: stored 1, now 2"):
+        train.train_stage(tiny_cfg(*args, "train.num_threads=2"))
+    # ...and the number of jobs side by side is not: it does not change a job's numbers.
+    train.train_stage(tiny_cfg(*args, "train.n_jobs=2"))
+
+
+def test_a_job_being_trained_elsewhere_is_not_trained_twice(tiny_cfg):
+    from filelock import FileLock
+
+    cfg = tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[control]", "train.folds=[1]")
+    job = train.Job("nimeshanet", "control", 42, 1)
+    lock_path = train.job.job_record_path(cfg, job).with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True)
+    lock_path.with_suffix(".holder").write_text("pid 4242 on elsewhere\n")
+    with FileLock(lock_path):
+        with pytest.raises(train.RunConfigError, match="being trained .* by pid 4242 on elsewhere"):
+            train.train_stage(cfg)
+    assert not job_log(cfg, arm="control").exists()
+    train.train_stage(cfg)  # the lock is free again
+    assert job_log(cfg, arm="control").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.folds=3", r"train.folds=3: give a list, e.g. train.folds=\[3\]"),
+    ("train.batch_size=0", r"train.batch_size=0: give a whole number >= 1"),
+    ("train.epochs=0", r"train.epochs=0: give a whole number >= 1"),
+    ("train.limit_test=1", r"train.limit_test=1: give a whole number >= 2"),
+    ("train.lr=abc", r"train.lr='abc': give a positive number"),
+    ("train.num_threads=0", r"train.num_threads=0"),
+    ("train.epochs=3", r"train.epochs=3: the statistics need at least 4 epochs"),
+    ("train.device=cuda", r"train.device=cuda: this machine has no CUDA GPU"),
+])
+def test_bad_training_settings_fail_before_anything_is_written(make_cfg, override, message):
+    import torch as _torch
+
+    from coordchannels.pipeline import run_stages
+
+    if override == "train.device=cuda" and _torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    cfg = make_cfg("task=ecg", "stages=[train,stats]", override)
+    with pytest.raises(ValueError, match=message):
+        run_stages(cfg)
+    assert not Path(cfg.paths.data_dir).exists()
+
+
+def test_a_worker_ends_when_the_process_that_started_it_dies(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    code = ("import sys, time; from coordchannels.train.stage import _die_with; "
+            f"_die_with({parent.pid}, every_s=0.1); time.sleep(30); sys.exit(0)")
+    worker = subprocess.Popen([sys.executable, "-c", code])
+    time.sleep(1.0)
+    assert worker.poll() is None  # alive while its parent lives
+    parent.kill()
+    parent.wait()
+    assert worker.wait(timeout=10) == 1  # ended by the watchdog, not after its 30 s

@@ -18,7 +18,7 @@ Thin or incomplete evidence is refused or flagged, never silently turned into a 
   p = 0 and a zero-width CI);
 * every table states the number of paired units and of epochs, and whether the run was limited
   (fewer epochs than the protocol's `stats.protocol_epochs` = 15, or `train.limit_train` /
-  `train.limit_test` set, in this config or in the run record `run_config.yaml` beside the logs);
+  `train.limit_test` set, in this config or in the job records (`jobs/`) beside the logs);
 * the spline instability needs at least 4 epochs (logs with fewer are refused) and is NOT
   ESTIMABLE below 5: UnivariateSpline is cubic (k = 3), so through k + 1 = 4 points it
   interpolates exactly and the residual is zero by construction. Such rows keep their place in
@@ -32,6 +32,7 @@ These settings are read with defaults when the config does not define them; over
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -509,18 +510,16 @@ def complete_run(cfg: DictConfig) -> Expected:
 
 
 def run_limits(cfg: DictConfig, logs_dir: Path) -> list[str]:
-    """train.limit_train / limit_test set in this config or in the run record beside the logs."""
+    """train.limit_train / limit_test set in this config or in the job records beside the logs
+    (`<run_dir>/jobs/`, written by the trainer with every finished log)."""
     found = {}
-    record = Path(logs_dir).parent / "run_config.yaml"
-    if record.is_file():
+    for record in sorted((Path(logs_dir).parent / "jobs").glob("*/*.json")):
         try:
-            stored = OmegaConf.load(record)
-            for key in ("limit_train", "limit_test"):
-                value = OmegaConf.select(stored, f"train.{key}", default=None)
-                if value is not None:
-                    found[key] = value
-        except Exception as exc:  # the record is a courtesy here; the trainer checks it properly
-            log.warning("stats: could not read the run record %s (%s)", record, exc)
+            train = json.loads(record.read_text())["fingerprint"]["train"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # the trainer checks records properly
+            log.warning("stats: could not read the job record %s (%s)", record, exc)
+            continue
+        found.update({key: train[key] for key in ("limit_train", "limit_test") if train.get(key) is not None})
     for key in ("limit_train", "limit_test"):
         value = _setting(cfg, f"train.{key}")
         if value is not None:

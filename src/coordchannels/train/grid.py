@@ -1,15 +1,18 @@
-"""The job grid: one training job = (model, arm, seed, fold), selected by cfg.train.
-"""
+"""The job grid: one training job = (model, arm, seed, fold), selected by cfg.train, and the check
+of the training settings that the runner makes before any stage runs."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from coordchannels.logs import MIN_EPOCHS
+from coordchannels.settings import SettingError
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,51 @@ class Job:
 
     def __str__(self) -> str:
         return f"{self.model}/{self.arm} seed {self.seed} fold {self.fold}"
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Refuse, before anything runs, training settings that would fail late or give nonsense."""
+    t = cfg.train
+    for key in ("models", "arms", "folds", "seeds"):
+        value = t.get(key)
+        if value is not None and not OmegaConf.is_list(value):
+            raise SettingError(f"train.{key}={value!r}: give a list, e.g. train.{key}=[{value}]")
+    _int_at_least(t.epochs, 1, "train.epochs")
+    _int_at_least(t.batch_size, 1, "train.batch_size")
+    _int_at_least(t.eval_batch_size, 1, "train.eval_batch_size")
+    _int_at_least(t.num_threads, 1, "train.num_threads")
+    # R^2 of fewer than 2 targets is undefined (scikit-learn returns NaN).
+    for key in ("limit_train", "limit_test"):
+        if t.get(key) is not None:
+            _int_at_least(t[key], 2, f"train.{key}")
+    try:
+        lr = float(t.lr)
+    except (TypeError, ValueError):
+        lr = float("nan")
+    if not lr > 0:
+        raise SettingError(f"train.lr={t.lr!r}: give a positive number, e.g. 1e-3")
+    if str(t.n_jobs) != "auto":
+        _int_at_least(t.n_jobs, 1, "train.n_jobs")
+    device = str(t.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SettingError(f"train.device={device}: this machine has no CUDA GPU usable by torch "
+                           f"{torch.__version__}; use train.device=cpu (or auto)")
+    if "stats" in cfg.get("stages", []) and int(t.epochs) < MIN_EPOCHS:
+        raise SettingError(f"train.epochs={t.epochs}: the statistics need at least {MIN_EPOCHS} epochs (the "
+                           "instability spline is cubic); train more epochs or leave `stats` out of `stages`")
+    if cfg.task.models:
+        job_grid(cfg)  # unknown models or arms, folds out of range
+
+
+def _int_at_least(value, low: int, key: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number != value or number < low:
+        raise SettingError(f"{key}={value!r}: give a whole number >= {low}")
+    return number
+
 
 def job_grid(cfg: DictConfig) -> list[Job]:
     """The jobs selected by cfg.train, arm by arm so that each arm's data is loaded once."""

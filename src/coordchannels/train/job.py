@@ -40,7 +40,16 @@ from coordchannels.train.device import (
     tune_malloc,
 )
 from coordchannels.train.grid import Job
-from coordchannels.train.record import job_fingerprint, load_checkpoint, save_checkpoint
+from coordchannels.train.record import (
+    RunConfigError,
+    finished_epochs,
+    job_fingerprint,
+    job_lock,
+    job_record_path,
+    load_checkpoint,
+    save_checkpoint,
+    write_job_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +62,36 @@ MIN_STD = 1e-6
 # One job
 # --------------------------------------------------------------------------------------------
 def run_job(cfg: DictConfig, model_name: str, arm_name: str, seed: int, fold: int) -> Path:
-    """Train one (model, arm, seed, fold) job to the end, resuming from its checkpoint; return its log.
+    """Train one (model, arm, seed, fold) job to train.epochs, resuming from its checkpoint; return its log.
 
-    A job whose log exists is not run again (unless cfg.overwrite); its checkpoint, when kept,
-    must carry the same fingerprint.
+    A job finished with the same fingerprint and epochs is not run again (unless cfg.overwrite);
+    one finished with fewer epochs continues from its checkpoint (the first epochs are the same
+    numbers); see coordchannels.train.record for what is refused.
     """
     job = Job(model_name, arm_name, int(seed), int(fold))
-    out_log, ckpt_path = job_log_path(cfg, job), checkpoint_path(cfg, job)
-    fingerprint = job_fingerprint(cfg, job)
-    state = None if cfg.overwrite else load_checkpoint(ckpt_path, fingerprint)
-    if out_log.exists() and not cfg.overwrite:
-        log.info("%s: already finished (%s), skipped", job, out_log)
-        return out_log
-    # Retraining: drop the old log first, so that an interrupted retrain can never leave the
-    # previous run's log beside the new checkpoint and be mistaken for finished.
-    out_log.unlink(missing_ok=True)
-    rows, columns = train_job(cfg, job, state, lambda model, opt, rows: save_checkpoint(
-        ckpt_path, fingerprint, model, opt, rows))
-    write_csv(log_frame(rows, columns), out_log)
+    out_log, ckpt_path, record_path = job_log_path(cfg, job), checkpoint_path(cfg, job), job_record_path(cfg, job)
+    fingerprint, epochs = job_fingerprint(cfg, job), int(cfg.train.epochs)
+    with job_lock(cfg, job):
+        done = 0 if cfg.overwrite else finished_epochs(cfg, job, out_log, fingerprint)
+        if done == epochs:
+            log.info("%s: already finished (%s), skipped", job, out_log)
+            return out_log
+        state = None if cfg.overwrite else load_checkpoint(ckpt_path, fingerprint)
+        if state is not None and len(state["rows"]) > epochs:
+            raise RunConfigError(
+                f"{job}: its checkpoint {ckpt_path} is past epoch {epochs} ({len(state['rows'])} epochs done): "
+                "fewer epochs than a run already trained cannot be had from it; pick another train.run_name "
+                "or set overwrite=true to retrain")
+        if done:
+            log.info("%s: finished with %d epochs; continuing to %d", job, done, epochs)
+        # Retraining or continuing: drop the old log and record first, so that an interrupted run can
+        # never leave them beside the new checkpoint and be mistaken for finished.
+        record_path.unlink(missing_ok=True)
+        out_log.unlink(missing_ok=True)
+        rows, columns = train_job(cfg, job, state, lambda model, opt, rows: save_checkpoint(
+            ckpt_path, fingerprint, model, opt, rows))
+        write_csv(log_frame(rows, columns), out_log)
+        write_job_record(record_path, fingerprint, epochs)
     log.info("%s: finished, log %s", job, out_log)
     return out_log
 

@@ -1,17 +1,29 @@
-"""What a job's numbers are a function of, and where finished work is recorded: checkpoints, job
-fingerprints and the run record `<run_dir>/run_config.yaml`. A run with a different
-fingerprint refuses to resume or skip.
+"""What a job's numbers are a function of, and where finished work is recorded.
+
+- a job's *fingerprint*: everything that changes its numbers (data settings, model, arm, training
+  hyper-parameters, seed), except the number of epochs, which only says how far it goes;
+- its *checkpoint*, after every epoch: the fingerprint, the log rows so far, weights and optimiser;
+- its *record*, `<run_dir>/jobs/<Model>/<log name>.json`, written with its log when it
+  finishes: the fingerprint and the number of epochs. A log is reused only beside a record with
+  the same fingerprint; a job asked for more epochs than it has continues from its checkpoint.
+  One file per job (no shared run file), so jobs on many machines never write the same file;
+- its *lock*, held while it trains: two processes never train one job of one run folder at once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from filelock import FileLock, Timeout
+from omegaconf import DictConfig
 
 from coordchannels.io import atomic_path, write_text
 from coordchannels.settings import canonical, plain
@@ -19,9 +31,13 @@ from coordchannels.train.grid import Job
 
 log = logging.getLogger(__name__)
 
-RUN_CONFIG = "run_config.yaml"
-# Training hyper-parameters that change the numbers (device, threads and eval batch size do not).
-TRAIN_KEYS = ("epochs", "batch_size", "lr", "limit_train", "limit_test", "precision", "channels_last", "compile")
+# Training settings that change the numbers. Not: epochs (how far, see the record), device, eval
+# batch size, jobs side by side. num_threads is here because CPU kernels sum in another order
+# with another thread count.
+TRAIN_KEYS = ("batch_size", "lr", "limit_train", "limit_test", "precision", "channels_last", "compile", "num_threads")
+# The parts of a model's and an arm's config that change the numbers (not their labels or colours).
+MODEL_KEYS = ("log_name", "net")
+ARM_KEYS = ("name", "channels", "model_kwargs")
 
 
 class RunConfigError(ValueError):
@@ -78,76 +94,82 @@ def train_fingerprint(cfg: DictConfig) -> dict:
 
 def job_fingerprint(cfg: DictConfig, job: Job) -> dict:
     """Everything that changes a job's numbers: data, model, arm, hyper-parameters and seed."""
-    return {
+    model, arm = plain(cfg.task.models[job.model]), plain(cfg.arms[job.arm])
+    return json.loads(canonical({
         "task": data_fingerprint(cfg),
         "train": train_fingerprint(cfg),
-        "model": plain(cfg.task.models[job.model]),
-        "arm": plain(cfg.arms[job.arm]),
+        "model": {k: model.get(k) for k in MODEL_KEYS},
+        "arm": {k: arm.get(k) for k in ARM_KEYS},
         "seed": job.seed,
-    }
+    }))
 
 
-def run_fingerprint(cfg: DictConfig, jobs: list[Job]) -> dict:
-    """The run-level record: shared settings plus each model and arm trained in this run.
+# --------------------------------------------------------------------------------------------
+# Job records and locks
+# --------------------------------------------------------------------------------------------
+def job_record_path(cfg: DictConfig, job: Job) -> Path:
+    """`<run_dir>/jobs/<Model>/<log name>.json`: named as the job's log is, so that a record and a
+    log always pair up (a single-seed run's logs carry no seed; its records carry the seed inside)."""
+    from coordchannels.train.job import job_log_path  # the log's name is the job module's business
 
-    `log_seed` is the seed behind logs whose names carry none (runs with a single seed), so that a
-    single-seed run with another seed cannot pass off the old logs as its own.
-    """
-    record = {
-        "task": data_fingerprint(cfg),
-        "train": train_fingerprint(cfg),
-        "models": {m: plain(cfg.task.models[m]) for m in dict.fromkeys(j.model for j in jobs)},
-        "arms": {a: plain(cfg.arms[a]) for a in dict.fromkeys(j.arm for j in jobs)},
-    }
-    if len(cfg.train.seeds) == 1:
-        record["log_seed"] = int(cfg.train.seeds[0])
-    return json.loads(canonical(record))
+    log_path = job_log_path(cfg, job)
+    return Path(cfg.train.run_dir) / "jobs" / log_path.parent.name / log_path.with_suffix(".json").name
 
 
-def update_run_config(cfg: DictConfig, jobs: list[Job]) -> None:
-    """Check this run against `<run_dir>/run_config.yaml` and add its models and arms to it.
-
-    Shared settings must match; a model or arm already in the record must match; new ones are
-    added. With overwrite=true the current settings replace the recorded ones.
-    """
-    path = Path(cfg.train.run_dir) / RUN_CONFIG
-    current = run_fingerprint(cfg, jobs)
-    stored = _read_run_config(path)
-    if stored is None:
-        merged = current
-    else:
-        if not cfg.overwrite:
-            problems = _run_conflicts(stored, current)
-            if problems:
-                raise RunConfigError(
-                    f"{path}: this run's configuration differs from the one its results were made with "
-                    f"({'; '.join(problems)}); pick another train.run_name or set overwrite=true to retrain")
-        merged = {**stored, **{k: v for k, v in current.items() if k not in ("models", "arms")}}
-        for key in ("models", "arms"):
-            merged[key] = {**stored.get(key, {}), **current[key]}
-    if merged != stored:
-        write_text(path, OmegaConf.to_yaml(OmegaConf.create(merged)))
-
-
-def _read_run_config(path: Path) -> dict | None:
+def read_job_record(path: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return json.loads(canonical(OmegaConf.to_container(OmegaConf.load(path), resolve=False)))
-    except Exception as exc:
-        raise RunConfigError(f"{path}: unreadable run record ({exc}); delete it or set overwrite=true") from exc
+        record = json.loads(path.read_text())
+        return {"fingerprint": record["fingerprint"], "epochs": int(record["epochs"])}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunConfigError(f"{path}: unreadable job record ({exc}); delete it with its log, or set "
+                             "overwrite=true to retrain") from exc
 
 
-def _run_conflicts(stored: dict, current: dict) -> list[str]:
-    problems = []
-    for key in ("task", "train", "log_seed"):
-        if key in stored and key in current and stored[key] != current[key]:
-            problems.append(_differences(stored[key], current[key], key))
-    for key in ("models", "arms"):
-        for name, value in current[key].items():
-            if name in stored.get(key, {}) and stored[key][name] != value:
-                problems.append(_differences(stored[key][name], value, f"{key}.{name}"))
-    return problems
+def write_job_record(path: Path, fingerprint: dict, epochs: int) -> None:
+    write_text(path, json.dumps({"fingerprint": fingerprint, "epochs": int(epochs)}, indent=1, sort_keys=True) + "\n")
+
+
+def finished_epochs(cfg: DictConfig, job: Job, log_path: Path, fingerprint: dict) -> int:
+    """How many epochs of this job are finished and may be reused (0 when none).
+
+    A log without its record, or with a record of another configuration, is refused: it cannot be
+    told apart from the result of other settings.
+    """
+    record = read_job_record(job_record_path(cfg, job))
+    if not log_path.exists():
+        return 0
+    if record is None:
+        raise RunConfigError(
+            f"{log_path} has no job record ({job_record_path(cfg, job)}): it cannot be shown to come from this "
+            "configuration; pick another train.run_name or set overwrite=true to retrain")
+    if record["fingerprint"] != fingerprint:
+        raise RunConfigError(
+            f"{log_path} was made with another configuration ({_differences(record['fingerprint'], fingerprint)}); "
+            "pick another train.run_name or set overwrite=true to retrain")
+    return record["epochs"]
+
+
+@contextmanager
+def job_lock(cfg: DictConfig, job: Job) -> Iterator[None]:
+    """Hold the job's lock while it trains; a clear error naming the holder when another process has it."""
+    path = job_record_path(cfg, job).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = path.with_suffix(".holder")
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        who = holder.read_text().strip() if holder.exists() else "another process"
+        raise RunConfigError(f"{job} is being trained in {cfg.train.run_dir} by {who} (lock {path}); wait for it, "
+                             "or stop that process") from None
+    try:
+        holder.write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
 
 
 def _differences(stored: Any, current: Any, prefix: str = "") -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from coordchannels.train.device import resolve_device
 from coordchannels.train.grid import Job, job_grid
 from coordchannels.train.job import _DATA_CACHE, job_log_path, run_job
-from coordchannels.train.record import update_run_config
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ def train_stage(cfg: DictConfig, out: Path | None = None) -> None:
                  cfg.task.name)
         return
     jobs = job_grid(cfg)
-    update_run_config(cfg, jobs)
     n_jobs = jobs_side_by_side(cfg, len(jobs))
     threads = threads_per_job(cfg, n_jobs)
     log.info("%d training jobs in %s (%d side by side, %d torch thread(s) each)",
@@ -61,7 +60,8 @@ def train_stage(cfg: DictConfig, out: Path | None = None) -> None:
         # Workers append their progress lines to the stage's log files too (and print to stderr).
         files = [h.baseFilename for h in root.handlers if isinstance(h, logging.FileHandler)]
         paths = Parallel(n_jobs=n_jobs, backend="loky")(
-            delayed(_run_job_in_worker)(plain, job, threads, root.getEffectiveLevel(), files) for job in jobs)
+            delayed(_run_job_in_worker)(plain, job, threads, root.getEffectiveLevel(), files, os.getpid())
+            for job in jobs)
     log.info("%d per-fold logs under %s (%.1f s)", len(paths), cfg.train.logs_dir, time.perf_counter() - start)
 
 
@@ -79,21 +79,55 @@ def _cores() -> int:
 
 
 def threads_per_job(cfg: DictConfig, n_jobs: int) -> int:
-    """cfg.train.num_threads, or the cores shared equally by the jobs running side by side."""
-    if cfg.train.num_threads is not None:
-        return int(cfg.train.num_threads)
-    return max(1, _cores() // n_jobs)
+    """cfg.train.num_threads: a fixed number, part of the job's fingerprint, never derived from the
+    cores or from how many jobs run side by side (CPU kernels sum in another order with another
+    thread count, so a job's numbers would depend on how it was scheduled)."""
+    return int(cfg.train.num_threads)
 
 
 def _job_args(job: Job) -> tuple[str, str, int, int]:
     return job.model, job.arm, job.seed, job.fold
 
 
-def _run_job_in_worker(cfg: DictConfig, job: Job, threads: int, level: int, log_files: list[str]) -> Path:
-    """Entry point of a joblib worker process: its own threads, logging like the parent's."""
+def _run_job_in_worker(cfg: DictConfig, job: Job, threads: int, level: int, log_files: list[str],
+                       parent: int) -> Path:
+    """Entry point of a joblib worker process: its own threads, logging like the parent's, and it
+    dies with the process that started the run."""
+    _die_with(parent)
     _worker_logging(level, log_files)
     torch.set_num_threads(threads)
     return run_job(cfg, *_job_args(job))
+
+
+_WATCHED: set[int] = set()
+
+
+def _die_with(parent: int, every_s: float = 1.0) -> None:
+    """End this worker when `parent` (the process running the train stage) is gone.
+
+    A killed parent (kill -9) cannot stop its workers, and they would go on training into the run
+    folder beside a rerun. A daemon thread notices that the worker was re-parented and exits it.
+    """
+    if parent in _WATCHED or os.getpid() == parent:
+        return
+    _WATCHED.add(parent)
+
+    def watch() -> None:
+        while _alive(parent):
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # Handlers this worker process added, by the log files they write to (workers are reused).
