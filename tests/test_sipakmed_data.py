@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import py7zr
 import pytest
 
@@ -41,7 +42,7 @@ def fake_tree(tmp_path_factory):
 
 
 def files_under(folder) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")}
 
 
 # ------------------------------------------------------------------ generator
@@ -386,3 +387,57 @@ def test_copy_of_tree_ignores_everything_but_cells(tmp_path):
         (src / name).write_bytes(name.encode())
     assert archives.copy_cropped(src, tmp_path / "out") == 3
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["001_01.bmp", "001_01_nuc.dat", "001_02.bmp"]
+
+
+# ------------------------------------------------------------------ state that must not stick
+
+
+def test_an_error_names_the_mirror_file_and_a_fixed_mirror_is_taken_again(fake_tree, make_cfg, tmp_path):
+    """A bad file in the user's mirror is named as the user's file; once fixed, the rerun notices
+    the changed mirror and copies the cells again instead of saying `done`."""
+    mirror = tmp_path / "mirror"
+    import shutil
+
+    shutil.copytree(fake_tree.out_dir, mirror)
+    nuc = sorted(mirror.rglob("*_nuc.dat"))[0]
+    good = nuc.read_text()
+    nuc.write_text("not,a,contour\n")
+    cfg = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false", f"paths.sipakmed_mirror={mirror}",
+                   "stages=[download,preprocess]")
+    with pytest.raises(ValueError, match=rf"is a copy of {nuc}"):
+        run_stages(cfg)
+    nuc.write_text(good)
+    assert run_stages(cfg) == ["download", "preprocess"]
+
+
+def test_right_sized_junk_archives_are_not_locked_in(fake_archives, make_cfg, monkeypatch, tmp_path):
+    sizes = archive_sizes(fake_archives.paths)
+    monkeypatch.setattr(download, "registry", lambda name: sizes)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for path in fake_archives.paths:
+        (junk / path.name).write_bytes(b"\0" * path.stat().st_size)
+    cfg = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false", f"paths.sipakmed_mirror={junk}")
+    with pytest.raises(ValueError, match="not a readable 7z archive"):
+        call_stage(cfg, "download")
+    lock = Path(cfg.task.data.raw_dir) / archives.SIPAKMED_LOCK
+    assert not lock.exists() or json.loads(lock.read_text()) == {}
+    good = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false",
+                    f"paths.sipakmed_mirror={fake_archives.paths[0].parent}")
+    call_stage(good, "download")  # the good archives are accepted, and now pinned
+    assert sorted(json.loads(lock.read_text())) == sorted(sizes)
+
+
+@pytest.mark.parametrize("contour", ["40,40\n", "40,40\n50,50\n", "40,40\n50,50\n60,60\n"])
+def test_a_contour_without_area_is_excluded_with_its_reason(raw_cfg, contour):
+    bmp = first_cell(raw_cfg)
+    (bmp.parent / f"{bmp.stem}_nuc.dat").write_text(contour)
+    for rule in ("contour", "authors"):
+        cfg = raw_cfg.copy()
+        cfg.task.data.invalid_rule = rule
+        if rule == "authors":
+            (Path(cfg.task.data.raw_dir) / "invalid_samples.csv").write_text("filename\n")
+        call_stage(cfg, "preprocess")
+        excluded = pd.read_csv(Path(cfg.task.processed_dir) / preprocess.EXCLUDED_CSV, dtype=str)
+        reasons = dict(zip(excluded.sample_id, excluded.reason))
+        assert "without area" in reasons[f"1_{bmp.stem}"], (rule, reasons)

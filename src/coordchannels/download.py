@@ -422,8 +422,9 @@ def obtain_all(files: dict[str, str], dest_dir: str | os.PathLike, *, base_url: 
 # --------------------------------------------------------------------------------------------
 
 
-def check_or_record_lock(files: Iterable[str | os.PathLike], lock_path: str | os.PathLike) -> dict:
-    """Verify `files` against the lock file, recording any file it does not list yet.
+def check_or_record_lock(files: Iterable[str | os.PathLike], lock_path: str | os.PathLike, record: bool = True) -> dict:
+    """Verify `files` against the lock file, recording any file it does not list yet (unless
+    `record` is false: then files it does not list are only left for a later call to pin).
 
     Some sources publish only sizes (the SiPaKMeD archives). After the first complete download
     this pins each file's SHA-256 and size in a JSON lock file beside them, so a later run notices
@@ -437,7 +438,8 @@ def check_or_record_lock(files: Iterable[str | os.PathLike], lock_path: str | os
         key = _lock_key(path, lock_path)
         entry = {"sha256": file_sha256(path), "size": path.stat().st_size}
         if key not in lock:
-            lock[key], added = entry, True
+            if record:
+                lock[key], added = entry, True
         elif lock[key] != entry:
             changed.append(f"{path}: now {entry}, locked {lock[key]}")
     if changed:

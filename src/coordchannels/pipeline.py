@@ -14,6 +14,8 @@ shares, `task.stage_defs` for a task's own) with:
   their SHA-256 is part of the record;
 - `on_change`: `refuse` (data stages: outputs made with other settings are an error until
   `overwrite=true`) or `rerun` (cheap derived outputs such as tables: redo them);
+- `watch`: config keys naming a user's folder (a local mirror) whose listing (paths, sizes,
+  modification times) is part of the record, so that a changed mirror is noticed;
 - `check`: optional dotted name of a function `check(cfg)` that validates the stage's settings;
   the runner calls it for every stage asked for before any stage runs.
 
@@ -48,7 +50,7 @@ from coordchannels.settings import canonical, plain, validate_choices
 log = logging.getLogger(__name__)
 
 ON_CHANGE = ("refuse", "rerun")
-STAGE_KEYS = {"fn", "out", "outputs", "settings", "after", "inputs", "on_change", "check"}
+STAGE_KEYS = {"fn", "out", "outputs", "settings", "after", "inputs", "watch", "on_change", "check"}
 
 
 class StageError(RuntimeError):
@@ -66,6 +68,7 @@ class Stage:
     settings: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
+    watch: tuple[str, ...] = ()
     on_change: str = "refuse"
     check: str | None = None
 
@@ -113,7 +116,7 @@ def _stage(name: str, node: DictConfig) -> Stage:
     return Stage(name=name, fn=str(spec["fn"]), out=Path(spec["out"]),
                  outputs=outputs if isinstance(outputs, str) else tuple(outputs),
                  settings=tuple(spec.get("settings") or ()), after=tuple(spec.get("after") or ()),
-                 inputs=tuple(spec.get("inputs") or ()), on_change=on_change, check=spec.get("check"))
+                 inputs=tuple(spec.get("inputs") or ()), watch=tuple(spec.get("watch") or ()), on_change=on_change, check=spec.get("check"))
 
 
 def stage_function(stage: Stage) -> Callable:
@@ -144,6 +147,9 @@ def stage_record(cfg: DictConfig, stage: Stage, _chain: tuple[str, ...] = ()) ->
     for entry in stage.inputs:
         key, _, pattern = entry.partition(":")
         record[f"sha256({entry})"] = path_digest(Path(str(OmegaConf.select(cfg, key))), pattern or "**/*")
+    for key in stage.watch:
+        value = OmegaConf.select(cfg, key)
+        record[f"listing({key})"] = None if value in (None, "") else listing_digest(Path(str(value)))
     return json.loads(canonical(record))
 
 
@@ -169,6 +175,17 @@ def path_digest(path: Path, pattern: str = "**/*") -> str | None:
     if not path.is_dir():
         return None
     return tree_sha256(path, pattern)
+
+
+def listing_digest(path: Path) -> str | None:
+    """SHA-256 of a file's or folder's listing: relative paths, sizes and modification times (cheap
+    for gigabytes of archives; it notices a replaced, edited or added file, not a bit flipped in place)."""
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    lines = [f"{p.relative_to(path).as_posix() if p != path else p.name} {p.stat().st_size} {p.stat().st_mtime_ns}\n"
+             for p in files]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def tree_sha256(folder: Path, pattern: str = "**/*") -> str:

@@ -8,6 +8,7 @@ py7zr lacks.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -19,7 +20,7 @@ import py7zr
 from omegaconf import DictConfig, OmegaConf
 
 from coordchannels import download
-from coordchannels.io import atomic_dir
+from coordchannels.io import atomic_dir, write_text
 from coordchannels.sipakmed.cells import CLASSES
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ CELL_NUC = re.compile(r"(\d+_\d+)_nuc\.dat", re.IGNORECASE)
 CROPPED = "cropped"
 AUTHORS_INVALID_CSV = "invalid_samples.csv"
 SIPAKMED_LOCK = "sipakmed_archives.lock.json"
+SOURCES_JSON = ".sources.json"  # hidden: not part of the data (nor of its checksums)
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,15 +202,37 @@ def _program_extract(program: str, archive: Path, members: list[str], out: Path)
     listfile.unlink()
 
 
-def copy_cropped(src: Path, dest: Path) -> int:
-    """Copy a CROPPED folder's cell images and nucleus contours into `dest`; return the count."""
+def copy_cropped(src: Path, dest: Path, sources: dict[str, str] | None = None) -> int:
+    """Copy a CROPPED folder's cell images and nucleus contours into `dest`; return the count.
+    `sources`, when given, receives {copy's name: original path} for every file."""
     dest.mkdir(parents=True, exist_ok=True)
     n = 0
     for path in sorted(src.iterdir()):
         if path.is_file() and cell_file_kind(path.name):
             shutil.copyfile(path, dest / canonical_name(path.name))
+            if sources is not None:
+                sources[f"{dest.name}/{canonical_name(path.name)}"] = str(path)
             n += 1
     return n
+
+
+def write_sources(cropped: Path, sources: dict[str, str]) -> None:
+    """`cropped/.sources.json`: where each copied file (or each class folder) came from, so that an
+    error about a copy names the user's own file."""
+    write_text(cropped / SOURCES_JSON, json.dumps(dict(sorted(sources.items())), indent=1) + "\n")
+
+
+def origin(path: Path) -> str | None:
+    """The original of a file under `cropped/` (a mirror file, or `archive: member`), when known."""
+    cropped = path.parent.parent
+    table = cropped / SOURCES_JSON
+    if not table.is_file():
+        return None
+    sources = json.loads(table.read_text())
+    key = f"{path.parent.name}/{path.name}"
+    if key in sources:
+        return sources[key]
+    return f"{sources[path.parent.name]}: {path.name}" if path.parent.name in sources else None
 
 
 def cropped_ready(folder: Path) -> bool:
@@ -226,10 +250,12 @@ def download_stage(cfg: DictConfig, out: Path) -> None:
     """
     data = cfg.task.data
     mirror = Path(data.mirror) if data.get("mirror") else None
+    sources: dict[str, str] = {}
+    archives = []
     with atomic_dir(out / CROPPED) as tmp:
         if mirror is not None and has_cropped_tree(mirror):
             for cls, folder in find_cropped_dirs(mirror).items():
-                n = copy_cropped(folder, tmp / cls)
+                n = copy_cropped(folder, tmp / cls, sources)
                 log.info("download: %s: %d files copied from %s", cls, n, folder)
         else:
             archives = sipakmed_archives(cfg)
@@ -239,10 +265,16 @@ def download_stage(cfg: DictConfig, out: Path) -> None:
             for archive in archives:
                 cls = archive_class(Path(archive))
                 n = extract_cropped(archive, tmp / cls)
+                sources[cls] = str(archive)
                 log.info("download: %s: %d files extracted from %s", cls, n, archive)
         if not cropped_ready(tmp):
             raise FileNotFoundError(f"SiPaKMeD source lacks class(es) "
                                     f"{[c for c in CLASSES if not (tmp / c).is_dir()]}")
+        write_sources(tmp, sources)
+        if archives:
+            # Pinned only now that every archive extracted: a right-sized archive that is not a
+            # SiPaKMeD archive must not be locked in, or its good replacement would be refused.
+            download.check_or_record_lock(archives, Path(data.raw_dir) / SIPAKMED_LOCK)
 
 
 def download_outputs(cfg: DictConfig) -> list[str]:
@@ -312,5 +344,6 @@ def sipakmed_archives(cfg: DictConfig) -> list[Path]:
     log.info("SiPaKMeD: checking %d archives against the lock file (SHA-256 of %.1f GB)",
              len(paths), sum(sizes.values()) / 1e9)
     # The lock lives in raw_dir even for a mirror: a user's folder may be read-only or shared.
-    download.check_or_record_lock(paths, Path(data.raw_dir) / SIPAKMED_LOCK)
+    # Checked against archives pinned earlier; new ones are pinned after they extract (download_stage).
+    download.check_or_record_lock(paths, Path(data.raw_dir) / SIPAKMED_LOCK, record=False)
     return paths

@@ -15,7 +15,9 @@ only their parameters (`variants.csv`); the loader warps on the device per batch
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,12 +34,14 @@ from coordchannels.sipakmed.archives import (
     CELL_NUC,
     CROPPED,
     cropped_ready,
+    origin,
 )
 from coordchannels.sipakmed.cells import (
     CENTRES,
     CLASSES,
     NORM_STATS,
     RESIZE_RULES,
+    drop_closing_point,
     fit_cell,
     image_size,
     nucleus_centre,
@@ -111,22 +115,55 @@ def compare_invalid(ours: set[str], authors: set[str], present: set[str]) -> pd.
                          "ours": [i in ours for i in ids], "authors": [i in authors for i in ids]})
 
 
-def contour_rule(cells: list[Cell]) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+def contour_rule(cells: list[Cell]) -> tuple[dict[str, str], dict[str, str], dict[str, np.ndarray]]:
     """Parse every contour and read every image size (headers only: cheap).
 
     Returns ({sample_id: reason} for cells whose nucleus contour leaves the image (SPEC rule),
-    {sample_id: contour} for every cell).
+    {sample_id: reason} for contours without area (fewer than 3 points, or all on a line: no
+    centre exists, whatever invalid_rule says), {sample_id: contour} for every cell).
     """
-    outside, contours = {}, {}
+    outside, degenerate, contours = {}, {}, {}
     for cell in cells:
-        points = read_contour(cell.nuc)
-        h, w = image_size(cell.bmp)
+        with named_origin(cell.nuc):
+            points = read_contour(cell.nuc)
+        with named_origin(cell.bmp):
+            h, w = image_size(cell.bmp)
         contours[cell.sample_id] = points
+        if polygon_area(points) == 0:
+            degenerate[cell.sample_id] = (f"nucleus contour without area ({len(drop_closing_point(points))} "
+                                          "distinct point(s) or all on one line): no centre")
         if outside_image(points, h, w):
             lo, hi = points.min(axis=0), points.max(axis=0)
             outside[cell.sample_id] = (f"nucleus contour outside the {w}x{h} image "
                                        f"(x {lo[0]:.1f}..{hi[0]:.1f}, y {lo[1]:.1f}..{hi[1]:.1f})")
-    return outside, contours
+    return outside, degenerate, contours
+
+
+def polygon_area(points: np.ndarray) -> float:
+    """Shoelace area of a contour (closing point or not).
+
+    >>> polygon_area(np.array([[0, 0], [2, 0], [2, 1], [0, 1]], dtype=float))
+    2.0
+    >>> polygon_area(np.array([[0, 0], [1, 1], [2, 2]], dtype=float))
+    0.0
+    """
+    p = drop_closing_point(points)
+    if len(p) < 3:
+        return 0.0
+    x, y = p[:, 0], p[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+
+@contextlib.contextmanager
+def named_origin(path: Path) -> Iterator[None]:
+    """Errors about a file copied from the user's mirror (or an archive) also name that original."""
+    try:
+        yield
+    except (ValueError, OSError) as exc:
+        source = origin(path)
+        if source is None:
+            raise
+        raise type(exc)(f"{exc} [{path.name} is a copy of {source}]") from exc
 
 
 def read_authors_list(cfg: DictConfig, required: bool) -> set[str] | None:
@@ -184,9 +221,11 @@ def preprocess_stage(cfg: DictConfig, out: Path) -> None:
     invalid_rule = choice(str(data.invalid_rule), INVALID_RULES, "task.data.invalid_rule")
 
     cells = list_cells(Path(data.raw_dir) / CROPPED)
-    outside, contours = contour_rule(cells)
+    outside, degenerate, contours = contour_rule(cells)
     authors = read_authors_list(cfg, required=invalid_rule != "contour")
     excluded = exclusions(invalid_rule, outside, authors)
+    for i, reason in degenerate.items():  # no centre: excluded whatever the rule
+        excluded[i] = "; ".join(r for r in (excluded.get(i), reason) if r)
     valid = [c for c in cells if c.sample_id not in excluded]
     log.info("preprocess: %d cells, %d excluded (invalid_rule=%s), %d kept",
              len(cells), len(excluded), invalid_rule, len(valid))
@@ -210,8 +249,9 @@ def preprocess_stage(cfg: DictConfig, out: Path) -> None:
         header = {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": (n, 3, size, size)}
         np.lib.format.write_array_header_1_0(fh, header)
         for i, cell in enumerate(valid):
-            raw = read_cell_image(cell.bmp)
-            fitted = fit_cell(raw, contours[cell.sample_id], size, rule, norm_stats, name=str(cell.bmp))
+            with named_origin(cell.bmp):
+                raw = read_cell_image(cell.bmp)
+                fitted = fit_cell(raw, contours[cell.sample_id], size, rule, norm_stats, name=str(cell.bmp))
             fh.write(np.ascontiguousarray(fitted.image).tobytes())
             mean[i], std[i], box[i] = fitted.mean, fitted.std, fitted.box
             points.append(fitted.points)
