@@ -375,6 +375,9 @@ def test_sipakmed_archives_by_size_then_lock(make_cfg, monkeypatch, tmp_path):
         paths = archives.sipakmed_archives(cfg)
         assert paths == [raw / "im_A.7z", raw / "im_B.7z"]
         assert ("SIPAKMED/im_B.7z", "bytes=2500-") in srv.requests
+        # Not pinned yet: archives are locked only once they have extracted (the download stage).
+        assert not (raw / archives.SIPAKMED_LOCK).exists()
+        download.check_or_record_lock(paths, raw / archives.SIPAKMED_LOCK)
         lock = json.loads((raw / archives.SIPAKMED_LOCK).read_text())
         assert lock["im_B.7z"] == {"sha256": sha(b"B" * 5000), "size": 5000}
         archives.sipakmed_archives(cfg)
