@@ -71,6 +71,9 @@ def test_manifest_copies_logs_and_times_every_stage(pipeline):
     assert set(manifest["stage_wall_time"]) >= {"extract", "augment", "features", "folds", "train", "stats"}
     assert len(manifest["data_sha256"]) == 3 * len(pipeline.task.data.records)
     assert (out / "fold_logs" / "NimeshaNet" / "study_set_fold_2_log.csv").is_file()
+    # which data the numbers came from: every chained data setting of the trained models
+    assert manifest["data_settings"]["task.data.label_match"] == "substring"
+    assert manifest["data_settings"]["task.data.n_variants"] == 4
 
 
 def test_rerun_redoes_nothing(pipeline):
@@ -92,3 +95,20 @@ def test_training_refuses_data_made_with_other_settings(pipeline):
     cfg.task.data.label_match, cfg.task.data.n_variants = "substring", 5
     with registered(cfg.task.data.mirror), pytest.raises(StageError, match=r"task.data.n_variants: 4 -> 5"):
         run_stages(cfg)
+
+
+def test_a_truncated_processed_array_is_noticed_not_read(pipeline):
+    leads = Path(pipeline.task.processed_dir) / "leads.npy"
+    data = leads.read_bytes()
+    try:
+        leads.write_bytes(data[: len(data) // 2])
+        cfg = pipeline.copy()
+        cfg.stages = ["train"]
+        with registered(cfg.task.data.mirror), pytest.raises(StageError, match=r"leads.npy: \d+ bytes, \d+ written"):
+            run_stages(cfg)
+        cfg.stages = ["features"]
+        with registered(cfg.task.data.mirror):
+            assert run_stages(cfg) == ["features"]  # the damaged output is redone, not taken as done
+        assert leads.read_bytes() == data
+    finally:
+        leads.write_bytes(data)

@@ -467,3 +467,11 @@ def test_a_worker_ends_when_the_process_that_started_it_dies(tmp_path):
     parent.kill()
     parent.wait()
     assert worker.wait(timeout=10) == 1  # ended by the watchdog, not after its 30 s
+
+
+def test_an_empty_job_record_is_refused(tiny_cfg):
+    cfg = tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[control]", "train.folds=[1]")
+    train.train_stage(cfg)
+    train.job.job_record_path(cfg, train.Job("nimeshanet", "control", 42, 1)).write_text("")
+    with pytest.raises(train.RunConfigError, match="unreadable job record"):
+        train.train_stage(cfg)

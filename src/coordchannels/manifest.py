@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from coordchannels.download import file_sha256
 from coordchannels.environment import hardware, package_versions
 from coordchannels.io import atomic_dir, write_text
-from coordchannels.pipeline import git_state, stage_timings, tree_sha256
+from coordchannels.pipeline import git_state, read_record, stage_spec, stage_timings, tree_sha256
 
 
 def data_checksums(raw_dir: Path) -> dict:
@@ -70,6 +70,8 @@ def manifest_stage(cfg: DictConfig, out: Path) -> None:
         "hardware": hardware(),
         "stage_wall_time": stage_timings(cfg),
         "data_sha256": data_checksums(raw_dir) if raw_dir else {},
+        # Every data setting the trained models read, as the runner checked it before training.
+        "data_settings": read_record(stage_spec(cfg, "train")) if cfg.task.get("models") else None,
         "logs_copied": n_logs,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
