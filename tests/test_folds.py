@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -103,7 +104,7 @@ def test_folds_stage_writes_both_groupings(tmp_path):
     out.mkdir(parents=True)
     pd.DataFrame({"record": RECS, "episode": NAMES}).to_csv(out / EPISODES_CSV, index=False)
     call_stage(cfg, "folds")
-    table = pd.read_csv(out / FOLDS_CSV, dtype={"record": str})
+    table = pd.read_csv(Path(cfg.task.folds_dir) / FOLDS_CSV, dtype={"record": str})
     assert list(table.columns) == ["episode", "record", "fold_episode", "fold_record"]
     assert list(table["episode"]) == NAMES
     assert dict(zip(table["episode"], table["fold_episode"])) == ecg_folds(NAMES, RECS)

@@ -113,7 +113,7 @@ def test_target_follows_the_nucleus_in_the_warped_image(prepared):
 def test_split_expands_folds_to_variants_in_the_scripts_order(prepared):
     cfg = prepared()
     data = load_task_data(cfg, cfg.arms.control, "cpu")
-    folds = pd.read_csv(Path(cfg.task.processed_dir) / FOLDS_CSV)
+    folds = pd.read_csv(Path(cfg.task.folds_dir) / FOLDS_CSV)
     seen = []
     for fold in range(1, 6):
         train_idx, test_idx = data.split(fold)
@@ -131,7 +131,7 @@ def test_split_expands_folds_to_variants_in_the_scripts_order(prepared):
 def test_slide_grouping_keeps_slides_together(prepared):
     cfg = prepared("task.data.group_by=slide")
     data = load_task_data(cfg, cfg.arms.control, "cpu")
-    folds = pd.read_csv(Path(cfg.task.processed_dir) / FOLDS_CSV)
+    folds = pd.read_csv(Path(cfg.task.folds_dir) / FOLDS_CSV)
     _, test_idx = data.split(2)
     slides = set(folds["slide"][np.unique(test_idx // 20)])
     assert set(folds.loc[folds["slide"].isin(slides), "fold_slide"]) == {2}

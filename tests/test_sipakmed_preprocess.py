@@ -227,7 +227,7 @@ def test_invalid_rule_authors_or_either(prepared, fake, rule, caplog):
     assert "authors' invalid_samples.csv" in excluded[listed_valid]
     kept = set(pd.read_csv(out / SAMPLES_CSV, dtype=str)["sample_id"])
     assert kept == set(fake.cells["sample_id"]) - want
-    assert set(pd.read_csv(out / FOLDS_CSV, dtype=str)["sample_id"]) == kept
+    assert set(pd.read_csv(Path(cfg.task.folds_dir) / FOLDS_CSV, dtype=str)["sample_id"]) == kept
     assert "1 id(s) of the authors' list are not in this data: ['2_095_10']" in caplog.text
 
 
@@ -303,7 +303,7 @@ def test_norm_stats_option(prepared):
 def test_folds_csv_has_both_groupings(prepared):
     cfg = prepared()
     out = Path(cfg.task.processed_dir)
-    folds = pd.read_csv(out / FOLDS_CSV, dtype=str)
+    folds = pd.read_csv(Path(cfg.task.folds_dir) / FOLDS_CSV, dtype=str)
     assert list(folds.columns) == ["sample_id", "slide", "fold_cell", "fold_slide"]
     ids = sorted(pd.read_csv(out / SAMPLES_CSV, dtype=str)["sample_id"])
     assert list(folds["sample_id"]) == ids

@@ -96,27 +96,31 @@ def instability_estimable(n_epochs: int) -> bool:
     return n_epochs >= MIN_INSTABILITY_EPOCHS
 
 
-def fold_metrics(fold_log: FoldLog, how: str = "mean") -> dict[str, float]:
+def fold_metrics(fold_log: FoldLog, how: str = "mean", final_epochs: int = 1) -> dict[str, float]:
     """The three compared values of one fold: instability (NaN when not estimable), final test
-    R^2, final train R^2."""
+    R^2, final train R^2. `final_epochs` = k > 1 takes the mean of the last k epochs instead of the
+    last one (the paper's value), which a single swing of the test curve moves less."""
     n = len(fold_log.epochs)
+    k = int(final_epochs)
+    if not 1 <= k <= n:
+        raise ValueError(f"stats.final_epochs={final_epochs}: must be between 1 and the {n} epochs of {fold_log.path}")
     inst = float("nan") if MIN_SPLINE_POINTS <= n < MIN_INSTABILITY_EPOCHS else instability(
         fold_log.epochs, fold_log.test, how)
     return {
         "instability": inst,
-        "test_r2": float(fold_log.test[-1]),
-        "train_r2": float(fold_log.train[-1]),
+        "test_r2": float(np.mean(fold_log.test[-k:])),
+        "train_r2": float(np.mean(fold_log.train[-k:])),
     }
 
 
-def fold_values(logs: dict[str, dict[str, list[FoldLog]]], how: str = "mean") -> pd.DataFrame:
+def fold_values(logs: dict[str, dict[str, list[FoldLog]]], how: str = "mean", final_epochs: int = 1) -> pd.DataFrame:
     """Long table of every per-fold value: model, arm, seed, fold, metric, value."""
     rows = [
         {"model": model, "arm": arm, "seed": fl.seed, "fold": fl.fold, "metric": metric, "value": value}
         for model, arms in logs.items()
         for arm, fold_logs in arms.items()
         for fl in fold_logs
-        for metric, value in fold_metrics(fl, how).items()
+        for metric, value in fold_metrics(fl, how, final_epochs).items()
     ]
     frame = pd.DataFrame(rows, columns=["model", "arm", "seed", "fold", "metric", "value"])
     frame["seed"] = frame["seed"].astype("Int64")  # empty for single-seed layouts
@@ -592,12 +596,15 @@ def build_outputs(cfg: DictConfig, logs=None) -> dict[str, pd.DataFrame | str]:
     protocol = int(_setting(cfg, "stats.protocol_epochs", PROTOCOL_EPOCHS))
     info = evidence(logs, run_limits(cfg, Path(s.logs_dir)), protocol)
     columns = {m: {k: v for k, v in i.items() if not k.startswith("_")} for m, i in info.items()}
-    values = fold_values(logs, s.instability)
+    final_epochs = int(_setting(cfg, "stats.final_epochs", 1))
+    values = fold_values(logs, s.instability, final_epochs)
     results, differences = compare_all(
         values, logs, compare_cfg, s.method, int(s.n_resamples), int(s.seed), float(s.confidence), columns
     )
     n_res = int(s.n_resamples)
     note = describe(s.method, n_res, int(s.seed), s.instability, float(s.confidence))
+    if final_epochs > 1:
+        note += f" Train and test R² are the mean of the last {final_epochs} epochs (the paper: the last one)."
     names = output_names(all_pairs)
     if all_pairs:
         results = add_holm(results, float(s.confidence))

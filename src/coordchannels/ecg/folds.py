@@ -18,12 +18,13 @@ FOLDS_CSV = "folds.csv"
 
 
 def folds_stage(cfg: DictConfig, out: Path) -> None:
-    """Write folds.csv (episode, record, fold_episode, fold_record) from episodes.csv.
+    """Write `out`/folds.csv (episode, record, fold_episode, fold_record) from the episodes.csv of
+    task.processed_dir (`out` is task.folds_dir: one folder per fold split).
 
     Both groupings go in one file so that switching task.data.group_by needs no rerun; the loader
     reads column fold_<group_by>.
     """
-    source = out / EPISODES_CSV
+    source = Path(cfg.task.processed_dir) / EPISODES_CSV
     if not source.is_file():
         raise FileNotFoundError(f"{source} not found: run the extract stage first (`make data TASK=ecg`)")
     episodes = pd.read_csv(source, dtype={"record": str})

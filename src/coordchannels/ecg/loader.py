@@ -56,9 +56,9 @@ class EcgTaskData:
 
 
 
-def _sample_folds(out: Path, samples: pd.DataFrame, group_by: str) -> np.ndarray:
+def _sample_folds(folds_dir: Path, samples: pd.DataFrame, group_by: str) -> np.ndarray:
     """The fold of every sample, through its episode name, from folds.csv column fold_<group_by>."""
-    folds_csv = require_input(out / FOLDS_CSV, "folds", "ecg")
+    folds_csv = require_input(Path(folds_dir) / FOLDS_CSV, "folds", "ecg")
     folds = pd.read_csv(folds_csv, dtype={"record": str})
     column = f"fold_{group_by}"
     if column not in folds.columns:
@@ -85,4 +85,4 @@ def load_task_data(cfg: DictConfig, arm: DictConfig, device) -> EcgTaskData:
                              "rerun `make data TASK=ecg ARGS=overwrite=true`")
     x = torch.from_numpy(np.concatenate(arrays, axis=1).astype(np.float32, copy=False)).to(device)
     y = torch.from_numpy(samples["target_s"].to_numpy(np.float32)[:, None]).to(device)
-    return EcgTaskData(x=x, y=y, sample_fold=_sample_folds(out, samples, cfg.task.data.group_by))
+    return EcgTaskData(x=x, y=y, sample_fold=_sample_folds(Path(cfg.task.folds_dir), samples, cfg.task.data.group_by))

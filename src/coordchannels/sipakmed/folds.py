@@ -27,7 +27,7 @@ def folds_stage(cfg: DictConfig, out: Path) -> None:
     target = out / FOLDS_CSV
     # The folds are a function of the whole sample set; the runner reruns this stage whenever the
     # preprocess settings (and so the sample set) change, as it chains their settings into ours.
-    samples = pd.read_csv(require_input(out / SAMPLES_CSV, "preprocess", "sipakmed"), dtype=str)
+    samples = pd.read_csv(require_input(Path(cfg.task.processed_dir) / SAMPLES_CSV, "preprocess", "sipakmed"), dtype=str)
     ids = sorted(samples["sample_id"])
     data = cfg.task.data
     table = pd.DataFrame({"sample_id": ids, "slide": [slide_of(i) for i in ids]})

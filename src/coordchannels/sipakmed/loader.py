@@ -114,10 +114,10 @@ def contours_of(cache: dict[str, np.ndarray], i: int) -> np.ndarray:
     return cache["points"][cache["offsets"][i]:cache["offsets"][i + 1]]
 
 
-def image_folds(out: Path, ids: np.ndarray, group_by: str) -> np.ndarray:
+def image_folds(folds_dir: Path, ids: np.ndarray, group_by: str) -> np.ndarray:
     """The fold of every cached image, from folds.csv column fold_<group_by>."""
     choice(group_by, SIPAKMED_GROUPINGS, "task.data.group_by")
-    path = require_input(out / FOLDS_CSV, "folds", "sipakmed")
+    path = require_input(Path(folds_dir) / FOLDS_CSV, "folds", "sipakmed")
     folds = pd.read_csv(path, dtype={"sample_id": str})
     mapping = dict(zip(folds["sample_id"], folds[f"fold_{group_by}"]))
     missing = [i for i in ids if i not in mapping]
@@ -156,6 +156,6 @@ def load_task_data(cfg: DictConfig, arm: DictConfig, device) -> SipakmedTaskData
         box=torch.from_numpy(cache["box"]).long().to(device),
         centres=torch.from_numpy(centres).double().to(device),
         params=torch.from_numpy(params).to(device),
-        image_fold=image_folds(out, ids, str(data.group_by)),
+        image_fold=image_folds(Path(cfg.task.folds_dir), ids, str(data.group_by)),
         n_variants=n_variants, channels=str(arm.channels),
         target_stats_samples=None if stats is None else int(stats))
