@@ -25,7 +25,7 @@ MIRRORS := $(if $(VFDB_DIR),"paths.vfdb_mirror='$(VFDB_DIR)'") \
   $(if $(PUBLISHED_LOGS_DIR),"paths.published_logs_mirror='$(PUBLISHED_LOGS_DIR)'")
 APP := $(PY) -m coordchannels
 
-.PHONY: help setup lint format test test-slow reproduce data train stats table3 ecg-record ecg-arms demo bench-gpu clean-runs
+.PHONY: help setup lint format test test-slow reproduce data train stats table3 ecg-record ecg-arms replicate demo bench-gpu clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -92,6 +92,9 @@ ecg-arms: setup ## NimeshaNet with every arm, both groupings, and 3 seeds -> res
 	$(APP) experiment=ecg_arms $(MIRRORS) $(ARGS)
 	$(APP) experiment=ecg_arms_record $(MIRRORS) $(ARGS)
 	$(APP) experiment=ecg_seeds_record $(MIRRORS) $(ARGS)
+
+replicate: setup ## independent re-runs of the ECG study under both groupings -> results/ecg_replications (hours on a CPU)
+	$(PY) -m coordchannels.replicate experiment=ecg_replications $(MIRRORS) $(ARGS)
 
 demo: setup ## a generated 100-cell SiPaKMeD through every 2-D stage on a CPU, into data/demo
 	$(PY) -m coordchannels.sipakmed.synthetic data/demo/fake_sipakmed --cells 100 --tree

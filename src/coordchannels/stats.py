@@ -251,6 +251,60 @@ def compare(d: np.ndarray, arm_a: str, arm_b: str, method: str = "montecarlo", n
     }
 
 
+# ---------------------------------------------------------------- two-level (hierarchical) bootstrap
+
+
+def hierarchical_means(groups: Sequence[np.ndarray], n_resamples: int, seed: int) -> np.ndarray:
+    """Bootstrap means of units nested in groups (folds in replications): each resample draws as
+    many groups as there are, with replacement, then within each drawn group as many of its units
+    as it has, with replacement; the statistic is the mean over all drawn units.
+
+    Both sources of variation count: which replications (training seed and fold split) happened,
+    and which folds within them.
+    """
+    groups = [np.asarray(g, dtype=float) for g in groups]
+    if len(groups) < 1 or any(len(g) < 1 for g in groups):
+        raise ValueError("a hierarchical bootstrap needs at least one group, each with at least one unit")
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(groups), size=(n_resamples, len(groups)))
+    sums, counts = np.zeros(n_resamples), np.zeros(n_resamples)
+    for slot in range(len(groups)):
+        for j, g in enumerate(groups):
+            rows = np.flatnonzero(pick[:, slot] == j)
+            if rows.size:
+                draws = g[rng.integers(0, len(g), size=(rows.size, len(g)))]
+                sums[rows] += draws.sum(axis=1)
+                counts[rows] += len(g)
+    return sums / counts
+
+
+def hierarchical_exact(groups: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Every outcome of `hierarchical_means`' draw with its probability, for small cases (tests):
+    (means, weights), weights summing to 1."""
+    groups = [np.asarray(g, dtype=float) for g in groups]
+    k = len(groups)
+    # Per group: the sums of all len(g)^len(g) unit draws (each equally likely) and their count.
+    draw_sums = [exact_means(g) * len(g) for g in groups]
+    means, weights = [], []
+    for choice in itertools.product(range(k), repeat=k):
+        total = np.zeros(1)
+        for j in choice:
+            total = np.add.outer(total, draw_sums[j]).ravel()
+        n = sum(len(groups[j]) for j in choice)
+        means.append(total / n)
+        weights.append(np.full(total.size, 1.0 / (k**k * total.size)))
+    return np.concatenate(means), np.concatenate(weights)
+
+
+def pooled(groups: Sequence[np.ndarray], n_resamples: int = 20000, seed: int = 42, confidence: float = 0.95) -> dict:
+    """Pooled mean of nested paired differences with its hierarchical-bootstrap percentile CI."""
+    means = hierarchical_means(groups, n_resamples, seed)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return {"pooled_mean_diff": float(np.mean(np.concatenate([np.asarray(g, float) for g in groups]))),
+            "pooled_ci_low": float(low), "pooled_ci_high": float(high)}
+
+
 def holm(p_values: Sequence[float]) -> np.ndarray:
     """Holm step-down adjusted p-values (family-wise error control over the given tests)."""
     p = np.asarray(p_values, dtype=float)

@@ -1,0 +1,262 @@
+"""Independent re-runs of the ECG study, and how often each published conclusion holds.
+
+A *replication* r (1-based) is the whole ECG study (every model, control and study, all folds)
+with its own training seed and its own fold split, both `replicate.base_seed + r - 1`, so that
+replication 1 is the published protocol (42 and 42). The episodes and their augmentation are the
+same in every replication: they depend on neither seed.
+
+`make replicate` (`python -m coordchannels.replicate`) runs every replication of every grouping
+through the usual stages into `<replicate.out_dir>/<grouping>/replication_<r>/` (resumable: the
+runner skips finished stages and jobs), then the `replication_summary` stage writes, from the
+replications' committed per-fold logs alone:
+
+- `replication_summary.csv` / `.md`: per grouping, model and metric, the published difference and
+  conclusion, how many replications reach the same conclusion (direction and significance), and
+  the pooled difference with a hierarchical-bootstrap CI (replications, then folds within them);
+  the test R² also as the mean of the last `replicate.final_epochs` epochs, a statistic that one
+  swing of a test curve moves less than the final epoch;
+- `forest_<grouping>.png`: every replication's difference with its CI, the pooled estimate and the
+  published value;
+- `arm_levels.csv` / `arm_levels.png`: each arm's mean final test R² per replication beside the
+  published one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+from matplotlib import rc_context
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
+
+from coordchannels.io import write_csv, write_text
+from coordchannels.logs import load_logs, order_models
+from coordchannels.pipeline import run_stages
+from coordchannels.report import STYLE, save_png
+from coordchannels.stats import compare, fold_values, paired_differences, pooled
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = ["grouping", "model", "metric", "published_mean_diff", "published_conclusion", "n_replications",
+                   "n_agree", "pooled_mean_diff", "pooled_ci_low", "pooled_ci_high"]
+METRICS = ("train_r2", "test_r2", "instability")
+
+
+# --------------------------------------------------------------------------------------------
+# Running the replications
+# --------------------------------------------------------------------------------------------
+def replication_seed(cfg: DictConfig, r: int) -> int:
+    return int(cfg.replicate.base_seed) + r - 1
+
+
+def replication_config(cfg: DictConfig, grouping: str, r: int) -> DictConfig:
+    """The config of replication r under `grouping`: its seeds, run folder and results folder."""
+    seed = replication_seed(cfg, r)
+    rep = copy.deepcopy(cfg)
+    for key, value in {"task.data.group_by": grouping, "task.data.fold_seed": seed, "train.seeds": [seed],
+                       "train.run_name": f"replication_{grouping}_{r}",
+                       "stats.out_dir": f"{cfg.replicate.out_dir}/{grouping}/replication_{r}",
+                       "stages": list(cfg.task.stages)}.items():
+        OmegaConf.update(rep, key, value, merge=False)
+    return rep
+
+
+def run_replications(cfg: DictConfig) -> None:
+    n, groupings = int(cfg.replicate.n), list(cfg.replicate.groupings)
+    if n < 1:
+        raise ValueError(f"replicate.n={n}: give at least one replication")
+    for grouping in groupings:
+        for r in range(1, n + 1):
+            log.info("replication %d/%d, %s grouping (seed and fold seed %d)", r, n, grouping, replication_seed(cfg, r))
+            run_stages(replication_config(cfg, grouping, r))
+    summary = copy.deepcopy(cfg)
+    OmegaConf.update(summary, "stages", ["replication_summary"], merge=False)
+    run_stages(summary)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_replications(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# The summary stage
+# --------------------------------------------------------------------------------------------
+def replication_folders(out: Path, grouping: str) -> list[tuple[int, Path]]:
+    found = []
+    for folder in (out / grouping).glob("replication_*"):
+        if (folder / "fold_logs").is_dir() and folder.name.split("_")[-1].isdigit():
+            found.append((int(folder.name.split("_")[-1]), folder))
+    return sorted(found)
+
+
+def replication_rows(folder: Path, final_epochs: int, cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """From one replication's per-fold logs: (its comparison rows, its per-fold values), with the
+    test R² also as the mean of the last `final_epochs` epochs (metric `test_r2_last<k>`)."""
+    s = cfg.stats
+    logs = load_logs(folder / "fold_logs", ["study", "control"])
+    values = fold_values(logs, s.instability)
+    late = fold_values(logs, s.instability, final_epochs)
+    late = late[late.metric == "test_r2"].assign(metric=f"test_r2_last{final_epochs}")
+    values = pd.concat([values, late], ignore_index=True)
+    rows = []
+    for model in logs:
+        for metric in [*METRICS, f"test_r2_last{final_epochs}"]:
+            diffs = paired_differences(values, model, metric, "study", "control")
+            result = compare(diffs["diff"].to_numpy(), "study", "control", s.method, int(s.n_resamples), int(s.seed),
+                             float(s.confidence))
+            rows.append({"model": model, "metric": metric, "diffs": diffs["diff"].to_numpy(), **result})
+    return pd.DataFrame(rows), values
+
+
+def published_rows(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The published Table 3 rows and per-fold values, as re-derived from the authors' logs."""
+    folder = Path(cfg.replicate.published_dir)
+    table, values = folder / "comparison_table.csv", folder / "fold_values.csv"
+    for path in (table, values):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: the published Table 3 is re-derived by `make table3`")
+    return pd.read_csv(table), pd.read_csv(values)
+
+
+def summary_stage(cfg: DictConfig, out: Path) -> None:
+    """Write the replication summary, forest plots and arm levels from the replications' logs."""
+    k = int(cfg.replicate.final_epochs)
+    published, published_values = published_rows(cfg)
+    summary, levels, per_rep = [], [], []
+    for grouping in cfg.replicate.groupings:
+        folders = replication_folders(out, grouping)
+        if not folders:
+            log.warning("replication_summary: no finished replication under %s", out / grouping)
+            continue
+        results = []
+        for r, folder in folders:
+            rows, values = replication_rows(folder, k, cfg)
+            results.append(rows.assign(replication=r))
+            means = values[values.metric == "test_r2"].groupby(["model", "arm"])["value"].mean()
+            levels += [{"grouping": grouping, "replication": r, "model": m, "arm": a, "test_r2_mean": v}
+                       for (m, a), v in means.items()]
+        results = pd.concat(results, ignore_index=True)
+        per_rep.append(results.assign(grouping=grouping))
+        for (model, metric), rows in results.groupby(["model", "metric"], sort=False):
+            pub = published[(published.model == model) & (published.metric == metric.split("_last")[0])]
+            pub_diff = float(pub.mean_diff.iloc[0]) if len(pub) else float("nan")
+            pub_conclusion = str(pub.conclusion.iloc[0]) if len(pub) else ""
+            summary.append({
+                "grouping": grouping, "model": model, "metric": metric, "published_mean_diff": pub_diff,
+                "published_conclusion": pub_conclusion, "n_replications": len(rows),
+                "n_agree": int((rows.conclusion == pub_conclusion).sum()),
+                **pooled(list(rows.diffs), int(cfg.stats.n_resamples), int(cfg.stats.seed), float(cfg.stats.confidence)),
+            })
+    if not summary:
+        raise FileNotFoundError(f"no finished replication under {out}: run `make replicate` first")
+    table = pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
+    per_rep = pd.concat(per_rep, ignore_index=True).drop(columns="diffs")
+    pub_levels = published_values[published_values.metric == "test_r2"].groupby(["model", "arm"])["value"].mean()
+    levels = pd.DataFrame(levels)
+    levels["published_test_r2_mean"] = [pub_levels.get((m, a), float("nan")) for m, a in zip(levels.model, levels.arm)]
+    figures = {f"forest_{g}.png": forest_figure(per_rep[per_rep.grouping == g], table[table.grouping == g], published, g)
+               for g in table.grouping.unique()}
+    figures["arm_levels.png"] = levels_figure(levels)
+    write_csv(table, out / "replication_summary.csv")
+    write_csv(per_rep, out / "replications.csv")
+    write_csv(levels, out / "arm_levels.csv")
+    write_text(out / "replication_summary.md", summary_markdown(table, cfg, k))
+    for name, fig in figures.items():
+        save_png(fig, out / name)
+    log.info("replication_summary: %d rows from %d replication(s) -> %s", len(table),
+             per_rep.groupby("grouping").replication.nunique().sum(), out)
+
+
+def summary_outputs(cfg: DictConfig) -> list[str]:
+    return ["replication_summary.csv", "replication_summary.md", "replications.csv", "arm_levels.csv", "arm_levels.png"]
+
+
+def summary_markdown(table: pd.DataFrame, cfg: DictConfig, k: int) -> str:
+    lines = [
+        "# Does the published ECG result replicate?", "",
+        f"Each replication has its own training seed and fold split (seed = {cfg.replicate.base_seed} + r - 1; "
+        "replication 1 is the published protocol). `n_agree`: replications whose conclusion (direction and "
+        "significance of study - control, paired bootstrap over folds, 95% CI) equals the published one. Pooled: "
+        "mean of all paired differences, with a 95% percentile CI from a hierarchical bootstrap (draw "
+        f"replications with replacement, then folds within each; {cfg.stats.n_resamples} resamples). "
+        f"`test_r2_last{k}`: test R² as the mean of the last {k} epochs instead of the final one.", "",
+        "| grouping | model | metric | published | n_agree | pooled [95% CI] |", "|---|---|---|---|---|---|",
+    ]
+    for row in table.itertuples():
+        lines.append(f"| {row.grouping} | {row.model} | {row.metric} | {row.published_mean_diff:+.5f} "
+                     f"({row.published_conclusion}) | {row.n_agree}/{row.n_replications} | "
+                     f"{row.pooled_mean_diff:+.5f} [{row.pooled_ci_low:.5f}, {row.pooled_ci_high:.5f}] |")
+    return "\n".join(lines) + "\n"
+
+
+def forest_figure(per_rep: pd.DataFrame, table: pd.DataFrame, published: pd.DataFrame, grouping: str) -> Figure:
+    """One panel per model and metric: replications' differences with CIs, pooled and published."""
+    models = order_models(list(dict.fromkeys(per_rep.model)))
+    metrics = list(dict.fromkeys(per_rep.metric))
+    with rc_context(STYLE):
+        fig = Figure(figsize=(3.6 * len(metrics), 0.5 * per_rep.replication.nunique() * len(models) + 2.5),
+                     layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(len(models), len(metrics), squeeze=False)
+        for i, model in enumerate(models):
+            for j, metric in enumerate(metrics):
+                ax = axes[i][j]
+                rows = per_rep[(per_rep.model == model) & (per_rep.metric == metric)].sort_values("replication")
+                y = np.arange(len(rows))
+                ax.errorbar(rows.mean_diff, y, xerr=[rows.mean_diff - rows.ci_low, rows.ci_high - rows.mean_diff],
+                            fmt="o", color="tab:blue", capsize=3, label="replication (95% CI)")
+                pool = table[(table.model == model) & (table.metric == metric)].iloc[0]
+                yp = len(rows) + 0.5
+                ax.errorbar([pool.pooled_mean_diff], [yp], xerr=[[pool.pooled_mean_diff - pool.pooled_ci_low],
+                            [pool.pooled_ci_high - pool.pooled_mean_diff]], fmt="D", color="black", capsize=3,
+                            label="pooled (hierarchical)")
+                pub = published[(published.model == model) & (published.metric == metric.split("_last")[0])]
+                if len(pub):
+                    p = pub.iloc[0]
+                    ax.errorbar([p.mean_diff], [yp + 1], xerr=[[p.mean_diff - p.ci_low], [p.ci_high - p.mean_diff]],
+                                fmt="s", color="tab:red", capsize=3, label="published")
+                ax.axvline(0, color="0.5", linewidth=0.8)
+                ax.set_yticks([*y, yp, yp + 1], [f"r{r}" for r in rows.replication] + ["pooled", "published"])
+                ax.set_title(f"{model}: {metric}", fontsize=9)
+                ax.set_xlabel("study − control", fontsize=9)
+        axes[0][0].legend(fontsize=7, loc="best")
+        fig.suptitle(f"ECG replications, {grouping} grouping", fontweight="bold")
+    return fig
+
+
+def levels_figure(levels: pd.DataFrame) -> Figure:
+    """Mean final test R² of each arm per replication (dots) against the published mean (bar)."""
+    panels = list(dict.fromkeys(zip(levels.grouping, levels.model)))
+    ncols = min(2, len(panels))
+    with rc_context(STYLE):
+        fig = Figure(figsize=(5.5 * ncols, 3.6 * math.ceil(len(panels) / ncols)), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = np.atleast_1d(fig.subplots(math.ceil(len(panels) / ncols), ncols, squeeze=False)).ravel()
+        for ax, (grouping, model) in zip(axes, panels):
+            sel = levels[(levels.grouping == grouping) & (levels.model == model)]
+            arms = list(dict.fromkeys(sel.arm))
+            for x, arm in enumerate(arms):
+                rows = sel[sel.arm == arm]
+                ax.scatter(np.full(len(rows), x), rows.test_r2_mean, color="tab:blue", zorder=3,
+                           label="replications" if x == 0 else None)
+                ax.hlines(rows.published_test_r2_mean.iloc[0], x - 0.3, x + 0.3, color="tab:red",
+                          label="published" if x == 0 else None)
+            ax.set_xticks(range(len(arms)), arms)
+            ax.set_ylabel("mean final test R²")
+            ax.set_title(f"{model} ({grouping})", fontsize=10)
+            ax.legend(fontsize=8)
+        for ax in axes[len(panels):]:
+            ax.set_visible(False)
+    return fig
+
+
+if __name__ == "__main__":
+    main()
