@@ -14,7 +14,9 @@ LOGS ?=
 OUT ?=
 
 VENV := .venv
-PY := $(VENV)/bin/python
+# The Python that runs the project; PY=python3 uses another one (e.g. a GPU machine's own, with
+# PYTHONPATH=src), skipping `make setup`.
+PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TASKS := $(if $(filter all,$(TASK)),ecg coordgate sipakmed,$(TASK))
 # Local mirrors become Hydra overrides of the paths config.
@@ -25,7 +27,7 @@ MIRRORS := $(if $(VFDB_DIR),"paths.vfdb_mirror='$(VFDB_DIR)'") \
   $(if $(PUBLISHED_LOGS_DIR),"paths.published_logs_mirror='$(PUBLISHED_LOGS_DIR)'")
 APP := $(PY) -m coordchannels
 
-.PHONY: help setup lint format test test-slow reproduce data train stats table3 ecg-record ecg-arms replicate demo bench-gpu clean-runs
+.PHONY: help setup lint format test test-slow gpu-check reproduce data train stats table3 ecg-record ecg-arms replicate demo bench-gpu clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,8 +39,8 @@ setup: $(STAMP) ## create .venv and install the pinned dependencies (idempotent)
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
 lint: setup ## check style and common mistakes (ruff), as CI does
@@ -104,9 +106,14 @@ demo: setup ## a generated 100-cell SiPaKMeD through every 2-D stage on a CPU, i
 	  'train.models=[lakshyanet_reduced]' train.epochs=4 train.limit_train=16 train.limit_test=16 \
 	  train.batch_size=16 $(ARGS)
 
+gpu-check: ## on a CUDA machine: the GPU tests (CUDA vs CPU, resume, checkpoints across devices, fast paths vs seed noise), then the GPU benchmarks
+	$(PY) -m pytest -m gpu -ra -p no:cacheprovider tests/test_gpu.py
+	$(MAKE) bench-gpu PY="$(PY)" SETUP=
+
 # The SiPaKMeD training benchmark in the three GPU settings worth comparing, one report each.
 BENCH_GPU := $(PY) scripts/bench_sipakmed.py --device cuda --images 1000 --steps 200 --baseline-samples 2000
-bench-gpu: setup ## SiPaKMeD training benchmark on a CUDA GPU: fp32, bf16 + channels-last, + torch.compile -> results/benchmarks/
+SETUP ?= setup
+bench-gpu: $(SETUP) ## SiPaKMeD training benchmark on a CUDA GPU: fp32, bf16 + channels-last, + torch.compile -> results/benchmarks/
 	$(BENCH_GPU) --out results/benchmarks/sipakmed_train_gpu_fp32.md
 	$(BENCH_GPU) --amp --channels-last --out results/benchmarks/sipakmed_train_gpu_bf16_cl.md
 	$(BENCH_GPU) --amp --channels-last --compile --out results/benchmarks/sipakmed_train_gpu_bf16_cl_compile.md
