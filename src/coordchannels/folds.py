@@ -26,7 +26,11 @@ SIPAKMED_GROUPINGS = ("cell", "slide")
 
 
 def kfold_groups(keys: Sequence[str], n_folds: int = 5, seed: int = 42) -> dict[str, int]:
-    """key -> 1-based fold: sklearn KFold(shuffle=True, random_state=seed) over `keys` in the given order."""
+    """key -> 1-based fold: sklearn KFold(shuffle=True, random_state=seed) over `keys` in the given order.
+
+    >>> kfold_groups(list("abcde"), n_folds=5, seed=42)
+    {'b': 1, 'e': 2, 'c': 3, 'a': 4, 'd': 5}
+    """
     if len(keys) < n_folds:
         raise ValueError(f"cannot make {n_folds} folds from {len(keys)} groups")
     kfold = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
@@ -58,14 +62,22 @@ def ecg_folds(episode_names: Sequence[str], records: Sequence, n_folds: int = 5,
 
 
 def slide_of(sample_id: str) -> str:
-    """`2_095_10` -> `2_095`: class prefix + slide image number, without the `_MM` cell number."""
+    """`2_095_10` -> `2_095`: class prefix + slide image number, without the `_MM` cell number.
+
+    >>> slide_of("2_095_10")
+    '2_095'
+    """
     return str(sample_id).rsplit("_", 1)[0]
 
 
 def round_robin_groups(keys: Sequence[str], n_folds: int = 5, seed: int = 42) -> dict[str, int]:
     """key -> 1-based fold: sorted keys shuffled as by `random.seed(seed); random.shuffle`, fold
     i + 1 = keys[i::n_folds]. A private Random instance gives the same sequence as the seeded
-    module-level one without disturbing the global random state."""
+    module-level one without disturbing the global random state.
+
+    >>> round_robin_groups(list("abcdef"), n_folds=3, seed=42)
+    {'d': 1, 'b': 2, 'c': 3, 'e': 1, 'a': 2, 'f': 3}
+    """
     order = sorted(keys)
     random.Random(seed).shuffle(order)
     return {key: i % n_folds + 1 for i, key in enumerate(order)}

@@ -157,6 +157,11 @@ def resized_shape(height: int, width: int, size: int = 256, rule: str = "truncat
     truncate (scripts): int(side * scale). In floating point that gives size - 1 for the longer
     side of some images (e.g. 98, 103 or 196 px: 98 * (256 / 98) = 255.99999999999997), which the
     pad then makes up. round: the longer side is exactly `size`, the shorter one rounded.
+
+    >>> resized_shape(300, 200)[:2], resized_shape(300, 200, rule="round")[:2]
+    ((256, 170), (256, 171))
+    >>> resized_shape(98, 40)[:2], resized_shape(98, 40, rule="round")[:2]
+    ((255, 104), (256, 104))
     """
     choice(rule, RESIZE_RULES, "task.data.resize_rule")
     scale = size / max(height, width)
@@ -169,7 +174,13 @@ def resized_shape(height: int, width: int, size: int = 256, rule: str = "truncat
 
 
 def area_weights(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of OpenCV's INTER_AREA along one axis: overlap lengths, rows summing to 1."""
+    """(n_out, n_in) weights of OpenCV's INTER_AREA along one axis: overlap lengths, rows summing to 1.
+
+    Three pixels into two: each output pixel covers 1.5 input pixels.
+
+    >>> area_weights(3, 2).round(3).tolist()
+    [[0.667, 0.333, 0.0], [0.0, 0.333, 0.667]]
+    """
     s = n_in / n_out
     lo = np.arange(n_out)[:, None] * s
     hi = lo + s
