@@ -99,7 +99,7 @@ replicate: setup ## independent re-runs of the ECG study under both groupings ->
 	$(PY) -m coordchannels.replicate experiment=ecg_replications $(MIRRORS) $(ARGS)
 
 demo: setup ## a generated 100-cell SiPaKMeD through every 2-D stage on a CPU, into data/demo
-	$(PY) -m coordchannels.sipakmed.synthetic data/demo/fake_sipakmed --cells 100 --tree
+	test -d data/demo/fake_sipakmed || $(PY) -m coordchannels.sipakmed.synthetic data/demo/fake_sipakmed --cells 100 --tree
 	$(APP) task=sipakmed 'paths.data_dir=$${paths.root_dir}/data/demo' \
 	  'paths.results_dir=$${paths.root_dir}/data/demo/results' \
 	  paths.sipakmed_mirror=data/demo/fake_sipakmed task.data.fetch_authors_invalid=false \

@@ -75,7 +75,8 @@ def test_settings_chain_through_upstream_stages(tmp_path):
     cfg = with_probes(tmp_path, "stages=[make,use]")
     run_stages(cfg)
     record = json.loads((tmp_path / "use" / "logs" / "use.inputs.json").read_text())
-    assert record == {"task.data.label_match": "substring", "seed": 42}
+    made = json.loads((tmp_path / "make" / "logs" / "make.outputs.json").read_text())
+    assert record == {"task.data.label_match": "substring", "seed": 42, "run(make)": made["run_id"]}
     # Changed upstream data: both stages refuse to reuse their outputs silently...
     cfg.task.data.label_match = "exact"
     with pytest.raises(StageError, match=r"stage 'make'.*task.data.label_match: 'substring' -> 'exact'"):
@@ -160,3 +161,31 @@ def test_a_new_arm_is_one_yaml_file(tmp_path, monkeypatch):
         assert components.arm_style(None, "doubled") == ("Doubled", "tab:cyan", True)
     finally:
         components.group_files.cache_clear()
+
+
+def test_changed_input_content_is_taken_again_but_changed_settings_are_refused(tmp_path):
+    cfg = with_probes(tmp_path, "stages=[make,use]")
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "a.txt").write_text("first")
+    with open_dict(cfg):
+        cfg.probe_mirror = str(mirror)
+        cfg.stage_defs.make.watch = ["probe_mirror"]
+    assert run_stages(cfg) == ["make", "use"]
+    assert run_stages(cfg) == []
+    (mirror / "a.txt").write_text("fixed, and longer")
+    cfg.stages = ["use"]  # the upstream stage must be redone first
+    with pytest.raises(StageError, match=r"inputs of stage 'make' changed since it ran.*run it again first"):
+        run_stages(cfg)
+    cfg.stages = ["make", "use"]
+    assert run_stages(cfg) == ["make", "use"]  # no overwrite needed: inputs, not settings, changed
+
+
+def test_a_rebuilt_upstream_stage_makes_its_readers_run_again(tmp_path):
+    cfg = with_probes(tmp_path, "stages=[make,use]")
+    run_stages(cfg)
+    cfg.stages, cfg.overwrite = ["make"], True
+    run_stages(cfg)
+    cfg.stages, cfg.overwrite = ["use"], False
+    assert run_stages(cfg) == ["use"]  # same settings, but made from a newer run of `make`
+    assert run_stages(cfg) == []

@@ -35,6 +35,7 @@ import json
 import logging
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,8 @@ from coordchannels.settings import canonical, plain, validate_choices
 log = logging.getLogger(__name__)
 
 ON_CHANGE = ("refuse", "rerun")
+# Record keys that say which content was read (digests, upstream run ids), not a setting.
+DIGEST_KEYS = ("sha256(", "listing(", "run(")
 STAGE_KEYS = {"fn", "out", "outputs", "settings", "after", "inputs", "watch", "on_change", "check"}
 
 
@@ -141,7 +144,10 @@ def stage_record(cfg: DictConfig, stage: Stage, _chain: tuple[str, ...] = ()) ->
         raise StageError(f"stages {' -> '.join([*_chain, stage.name])} form a cycle through `after`")
     record = {}
     for name in stage.after:
-        record.update(stage_record(cfg, stage_spec(cfg, name), (*_chain, stage.name)))
+        up = stage_spec(cfg, name)
+        record.update(stage_record(cfg, up, (*_chain, stage.name)))
+        # Which run of the upstream stage made the outputs read: a rebuilt input is a changed input.
+        record[f"run({name})"] = produced(up).get("run_id")
     for key in stage.settings:
         record[key] = plain(OmegaConf.select(cfg, key, throw_on_missing=True))
     for entry in stage.inputs:
@@ -218,7 +224,10 @@ def run_stages(cfg: DictConfig) -> list[str]:
             log.info("stage %s: done in %s (same settings), skipped", stage.name, stage.out)
             continue
         run_stage(cfg, stage, commit)
-        write_text(stage.sizes_path, json.dumps(output_sizes(cfg, stage), indent=1) + "\n")
+        # A new run id every time the stage runs: training records the ids of the data it read, so
+        # logs made from data built before a rebuild are never taken for logs of the new data.
+        produced = {"run_id": uuid.uuid4().hex, "sizes": output_sizes(cfg, stage)}
+        write_text(stage.sizes_path, json.dumps(produced, indent=1) + "\n")
         write_text(stage.record_path, json.dumps(record, indent=1) + "\n")
         ran.append(stage.name)
     return ran
@@ -230,11 +239,21 @@ def output_sizes(cfg: DictConfig, stage: Stage) -> dict[str, int]:
             for p in output_paths(cfg, stage) if p.is_file()}
 
 
+def produced(stage: Stage) -> dict:
+    """What the stage's last run wrote: {"run_id": ..., "sizes": {output: bytes}} ({} if unknown)."""
+    return json.loads(stage.sizes_path.read_text()) if stage.sizes_path.exists() else {}
+
+
+def upstream_run_ids(cfg: DictConfig, name: str) -> dict[str, str | None]:
+    """{upstream stage: id of its last run} for the stages `name` reads (see run_stages)."""
+    return {up: produced(stage_spec(cfg, up)).get("run_id") for up in stage_spec(cfg, name).after}
+
+
 def damaged_outputs(cfg: DictConfig, stage: Stage) -> list[str]:
     """Outputs whose size is not the one written (truncated, replaced), as 'name: now vs written'."""
     if not stage.sizes_path.exists():
         return []
-    written = json.loads(stage.sizes_path.read_text())
+    written = produced(stage).get("sizes", {})
     now = output_sizes(cfg, stage)
     return [f"{stage.out / name}: {now.get(name, 'missing')} bytes, {size} written"
             for name, size in written.items() if now.get(name) != size]
@@ -248,11 +267,16 @@ def check_upstream(cfg: DictConfig, stage: Stage) -> None:
         if stored is None or not all(p.exists() for p in output_paths(cfg, up)):
             raise StageError(f"stage {stage.name!r} reads the outputs of stage {name!r} in {up.out}, which "
                              f"has not finished there: run it first (`make data TASK={cfg.task.name}`)")
-        if stored != wanted:
+        settings_changed = [k for k in set(stored) | set(wanted)
+                            if stored.get(k) != wanted.get(k) and not k.startswith(DIGEST_KEYS)]
+        if settings_changed:
             raise StageError(
                 f"stage {stage.name!r}: the outputs of stage {name!r} in {up.out} were made with other "
                 f"settings ({changes(stored, wanted)}); rebuild them (`make data TASK={cfg.task.name} "
                 f"ARGS='... overwrite=true'`) or point paths.data_dir elsewhere")
+        if stored != wanted:
+            raise StageError(f"stage {stage.name!r}: the inputs of stage {name!r} changed since it ran "
+                             f"({changes(stored, wanted)}): run it again first (`make data TASK={cfg.task.name}`)")
         damaged = damaged_outputs(cfg, up)
         if damaged:
             raise StageError(f"stage {stage.name!r}: outputs of stage {name!r} changed since they were written "
@@ -272,11 +296,19 @@ def needs_run(cfg: DictConfig, stage: Stage, record: dict) -> bool:
             return False
         log.warning("stage %s: outputs changed since they were written (%s): redoing it", stage.name, "; ".join(damaged))
         return True
-    if (stored is not None and stored != record and stage.on_change == "refuse"
+    changed = [k for k in set(stored or {}) | set(record) if (stored or {}).get(k) != record.get(k)]
+    # Settings that differ are refused (a typo must not silently replace hours of work); inputs whose
+    # content changed (a fixed file in a mirror, new logs) are simply taken again.
+    settings_changed = [k for k in changed if not k.startswith(DIGEST_KEYS)]
+    if stored is not None and not settings_changed and changed:
+        log.info("stage %s: its inputs changed since its outputs were made (%s): redoing it", stage.name,
+                 ", ".join(sorted(changed)))
+    if (stored is not None and settings_changed and stage.on_change == "refuse"
             and any(p.exists() for p in outputs)):
         raise StageError(
             f"stage {stage.name!r}: the outputs in {stage.out} were made with other settings "
-            f"({changes(stored, record)}); rerun with overwrite=true, or point paths.data_dir "
+            f"({changes({k: stored.get(k) for k in settings_changed}, {k: record.get(k) for k in settings_changed})}); "
+            "rerun with overwrite=true, or point paths.data_dir "
             "(or train.run_name) elsewhere")
     return True
 

@@ -26,6 +26,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig
 
 from coordchannels.io import atomic_path, write_text
+from coordchannels.pipeline import upstream_run_ids
 from coordchannels.settings import canonical, plain
 from coordchannels.train.grid import Job
 
@@ -81,11 +82,17 @@ def load_checkpoint(path: Path, fingerprint: dict) -> dict | None:
 # Fingerprints: what changes the numbers
 # --------------------------------------------------------------------------------------------
 def data_fingerprint(cfg: DictConfig) -> dict:
-    """task name and task.data without the keys that say only where the data come from."""
+    """task name and task.data without the keys that say only where the data come from, and the
+    run ids of the data stages the trainer reads (when they ran through the runner): data rebuilt
+    since a log was made, even with the same settings, are other data."""
     data = plain(cfg.task.data)
     for key in cfg.train.get("fingerprint_ignore") or []:
         data.pop(key, None)
-    return {"name": str(cfg.task.name), "data": data}
+    fingerprint = {"name": str(cfg.task.name), "data": data}
+    built = {k: v for k, v in upstream_run_ids(cfg, "train").items() if v} if cfg.task.get("train_after") else {}
+    if built:
+        fingerprint["data_runs"] = built
+    return fingerprint
 
 
 def train_fingerprint(cfg: DictConfig) -> dict:
