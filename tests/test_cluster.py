@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -249,3 +250,15 @@ def test_each_job_repeats_the_users_overrides_and_selects_one_job():
     assert fan.job_overrides(Job("nimeshanet", "study", 2, 5)) == [
         "task=ecg", "train.epochs=3", "train.seeds=[1,2]", "stages=[train]", "train.models=[nimeshanet]",
         "train.arms=[study]", "train.folds=[5]", "+fanout.seed=2"]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_launcher_chooses_between_the_app_and_the_fan_out():
+    def dry_run(*args: str) -> str:
+        command = ["make", "-n", "-s", "-C", str(REPO), "-o", ".venv/.installed", "TASK=ecg", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+
+    assert "-m coordchannels.train.fanout hydra/launcher=slurm task=$t" in dry_run("reproduce", "LAUNCHER=slurm")
+    assert "-m coordchannels.train.fanout hydra/launcher=submitit_local task=$t stages=[train]" in dry_run(
+        "train", "LAUNCHER=submitit_local")
+    assert "-m coordchannels task=$t" in dry_run("reproduce") and "fanout" not in dry_run("reproduce")

@@ -92,11 +92,13 @@ class FanOut:
 
     def run(self, jobs: list[Job]) -> list[Outcome]:
         """Submit `jobs` (one array of them on SLURM) and wait for every one."""
+        import submitit
+
         submitted = self.submit(jobs)
         local = self.launcher._EXECUTOR == "local"
         outcomes = {}
         try:
-            for done in _as_completed(submitted, poll_s=1 if local else 15):
+            for done in submitit.helpers.as_completed(submitted, poll_frequency=1 if local else 15):
                 job = jobs[submitted.index(done)]
                 outcomes[job] = outcome(job, done)
                 ended = outcomes[job]
@@ -161,11 +163,6 @@ def _state(submitted) -> str:
     except Exception:  # the scheduler cannot be asked
         return "unknown"
 
-
-def _as_completed(submitted: list, poll_s: float):
-    import submitit
-
-    return submitit.helpers.as_completed(submitted, poll_frequency=poll_s)
 
 
 # --------------------------------------------------------------------------------------------
