@@ -1,12 +1,15 @@
 # Entry points of the project. `make help` lists them. Every target runs the one Hydra app,
 # `python -m coordchannels`; ARGS passes any Hydra override through, e.g.
 #   make reproduce TASK=ecg ARGS="train.epochs=3 stats.method=exact"
+# LAUNCHER (reproduce, train) fans the training jobs out through a Hydra launcher, e.g.
+#   make reproduce TASK=ecg LAUNCHER=slurm ARGS="hydra.launcher.partition=gpu"
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 TASK ?= all
 ARGS ?=
+LAUNCHER ?= local
 VFDB_DIR ?=
 SIPAKMED_DIR ?=
 PUBLISHED_LOGS_DIR ?=
@@ -26,12 +29,18 @@ MIRRORS := $(if $(VFDB_DIR),"paths.vfdb_mirror='$(VFDB_DIR)'") \
   $(if $(SIPAKMED_DIR),"paths.sipakmed_mirror='$(SIPAKMED_DIR)'") \
   $(if $(PUBLISHED_LOGS_DIR),"paths.published_logs_mirror='$(PUBLISHED_LOGS_DIR)'")
 APP := $(PY) -m coordchannels
+# local: the app itself, jobs side by side on this machine (train.n_jobs). Any other value is a
+# config of hydra/launcher (slurm, submitit_local: conf/hydra/launcher/ and the submitit plugin):
+# the same stages, with the train stage's jobs, one per (model, arm, seed, fold), submitted
+# through it and waited for (coordchannels.train.fanout).
+RUN := $(if $(filter local,$(LAUNCHER)),$(APP),$(PY) -m coordchannels.train.fanout hydra/launcher=$(LAUNCHER))
 
 .PHONY: help setup lint format test test-slow gpu-check reproduce data train stats table3 ecg-record ecg-arms replicate demo bench-gpu clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "Variables: TASK=ecg|coordgate|sipakmed|all (default all)  ARGS='<hydra overrides>'"
+	@echo "           LAUNCHER=local|slurm|submitit_local (reproduce, train; default local)"
 	@echo "           VFDB_DIR=<local VFDB mirror>  SIPAKMED_DIR=<local SiPaKMeD archives or tree>"
 	@echo "           LOGS=<per-fold log folder> OUT=<output folder> (for make stats)"
 
@@ -56,10 +65,10 @@ test: setup ## run the default test suite (no network, no GPU, no slow tests)
 test-slow: setup ## run every test, the slow ones included
 	$(PY) -m pytest -m ""
 
-reproduce: setup ## the whole pipeline, every stage, for TASK
+reproduce: setup ## the whole pipeline, every stage, for TASK (training through LAUNCHER)
 	@for t in $(TASKS); do \
 	  echo "== reproduce: task $$t =="; \
-	  $(APP) task=$$t $(MIRRORS) $(ARGS) || exit 1; \
+	  $(RUN) task=$$t $(MIRRORS) $(ARGS) || exit 1; \
 	done
 
 data: setup ## download and prepare the data (stages before training) for TASK
@@ -68,8 +77,8 @@ data: setup ## download and prepare the data (stages before training) for TASK
 	  $(APP) task=$$t 'stages=$${task.data_stages}' $(MIRRORS) $(ARGS) || exit 1; \
 	done
 
-train: setup ## train every job (model x arm x fold) of TASK, skipping finished ones
-	@for t in $(TASKS); do $(APP) task=$$t stages=[train] $(ARGS) || exit 1; done
+train: setup ## train every job (model x arm x fold) of TASK, skipping finished ones (through LAUNCHER)
+	@for t in $(TASKS); do $(RUN) task=$$t stages=[train] $(ARGS) || exit 1; done
 
 # `key=value` as one shell word holding a Hydra single-quoted string, so that any folder name
 # (spaces, apostrophes, double quotes, commas, brackets, `=`) reaches the config unchanged:

@@ -1,8 +1,8 @@
 """The run manifest: what a reader needs to trust and redo a committed result.
 
 `manifest_stage` writes `<stats.out_dir>/manifest.json` (config, commit, package versions, data
-checksums, hardware, seed, wall time per stage) and copies the per-fold logs the statistics were
-computed from into `<stats.out_dir>/fold_logs/` (`logs/` holds the stages' own logs), so that a results folder stands on its own.
+checksums, hardware, seed, wall time per stage, the launcher, host and device of every training
+job) and copies the per-fold logs the statistics were computed from into `<stats.out_dir>/fold_logs/` (`logs/` holds the stages' own logs), so that a results folder stands on its own.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from coordchannels.download import file_sha256
 from coordchannels.environment import hardware, package_versions
 from coordchannels.io import atomic_dir, write_text
 from coordchannels.pipeline import git_state, read_record, stage_spec, stage_timings, tree_sha256
+from coordchannels.train.grid import job_grid
+from coordchannels.train.record import job_record_path
 
 
 def data_checksums(raw_dir: Path) -> dict:
@@ -44,6 +46,22 @@ def data_checksums(raw_dir: Path) -> dict:
 
 
 
+def training_jobs(cfg: DictConfig) -> dict | None:
+    """Which launcher ran the training jobs and where each ran (host, pid, device), from the per-job
+    records (coordchannels.train.record); None for a task that trains no models."""
+    if not cfg.task.get("models"):
+        return None
+    jobs = []
+    for job in job_grid(cfg):
+        path = job_record_path(cfg, job)
+        try:
+            record = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError):
+            record = {}
+        jobs.append({"job": str(job), **{key: record.get(key) for key in ("launcher", "host", "pid", "device")}})
+    return {"launchers": sorted({j["launcher"] for j in jobs if j["launcher"]}), "jobs": jobs}
+
+
 def copy_logs(src: Path, dest: Path) -> int:
     """Copy the per-fold CSV logs (not checkpoints) into the results folder; return how many."""
     if not src.is_dir() or src.resolve() == dest.resolve():
@@ -69,6 +87,7 @@ def manifest_stage(cfg: DictConfig, out: Path) -> None:
         "packages": package_versions(),
         "hardware": hardware(),
         "stage_wall_time": stage_timings(cfg),
+        "training_jobs": training_jobs(cfg),
         "data_sha256": data_checksums(raw_dir) if raw_dir else {},
         # Every data setting the trained models read, as the runner checked it before training.
         "data_settings": read_record(stage_spec(cfg, "train")) if cfg.task.get("models") else None,

@@ -4,7 +4,8 @@
   hyper-parameters, seed), except the number of epochs, which only says how far it goes;
 - its *checkpoint*, after every epoch: the fingerprint, the log rows so far, weights and optimiser;
 - its *record*, `<run_dir>/jobs/<Model>/<log name>.json`, written with its log when it
-  finishes: the fingerprint and the number of epochs. A log is reused only beside a record with
+  finishes: the fingerprint and the number of epochs (and, for the manifest, the host, process,
+  device and Hydra launcher it ran on). A log is reused only beside a record with
   the same fingerprint; a job asked for more epochs than it has continues from its checkpoint.
   One file per job (no shared run file), so jobs on many machines never write the same file;
 - its *lock*, held while it trains: two processes never train one job of one run folder at once.
@@ -135,7 +136,36 @@ def read_job_record(path: Path) -> dict | None:
 
 
 def write_job_record(path: Path, fingerprint: dict, epochs: int) -> None:
-    write_text(path, json.dumps({"fingerprint": fingerprint, "epochs": int(epochs)}, indent=1, sort_keys=True) + "\n")
+    """The fingerprint and epochs (what `read_job_record` compares), and where the job ran (for the
+    manifest only: a job's numbers do not depend on it)."""
+    record = {"fingerprint": fingerprint, "epochs": int(epochs), **where_it_ran()}
+    write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def where_it_ran() -> dict:
+    """This process's host, pid, device and the Hydra launcher that started it (`local` outside a
+    fanned-out job: the app itself, or one of its joblib workers)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "device": device_in_use(), "launcher": launcher_in_use()}
+
+
+def device_in_use() -> str:
+    """The device this process trains on: its current CUDA device once CUDA is initialised (a job
+    on the GPU initialises it), else the CPU."""
+    if torch.cuda.is_initialized():
+        index = torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return "cpu"
+
+
+def launcher_in_use() -> str:
+    """The `hydra/launcher` choice of the Hydra job this process runs (`submitit_slurm`, `slurm`, ...),
+    `local` for Hydra's basic launcher or outside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return "local"
+    name = HydraConfig.get().runtime.choices.get("hydra/launcher")
+    return "local" if name in (None, "basic") else str(name)
 
 
 def finished_epochs(cfg: DictConfig, job: Job, log_path: Path, fingerprint: dict) -> int:
