@@ -129,7 +129,7 @@ def test_fanned_out_jobs_match_the_serial_run_and_a_rerun_resumes_only_the_faile
     assert sorted(j["pid"] for j in manifest["training_jobs"]["jobs"]) == sorted(pids)
     # The stage's own files were written once, by the submitting process, for the whole grid.
     logs = Path(cluster.train.run_dir) / "logs"
-    assert len(json.loads((logs / "train.outputs.json").read_text())) == 4
+    assert len(json.loads((logs / "train.outputs.json").read_text())["sizes"]) == 4
     assert len(json.loads((logs / "train.time.json").read_text())) == 1
 
 
@@ -175,7 +175,7 @@ def test_jobs_started_at_the_same_instant_in_one_run_folder_lose_nothing(tmp_pat
     assert run_stages(run) == ["train"]
     assert {arm_fold: read_record(run, *arm_fold)["pid"] for arm_fold in JOBS} == before
     assert len(json.loads((logs / "train.time.json").read_text())) == 1
-    assert len(json.loads((logs / "train.outputs.json").read_text())) == len(JOBS)
+    assert len(json.loads((logs / "train.outputs.json").read_text())["sizes"]) == len(JOBS)
     assert (logs / "train.inputs.json").is_file() and (logs / "train.config.yaml").is_file()
 
 

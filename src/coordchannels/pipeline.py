@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
@@ -353,11 +354,13 @@ def require_input(path: Path, stage: str, task: str) -> Path:
 # Wall times and the code version
 # --------------------------------------------------------------------------------------------
 def record_timing(stage: Stage, seconds: float, commit: str | None = None) -> None:
-    """Append the wall time of a run of a stage beside its outputs (a skipped stage writes none)."""
-    runs = read_timings(stage.timing_path)
-    runs.append({"seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                 "commit": commit})
-    write_text(stage.timing_path, json.dumps(runs, indent=1) + "\n")
+    """Append the wall time of a run of a stage beside its outputs (a skipped stage writes none).
+    Locked: processes of a Hydra multirun may finish the same stage in one folder at once."""
+    with FileLock(stage.timing_path.with_name(f".{stage.timing_path.name}.lock")):
+        runs = read_timings(stage.timing_path)
+        runs.append({"seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     "commit": commit})
+        write_text(stage.timing_path, json.dumps(runs, indent=1) + "\n")
 
 
 def read_timings(path: Path) -> list[dict]:
