@@ -464,13 +464,14 @@ def plot_psnr(df: pd.DataFrame, x_col: str, x_label: str, path: Path, title: str
     from matplotlib import ticker
 
     fig, ax = plt.subplots(figsize=(7.2, 4.8))
+    notes = []
     for family, group in df.groupby("family", sort=False):
         colour, marker, label = STYLE[family]
         ax.scatter(group[x_col], group["psnr_db"], c=colour, marker=marker, s=80 if marker in "*X" else 36,
                    label=label, zorder=3)
         for _, r in group.iterrows():
-            ax.annotate(r["label"], (r[x_col], r["psnr_db"]), fontsize=6.5, xytext=(4, 3),
-                        textcoords="offset points", color=colour)
+            notes.append(ax.annotate(r["label"], (r[x_col], r["psnr_db"]), fontsize=6.5, xytext=(4, 3),
+                                     textcoords="offset points", color=colour))
     ax.set_xscale("log")
     # Label 1-2-5 ticks in plain numbers; matplotlib's default labels the minor ticks as 3x10^0 etc.
     ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -485,9 +486,33 @@ def plot_psnr(df: pd.DataFrame, x_col: str, x_label: str, path: Path, title: str
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
+    _separate_labels(fig, notes)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=150)
     plt.close(fig)
+
+
+def _separate_labels(fig, notes: list) -> None:
+    """Move point labels up or down (in steps of 8 points) until a label overlaps no other label and
+    no marker and stays inside the axes: a greedy pass, top first; the first try wins if none fits."""
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    ax = notes[0].axes if notes else None
+    frame = ax.get_window_extent(renderer) if ax is not None else None
+    markers = []
+    for note in notes:
+        px, py = ax.transData.transform(note.xy)
+        markers.append(Bbox.from_extents(px - 5, py - 5, px + 5, py + 5))
+    placed: list = []
+    for note in sorted(notes, key=lambda n: -n.xy[1]):
+        for dy in (3, -8, 11, -13, 19, -21, 27, -29, 35, 3):
+            note.set_position((4, dy))
+            box = note.get_window_extent(renderer).expanded(1.02, 1.1)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in placed + markers):
+                break
+        placed.append(note.get_window_extent(renderer))
 
 
 @dataclass(frozen=True)
