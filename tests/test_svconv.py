@@ -69,6 +69,20 @@ def test_operator_rows_are_gaussians_in_three_regimes(make_cfg):
     assert np.abs(np.diff(centres)).max() < 1.0
 
 
+def test_kernel_blend_is_a_superposition_of_three_kernels(make_cfg):
+    a, op = default_operator(make_cfg)
+    b = svconv.make_operator(30, op.support, list(op.regimes), op.transition, blend="kernels")
+    # Rows of b are w_1(i) G_1 + w_2(i) G_2 + w_3(i) G_3: at most rank 3 as kernels (away from the ends).
+    inner = np.stack([b[i, i - op.support:i + op.support + 1] for i in range(op.support, 30 - op.support)])
+    assert np.linalg.matrix_rank(inner, tol=1e-10) == 3
+    np.testing.assert_allclose(b[op.support:-op.support].sum(axis=1), 1.0)
+    # Same as the parameter blend inside the regimes, different near the boundaries (samples 9.5, 19.5).
+    np.testing.assert_allclose(b[4], a[4], atol=0.01)
+    assert np.abs(b[10] - a[10]).max() > 0.05
+    with pytest.raises(ValueError, match="operator.blend must be one of parameters, kernels, got 'mix'"):
+        svconv.make_operator(30, 4, list(op.regimes), 1.0, blend="mix")
+
+
 def test_regime_weights_are_a_partition_of_unity():
     w = svconv.regime_weights(30, 1.0)
     np.testing.assert_allclose(w.sum(axis=0), 1.0)

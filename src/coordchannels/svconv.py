@@ -63,28 +63,42 @@ def regime_weights(length: int, transition: float) -> np.ndarray:
     return np.stack([1.0 - step[0], step[0] - step[1], step[1]])
 
 
-def make_operator(length: int, support: int, regimes: list, transition: float) -> np.ndarray:
+BLENDS = ("parameters", "kernels")
+
+
+def make_operator(length: int, support: int, regimes: list, transition: float,
+                  blend: str = "parameters") -> np.ndarray:
     """The spatially-varying convolution matrix A (L, L).
 
-    Row i is a Gaussian in the offset d = j - i, centred at offset(i) with width sigma(i), where
-    (offset, sigma) blend the three `regimes` (list of {offset, sigma} in samples) with
-    `regime_weights`. The kernel is cut to |d| <= support (a finite point-spread function, so that
-    one convolution of kernel 2*support+1 can express A) and normalised to sum 1 over that window;
-    taps that fall outside the signal are then dropped, as zero padding of x would do.
+    Row i is a Gaussian kernel in the offset d = j - i, cut to |d| <= support (a finite point-spread
+    function, so that one convolution of kernel 2*support+1 can express A) and normalised to sum 1
+    over that window; taps that fall outside the signal are then dropped, as zero padding of x would
+    do. The three `regimes` (list of {offset, sigma} in samples) are joined with `regime_weights`:
+    blend="parameters": row i is ONE Gaussian whose (offset, sigma) are the weighted regime values;
+    blend="kernels": row i is the weighted sum of the three regime Gaussians (the paper's "superposition
+    of 3 Gaussian kernels"), which 3 gated channels can express exactly.
     """
     if len(regimes) != 3:
         raise ValueError(f"operator.regimes must list 3 regimes (first, middle, last third), got {len(regimes)}")
     if support < 0 or length < 3:
         raise ValueError(f"need operator.support >= 0 and length >= 3, got {support=}, {length=}")
+    if blend not in BLENDS:
+        raise ValueError(f"operator.blend must be one of {', '.join(BLENDS)}, got {blend!r}")
     offsets = np.array([float(r["offset"]) for r in regimes])
     sigmas = np.array([float(r["sigma"]) for r in regimes])
     if np.any(sigmas <= 0):
         raise ValueError(f"operator regime widths (sigma) must be > 0, got {sigmas.tolist()}")
     w = regime_weights(length, transition)
-    offset_i, sigma_i = offsets @ w, sigmas @ w
     d = np.arange(-support, support + 1, dtype=np.float64)
-    kernels = np.exp(-0.5 * ((d[None, :] - offset_i[:, None]) / sigma_i[:, None]) ** 2)
-    kernels /= kernels.sum(axis=1, keepdims=True)
+
+    def gaussians(offset: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+        g = np.exp(-0.5 * ((d[None, :] - offset[:, None]) / sigma[:, None]) ** 2)
+        return g / g.sum(axis=1, keepdims=True)
+
+    if blend == "parameters":
+        kernels = gaussians(offsets @ w, sigmas @ w)
+    else:
+        kernels = w.T @ gaussians(offsets, sigmas)
     a = np.zeros((length, length))
     for i in range(length):
         for tap, dd in enumerate(range(-support, support + 1)):
@@ -158,7 +172,8 @@ def make_data(data_cfg: DictConfig, seed: int) -> tuple[np.ndarray, dict[str, Sp
     if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
         raise ValueError(f"data.split must be three positive fractions (train, val, test) summing to 1, got {fractions}")
     op = data_cfg.operator
-    a = make_operator(length, int(op.support), list(op.regimes), float(op.transition))
+    a = make_operator(length, int(op.support), list(op.regimes), float(op.transition),
+                      str(op.get("blend", "parameters")))
     input_range(data_cfg)  # validates signal_range and input_norm
     x = make_inputs(data_cfg, seed)
     y = x @ a.T
@@ -646,6 +661,8 @@ def summary_markdown(df: pd.DataFrame, cfg: DictConfig, meta: dict,
                  f"are non-negative and sum to at most 1, so the range of x)" if exp_cfg.psnr_peak == "auto"
                  else f"{meta['psnr_peak']:.4g} (set in experiment.psnr_peak)")
     verdicts = "\n".join(f"- {name}: {fn(df, claims)}" for name, fn in CLAIMS)
+    blend_text = ("Its offset and width sigma (in samples) blend" if op.get("blend", "parameters") == "parameters"
+                  else "It is the weighted sum of the Gaussians (offset, sigma in samples) of")
     text = f"""# CoordGate 1-D experiment: learning a spatially-varying convolution
 
 Condition: **{condition_title(exp_cfg.grid, data_cfg.input_norm)}**.
@@ -656,7 +673,7 @@ Condition: **{condition_title(exp_cfg.grid, data_cfg.input_norm)}**.
   {n_train} / {n_val} / {n_test} for training / validation (early stopping) / test (PSNR).
 - A (saved as operator.npy): row i is a Gaussian in the offset j - i, cut to |j - i| <= {op.support}
   and normalised to sum 1; taps beyond the signal ends are dropped, as zero padding of x would do.
-  Its offset and width sigma (in samples) blend three regimes, joined by logistic steps of width
+  {blend_text} three regimes, joined by logistic steps of width
   {op.transition:g} sample(s) at the boundaries between thirds:
 {regimes}
 - Models: {grid_text(exp_cfg).format(length=data_cfg.length)}
