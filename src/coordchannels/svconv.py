@@ -9,13 +9,19 @@ still has to build the position-dependent *multiplication* from additions; the p
 better than a plain CNN. CoordGate multiplies the channels of one convolution by a learned function
 of position, which is exactly the form of A (a locally connected layer).
 
-Models: plain CNNs and CoordConv CNNs over a grid of (layers, kernel, channels), and CoordGate
-networks with one convolution (conv -> CoordGate -> 1x1 conv). All are trained with Adam at its
-default settings on the MSE, with early stopping on the validation loss, and compared on held-out
-PSNR, parameter count and CPU inference time.
+Models (experiment.grid): `paper`, the models the paper names, CNN(3,7,4), CNN(4,7,4), CNN(8,7,4),
+CNN(4,7,20) (n conv layers of kernel k and c channels, the n-th giving the one output channel),
+CoordConv at the same sizes and CoordGate(1,9,3) (ONE conv, 3 channels); or `extended`, our earlier
+grid (n conv+ReLU layers of 16 channels, then a 1x1 output layer). Each CoordGate network has a
+twin, the paper's control, whose coordinate map is replaced by a fixed random map. Inputs
+(data.input_norm): `standard` (zero mean, unit variance, the paper's "normalized" samples) or `none`
+(U(0, 1)). All models are trained with Adam at its default settings on the MSE, with early stopping
+on the validation loss, and compared on held-out PSNR, parameter count and CPU inference time.
 
-Outputs in the stage folder: results.csv, psnr_vs_time.png, psnr_vs_params.png, summary.md and
-operator.npy (the matrix A).
+Outputs in the stage folder, and for each of experiment.extra_conditions in
+conditions/<grid>_<input_norm>/: results.csv, psnr_vs_time.png, psnr_vs_params.png, summary.md,
+run.json, config.yaml and operator.npy (the matrix A). The stage folder's summary.md also tabulates
+the paper's claims under every condition.
 """
 
 from __future__ import annotations
