@@ -9,6 +9,7 @@ matplotlib's Agg canvas only (no display, no pyplot global state) and written at
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -18,11 +19,12 @@ import pandas as pd
 from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.components import arm_style
 from coordchannels.io import atomic_path, write_csv
 from coordchannels.logs import FoldLog
+from coordchannels.settings import SettingError, plain
 from coordchannels.stats import build_outputs, load_checked_logs, table_names, write_outputs
 
 log = logging.getLogger(__name__)
@@ -103,8 +105,9 @@ def stats_stage(cfg: DictConfig, out: Path) -> None:
     is written, so that a failure leaves the previous set whole and a new set is never paired with
     an old figure.
     """
+    check_committed_logs(cfg, out)
     logs = load_checked_logs(cfg)
-    outputs = build_outputs(cfg, logs)
+    outputs = with_heading(build_outputs(cfg, logs), cfg.stats.get("heading"))
     summary = curve_summary(logs)
     figure = learning_curves_figure(summary)
     write_outputs(outputs, out)
@@ -113,6 +116,95 @@ def stats_stage(cfg: DictConfig, out: Path) -> None:
     log.info("stats: wrote %s, %s and %s to %s", ", ".join(outputs), CURVES_NAME, FIGURE_NAME, out)
 
 
+def with_heading(outputs: dict, heading: str | None) -> dict:
+    """The tables with `heading` (stats.heading, e.g. a smoke run's warning) as their first line."""
+    if not heading:
+        return outputs
+    out = dict(outputs)
+    for name, content in outputs.items():
+        if name.endswith(".md"):
+            out[name] = f"**{heading}**\n\n{content}"
+        elif name.endswith(".tex"):
+            out[name] = f"% {heading}\n{content}"
+    return out
+
+
 def outputs(cfg: DictConfig) -> list[str]:
     """The stats stage's declared outputs."""
     return [*table_names(cfg), CURVES_NAME, FIGURE_NAME]
+
+
+# --------------------------------------------------------------------------------------------
+# Committed results are replaced only on purpose
+# --------------------------------------------------------------------------------------------
+# The training settings that make the per-fold logs; compared with a committed result's when the
+# statistics read this config's own training logs. Keys absent from the committed config (older
+# versions) are not compared.
+TRAIN_KEYS = ("seed", "task.name", "train.models", "train.arms", "train.folds", "train.seeds", "train.epochs",
+              "train.batch_size", "train.lr", "train.limit_train", "train.limit_test", "train.precision")
+
+
+def committed_folder(cfg: DictConfig) -> Path | None:
+    """stats.out_dir when it is inside paths.results_dir (the committed results) and already holds
+    a result (its stats config), else None."""
+    out = Path(str(cfg.stats.out_dir)).resolve()
+    results = Path(str(cfg.paths.results_dir)).resolve()
+    if not out.is_relative_to(results) or not (out / "logs" / "stats.config.yaml").is_file():
+        return None
+    return out
+
+
+def _replacing(cfg: DictConfig) -> bool:
+    return bool(cfg.get("overwrite")) or bool(cfg.stats.get("replace_results"))
+
+
+def _compared_keys(cfg: DictConfig) -> list[str]:
+    from coordchannels.pipeline import stage_spec
+
+    keys = [k for k in stage_spec(cfg, "stats").settings]
+    if Path(str(cfg.stats.logs_dir)).resolve() == Path(str(cfg.train.logs_dir)).resolve():
+        ignore = set(cfg.train.get("fingerprint_ignore") or ())
+        keys += [*TRAIN_KEYS, *(f"task.data.{k}" for k in (cfg.task.get("data") or {}) if k not in ignore)]
+    return keys
+
+
+def check_results_dir(cfg: DictConfig) -> None:
+    """The stats stage's `check` (run before any stage): writing into a committed result folder
+    (inside paths.results_dir) needs the settings it was made with; other settings are an error
+    unless stats.replace_results=true (or overwrite=true)."""
+    folder = committed_folder(cfg)
+    if folder is None or _replacing(cfg):
+        return
+    committed = OmegaConf.load(folder / "logs" / "stats.config.yaml")
+    missing = object()
+    differ = []
+    for key in _compared_keys(cfg):
+        old = OmegaConf.select(committed, key, default=missing)
+        if old is missing:
+            continue
+        new = plain(OmegaConf.select(cfg, key, default=None))
+        if plain(old) != new:
+            differ.append(f"{key}: {plain(old)!r} -> {new!r}")
+    if differ:
+        raise SettingError(
+            f"stats.out_dir={cfg.stats.out_dir} holds committed results made with other settings "
+            f"({'; '.join(differ)}). Write elsewhere (leave stats.out_dir and paths.outputs_dir at their "
+            "defaults: data/results/), or set stats.replace_results=true to replace them on purpose.")
+
+
+def check_committed_logs(cfg: DictConfig, out: Path) -> None:
+    """In the stats stage, before anything is written: a committed result folder is replaced only
+    by statistics of the same per-fold logs (their digest in its logs/stats.inputs.json)."""
+    from coordchannels.pipeline import stage_record, stage_spec
+
+    record = Path(out) / "logs" / "stats.inputs.json"
+    if committed_folder(cfg) is None or _replacing(cfg) or not record.is_file():
+        return
+    stored = json.loads(record.read_text())
+    wanted = stage_record(cfg, stage_spec(cfg, "stats"))
+    differ = [k for k in stored if k.startswith("sha256(") and stored[k] != wanted.get(k)]
+    if differ:
+        raise SettingError(
+            f"{out} holds committed results computed from other per-fold logs than those in "
+            f"{cfg.stats.logs_dir}: its tables would change. Write elsewhere (the default "
+            "data/results/), or set stats.replace_results=true to replace them on purpose.")
