@@ -200,9 +200,9 @@ class Progress:
 
 def dry_run_lines(cfg: DictConfig) -> list[str]:
     """What `cfg` would do, stage by stage, and the training plan; reads, never writes (dry_run=true)."""
-    from coordchannels.components import complete_arms
     from hydra.utils import get_method
 
+    from coordchannels.components import complete_arms
     from coordchannels.pipeline import read_record, stage_record, stage_spec
     from coordchannels.settings import validate_choices
 
