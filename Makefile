@@ -95,20 +95,25 @@ stats: setup ## statistics and figures for a folder of per-fold logs: make stats
 table3: setup ## fetch the authors' published per-fold logs and re-derive the paper's Table 3 -> results/published_table3
 	$(APP) stages=[published_logs,stats] $(MIRRORS) 'stats.logs_dir=$${paths.published_logs_dir}' \
 	  'stats.out_dir=$${paths.results_dir}/published_table3' $(ARGS)
+	$(PY) -m coordchannels.index
 
 ecg-record: setup ## regenerate the committed ECG result with record grouping -> results/ecg_record
 	$(APP) experiment=ecg_record $(PUBLISH) $(MIRRORS) $(ARGS)
+	$(PY) -m coordchannels.index
 
 ecg-arms: ecg-arms-episode ecg-arms-record ecg-seeds-record ## the three below (ARGS go to each) -> results/ecg_arms
 
 ecg-arms-episode: setup ## regenerate NimeshaNet with every arm, episode grouping -> results/ecg_arms/episode
 	$(APP) experiment=ecg_arms $(PUBLISH) $(MIRRORS) $(ARGS)
+	$(PY) -m coordchannels.index
 
 ecg-arms-record: setup ## regenerate NimeshaNet with every arm, record grouping -> results/ecg_arms/record
 	$(APP) experiment=ecg_arms_record $(PUBLISH) $(MIRRORS) $(ARGS)
+	$(PY) -m coordchannels.index
 
 ecg-seeds-record: setup ## regenerate study vs control over 3 seeds, record grouping -> results/ecg_arms/record_3seeds
 	$(APP) experiment=ecg_seeds_record $(PUBLISH) $(MIRRORS) $(ARGS)
+	$(PY) -m coordchannels.index
 
 smoke: setup ## every ECG stage with tiny settings into data/smoke (from scratch, ~1 min; its numbers mean nothing)
 	rm -rf $(SMOKE_DIR)

@@ -122,3 +122,11 @@ def test_smoke_run_end_to_end_on_the_real_vfdb(tmp_path):
     assert (out / "manifest.json").is_file() and (out / "learning_curves.png").is_file()
     assert not (tmp_path / "results").exists()
     assert "progress: job 20/20 finished" in run.stdout + run.stderr
+
+
+def test_dry_run_from_the_command_line_leaves_nothing_behind(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "coordchannels", "task=ecg", "dry_run=true",
+                          f"paths.root_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "stage train: would run" in run.stdout and "plan: estimated training time" in run.stdout
+    assert sorted(tmp_path.rglob("*")) == []

@@ -56,6 +56,12 @@ def _forget_hydra_output(cfg: DictConfig) -> None:
             root.removeHandler(handler)
             handler.close()
     shutil.rmtree(out, ignore_errors=True)
+    # and the folders made only to hold it (data/logs/hydra/<task>), when empty, below paths.root_dir
+    top = Path(str(cfg.paths.root_dir)).resolve()
+    for parent in out.parents:
+        if parent == top or not parent.is_relative_to(top) or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 if __name__ == "__main__":
