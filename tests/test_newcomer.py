@@ -130,3 +130,20 @@ def test_dry_run_from_the_command_line_leaves_nothing_behind(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "stage train: would run" in run.stdout and "plan: estimated training time" in run.stdout
     assert sorted(tmp_path.rglob("*")) == []
+
+
+def test_tracker_writes_tensorboard_event_files_per_job(make_cfg):
+    pytest.importorskip("tensorboard")
+    from coordchannels.train.grid import Job
+    from coordchannels.train.progress import job_tracker, tracker_dir
+
+    cfg = make_cfg("task=ecg", "train.tracker=tensorboard")
+    job = Job("nimeshanet", "study", 42, 3)
+    with job_tracker(cfg, job) as track:
+        track([1, 0.5, 0.4], ["epoch", "train_r2", "test_r2"])
+    assert list(tracker_dir(cfg, job).glob("events.out.tfevents.*"))
+
+
+def test_an_unknown_tracker_is_refused_before_training(make_cfg):
+    with pytest.raises(SettingError, match="train.tracker"):
+        make_plan(make_cfg("task=ecg", "train.tracker=wandb"))

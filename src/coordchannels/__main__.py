@@ -3,7 +3,7 @@
 command works from any folder after `pip install .`; relative paths are under the current folder
 (`paths.root_dir`, or the COORDCHANNELS_ROOT environment variable).
 
-`dry_run=true` prints what would run and the training plan (jobs, device, estimated time) and
+A wrong setting stops with its message (`error: ...`) and no traceback. `dry_run=true` prints what would run and the training plan (jobs, device, estimated time) and
 stops. Ctrl-C stops with one line: every stage and job resumes where it stopped when the same
 command is run again.
 """
@@ -18,7 +18,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from coordchannels.pipeline import run_stages
+from coordchannels.pipeline import StageError, run_stages
+from coordchannels.settings import SettingError
+from coordchannels.train.record import RunConfigError
 
 log = logging.getLogger("coordchannels")
 
@@ -33,6 +35,9 @@ def main(cfg: DictConfig) -> None:
             _forget_hydra_output(cfg)
             return
         run_stages(cfg)
+    except (SettingError, StageError, RunConfigError) as exc:  # a setting to change: its message, no traceback
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to resume (finished stages and epochs are kept)",
               file=sys.stderr, flush=True)
