@@ -35,22 +35,34 @@ APP := $(PY) -m coordchannels
 # through it and waited for (coordchannels.train.fanout).
 RUN := $(if $(filter local,$(LAUNCHER)),$(APP),$(PY) -m coordchannels.train.fanout hydra/launcher=$(LAUNCHER))
 
-.PHONY: help setup lint format test test-slow gpu-check reproduce data train stats table3 ecg-record ecg-arms replicate demo bench-gpu clean-runs
+# Runs write their tables and figures under data/results/ (scratch). The targets that regenerate
+# the committed results/ say so on purpose with PUBLISH; the stats stage refuses to replace a
+# committed result made with other settings (stats.replace_results=true to do it anyway).
+PUBLISH := 'paths.outputs_dir=$${paths.results_dir}'
+SMOKE_DIR := data/smoke
+
+.PHONY: help setup lint format test test-slow reproduce data train stats table3 ecg-record ecg-arms \
+  ecg-arms-episode ecg-arms-record ecg-seeds-record smoke plan results-index replicate demo gpu-check bench-gpu clean-runs
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 	@echo "Variables: TASK=ecg|coordgate|sipakmed|all (default all)  ARGS='<hydra overrides>'"
 	@echo "           LAUNCHER=local|slurm|submitit_local (reproduce, train; default local)"
 	@echo "           VFDB_DIR=<local VFDB mirror>  SIPAKMED_DIR=<local SiPaKMeD archives or tree>"
+	@echo "           PUBLISHED_LOGS_DIR=<local copy of the authors' published per-fold logs> (for make table3)"
 	@echo "           LOGS=<per-fold log folder> OUT=<output folder> (for make stats)"
+	@echo "Runs write under data/ (results: data/results/<task>); results/ holds the committed results."
 
 setup: $(STAMP) ## create .venv and install the pinned dependencies (idempotent)
 
 $(STAMP): pyproject.toml
-	test -d $(VENV) || python3 -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	@echo "setup: creating the virtual environment $(VENV) (once)"
+	@test -d $(VENV) || python3 -m venv $(VENV)
+	@echo "setup: installing the pinned dependencies into $(VENV) (a few minutes the first time: torch is large)"
+	@$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	@$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+	@echo "setup: done. Run \`source $(VENV)/bin/activate\` once per shell to use the \`coordchannels\` command."
 
 lint: setup ## check style and common mistakes (ruff), as CI does
 	$(PY) -m ruff check src tests scripts
@@ -92,28 +104,49 @@ stats: setup ## statistics and figures for a folder of per-fold logs: make stats
 	$(APP) stages=[stats] $(call hydra_arg,stats.logs_dir,$(LOGS)) \
 	  $(call hydra_arg,stats.out_dir,$(OUT)) $(ARGS)
 
-table3: setup ## fetch the authors' published per-fold logs and re-derive the paper's Table 3
+table3: setup ## fetch the authors' published per-fold logs and re-derive the paper's Table 3 -> results/published_table3
 	$(APP) stages=[published_logs,stats] $(MIRRORS) 'stats.logs_dir=$${paths.published_logs_dir}' \
 	  'stats.out_dir=$${paths.results_dir}/published_table3' $(ARGS)
+	$(PY) -m coordchannels.index
 
-ecg-record: setup ## the ECG arm with record grouping (no patient in train and test) -> results/ecg_record
-	$(APP) experiment=ecg_record $(MIRRORS) $(ARGS)
+ecg-record: setup ## regenerate the committed ECG result with record grouping -> results/ecg_record
+	$(APP) experiment=ecg_record $(PUBLISH) $(MIRRORS) $(ARGS)
+	$(PY) -m coordchannels.index
 
-ecg-arms: setup ## NimeshaNet with every arm, both groupings, and 3 seeds -> results/ecg_arms
-	$(APP) experiment=ecg_arms $(MIRRORS) $(ARGS)
-	$(APP) experiment=ecg_arms_record $(MIRRORS) $(ARGS)
-	$(APP) experiment=ecg_seeds_record $(MIRRORS) $(ARGS)
+ecg-arms: ecg-arms-episode ecg-arms-record ecg-seeds-record ## the three below (ARGS go to each) -> results/ecg_arms
+
+ecg-arms-episode: setup ## regenerate NimeshaNet with every arm, episode grouping -> results/ecg_arms/episode
+	$(APP) experiment=ecg_arms $(PUBLISH) $(MIRRORS) $(ARGS)
+	$(PY) -m coordchannels.index
+
+ecg-arms-record: setup ## regenerate NimeshaNet with every arm, record grouping -> results/ecg_arms/record
+	$(APP) experiment=ecg_arms_record $(PUBLISH) $(MIRRORS) $(ARGS)
+	$(PY) -m coordchannels.index
+
+ecg-seeds-record: setup ## regenerate study vs control over 3 seeds, record grouping -> results/ecg_arms/record_3seeds
+	$(APP) experiment=ecg_seeds_record $(PUBLISH) $(MIRRORS) $(ARGS)
+	$(PY) -m coordchannels.index
+
+smoke: setup ## every ECG stage with tiny settings into data/smoke (from scratch, ~1 min; its numbers mean nothing)
+	rm -rf $(SMOKE_DIR)
+	$(APP) task=ecg debug=smoke $(MIRRORS) $(ARGS)
+	@echo "smoke: every stage ran; tables and figure in $(SMOKE_DIR)/results/ecg (a smoke run: its numbers mean nothing)"
+
+plan: setup ## print the training plan of TASK (jobs, device, estimated time) and stop; writes nothing
+	@for t in $(TASKS); do $(APP) task=$$t dry_run=true hydra.run.dir=. hydra.output_subdir=null \
+	  hydra/job_logging=stdout $(MIRRORS) $(ARGS) || exit 1; done
+
+results-index: setup ## regenerate results/README.md, the index of every committed result
+	$(PY) -m coordchannels.index
 
 replicate: setup ## independent re-runs of the ECG study under both groupings -> results/ecg_replications (hours on a CPU)
 	$(PY) -m coordchannels.replicate experiment=ecg_replications $(MIRRORS) $(ARGS)
 
 demo: setup ## a generated 100-cell SiPaKMeD through every 2-D stage on a CPU, into data/demo
 	test -d data/demo/fake_sipakmed || $(PY) -m coordchannels.sipakmed.synthetic data/demo/fake_sipakmed --cells 100 --tree
-	$(APP) task=sipakmed 'paths.data_dir=$${paths.root_dir}/data/demo' \
-	  'paths.results_dir=$${paths.root_dir}/data/demo/results' \
+	$(APP) task=sipakmed debug=smoke 'paths.data_dir=$${paths.root_dir}/data/demo' \
 	  paths.sipakmed_mirror=data/demo/fake_sipakmed task.data.fetch_authors_invalid=false \
-	  'train.models=[lakshyanet_reduced]' train.epochs=4 train.limit_train=16 train.limit_test=16 \
-	  train.batch_size=16 $(ARGS)
+	  'train.models=[lakshyanet_reduced]' train.limit_train=16 train.limit_test=16 $(ARGS)
 
 gpu-check: ## on a CUDA machine: the GPU tests (CUDA vs CPU, resume, checkpoints across devices, fast paths vs seed noise), then the GPU benchmarks
 	$(PY) -m pytest -m gpu -ra -p no:cacheprovider tests/test_gpu.py

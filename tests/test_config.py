@@ -26,8 +26,12 @@ def test_the_shipped_tree_is_what_the_tests_compose():
     assert EXPERIMENTS, "no experiment configs found"
 
 
-@pytest.mark.parametrize("overrides", [[f"task={t}"] for t in TASKS] + [[f"experiment={e}"] for e in EXPERIMENTS],
-                         ids=lambda o: o[0])
+DEBUGS = sorted(p.stem for p in (CONF_DIR / "debug").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overrides", [[f"task={t}"] for t in TASKS] + [[f"experiment={e}"] for e in EXPERIMENTS]
+                         + [[f"debug={d}", f"task={t}"] for d in DEBUGS for t in TASKS if t != "coordgate"],
+                         ids=lambda o: " ".join(o))
 def test_every_config_composes_resolves_and_names_real_code(overrides, tmp_path):
     cfg = compose_config([*overrides, f"paths.root_dir={tmp_path}"])
     resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -24,10 +24,11 @@ def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("ecg_pipeline")
     mirror = root / "mirror"
     write_fixture_records(mirror)
+    # the smoke run's settings (conf/debug/smoke.yaml), shrunk further for the tiny fixture records
     cfg = fixture_cfg(
-        root, root / "raw", f"stages={STAGES}", f"task.data.mirror={mirror}", "task.data.n_variants=4", f"train.arms=[{','.join(ARMS)}]",
-        "train.epochs=4", "train.limit_train=24", "train.limit_test=12", "train.device=cpu",
-        "train.num_threads=1", "stats.compare=all", "stats.n_resamples=200",
+        root, root / "raw", "debug=smoke", f"stages={STAGES}", f"task.data.mirror={mirror}",
+        f"train.arms=[{','.join(ARMS)}]", "train.epochs=4", "train.limit_train=24", "train.limit_test=12",
+        "train.device=cpu", "train.num_threads=1", "stats.compare=all", "stats.n_resamples=200",
     )
     with registered(mirror):
         run_stages(cfg)

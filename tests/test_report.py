@@ -38,10 +38,10 @@ def test_figure_has_a_panel_per_model_with_paper_colours(tmp_path):
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in visible] == ["NimeshaNet", "LakshyaNet", "Other"]
     lines = {line.get_label(): line for line in visible[0].get_lines()}
-    assert to_rgba(lines["CoordConv (Train)"].get_color()) == to_rgba("red")
-    assert to_rgba(lines["Proposed Method (Test)"].get_color()) == to_rgba("blue")
-    assert lines["CoordConv (Train)"].get_linestyle() == "-"
-    assert lines["CoordConv (Test)"].get_linestyle() == "--"
+    assert to_rgba(lines["control (CoordConv), train"].get_color()) == to_rgba("red")
+    assert to_rgba(lines["study (intensity-weighted), test"].get_color()) == to_rgba("blue")
+    assert lines["control (CoordConv), train"].get_linestyle() == "-"
+    assert lines["control (CoordConv), test"].get_linestyle() == "--"
     assert len(visible[0].collections) == 4  # one +-SD band per arm and split
 
 

@@ -398,7 +398,7 @@ def obtain(name: str, dest_dir: str | os.PathLike, *, base_url: str, mirror: str
         log.warning("%s does not verify: replacing it", dest)
         dest.unlink()
     if mirror is not None:
-        log.info("copying %s from mirror %s", name, mirror)
+        log.debug("copying %s from mirror %s", name, mirror)
         return copy_from_mirror(Path(mirror) / name, dest, sha256=sha256, size=size)
     url = url_for(base_url, name)
     log.info("downloading %s", url)
@@ -413,8 +413,12 @@ def obtain_all(files: dict[str, str], dest_dir: str | os.PathLike, *, base_url: 
 
     `network`: retries, backoff, timeout, deadline, passed on to `fetch`."""
     names = tqdm(files, desc="files", unit="file", disable=None if progress else True)
-    return [obtain(name, dest_dir, base_url=base_url, mirror=mirror, sha256=files[name],
-                   replace_bad=replace_bad, progress=progress, **network) for name in names]
+    if mirror is not None:
+        log.info("taking %d file(s) from mirror %s (missing ones copied, every one verified)", len(files), mirror)
+    paths = [obtain(name, dest_dir, base_url=base_url, mirror=mirror, sha256=files[name],
+                    replace_bad=replace_bad, progress=progress, **network) for name in names]
+    log.info("%d file(s) in %s, all verified", len(paths), dest_dir)
+    return paths
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from coordchannels.train.device import (
     tune_malloc,
 )
 from coordchannels.train.grid import Job
+from coordchannels.train.progress import job_tracker
 from coordchannels.train.record import (
     RunConfigError,
     finished_epochs,
@@ -124,15 +125,17 @@ def train_job(cfg: DictConfig, job: Job, state: dict | None, checkpoint) -> tupl
     # Checkpoints hold `model`'s weights; batches go through `forward` (compiled when asked).
     forward = run.compiled(model)
 
-    for epoch in range(len(rows) + 1, int(cfg.train.epochs) + 1):
-        start = time.perf_counter()
-        generator = epoch_generator(job.seed, job.fold, epoch)
-        train_pred, train_true = train_one_epoch(
-            forward, optimizer, data, train_idx, mean, std, int(cfg.train.batch_size), generator, f"{job} e{epoch}", run)
-        test_pred, test_true = predict(forward, data, test_idx, int(cfg.train.eval_batch_size), run)
-        rows.append([epoch, *r2_per_target(train_true, train_pred), *r2_per_target(test_true, test_pred)])
-        checkpoint(model, optimizer, rows)
-        log_epoch(job, rows[-1], columns, time.perf_counter() - start)
+    with job_tracker(cfg, job) as track:  # TensorBoard event files with train.tracker=tensorboard
+        for epoch in range(len(rows) + 1, int(cfg.train.epochs) + 1):
+            start = time.perf_counter()
+            generator = epoch_generator(job.seed, job.fold, epoch)
+            train_pred, train_true = train_one_epoch(
+                forward, optimizer, data, train_idx, mean, std, int(cfg.train.batch_size), generator, f"{job} e{epoch}", run)
+            test_pred, test_true = predict(forward, data, test_idx, int(cfg.train.eval_batch_size), run)
+            rows.append([epoch, *r2_per_target(train_true, train_pred), *r2_per_target(test_true, test_pred)])
+            checkpoint(model, optimizer, rows)
+            log_epoch(job, rows[-1], columns, time.perf_counter() - start)
+            track(rows[-1], columns)
     return rows, columns
 
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from coordchannels.train.device import resolve_device
 from coordchannels.train.grid import Job, job_grid
 from coordchannels.train.job import _DATA_CACHE, job_log_path, run_job
+from coordchannels.train.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,11 @@ def train_stage(cfg: DictConfig, out: Path | None = None) -> None:
     log.info("%d training jobs in %s (%d side by side, %d torch thread(s) each)",
              len(jobs), cfg.train.run_dir, n_jobs, threads)
     start = time.perf_counter()
+    progress = Progress(cfg, jobs)  # the plan now, a line per finished job
     if n_jobs == 1:
         try:
             with torch_threads(threads):
-                paths = [run_job(cfg, *_job_args(job)) for job in jobs]
+                paths = [progress.done(run_job(cfg, *_job_args(job)), job) for job in jobs]
         finally:
             _DATA_CACHE.clear()
     else:
@@ -59,9 +61,9 @@ def train_stage(cfg: DictConfig, out: Path | None = None) -> None:
         root = logging.getLogger()
         # Workers append their progress lines to the stage's log files too (and print to stderr).
         files = [h.baseFilename for h in root.handlers if isinstance(h, logging.FileHandler)]
-        paths = Parallel(n_jobs=n_jobs, backend="loky")(
+        paths = [progress.done(path) for path in Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")(
             delayed(_run_job_in_worker)(plain, job, threads, root.getEffectiveLevel(), files, os.getpid())
-            for job in jobs)
+            for job in jobs)]
     log.info("%d per-fold logs under %s (%.1f s)", len(paths), cfg.train.logs_dir, time.perf_counter() - start)
 
 

@@ -1,0 +1,289 @@
+"""The training plan printed before a run, and one progress line per finished job while it runs.
+
+The plan says how many jobs the grid has and how many are already finished, the device, how many
+run side by side and an estimated wall time. The estimate comes from the per-epoch times of this
+run folder's own training log when it has some (`<run_dir>/logs/train.log`), else from the
+measured cost in the task's config (`task.cost`, seconds per epoch per job on a stated machine).
+Progress lines are plain log lines (no terminal needed): job k/N, elapsed time, time left.
+`dry_run=true` (`make plan`) prints the plan and stops before any stage runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from coordchannels.train.device import resolve_device
+from coordchannels.train.grid import Job, job_grid
+from coordchannels.train.record import RunConfigError, job_fingerprint, job_record_path, read_job_record
+
+log = logging.getLogger(__name__)
+
+EPOCH_LINE = re.compile(r": epoch \d+ .*\(([0-9.]+) s\)\s*$")
+GPU_HELP = ("install a CUDA build of PyTorch (see the README, 'Installation') on a machine with an NVIDIA GPU "
+            "and run with train.device=cuda (optionally train.precision=bf16 train.channels_last=true)")
+
+
+def duration(seconds: float) -> str:
+    """A wall time a person reads: 45 s, 12 min, 3.4 h, 2.5 days.
+
+    >>> [duration(s) for s in (45, 720, 12240, 216000)]
+    ['45 s', '12 min', '3.4 h', '2.5 days']
+    """
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+@dataclass
+class Plan:
+    jobs: list[Job]
+    done_epochs: dict[Job, int]
+    epochs: int
+    device: str
+    side_by_side: int
+    epoch_s: float | None
+    source: str
+
+    @property
+    def finished(self) -> int:
+        return sum(self.done_epochs[j] >= self.epochs for j in self.jobs)
+
+    @property
+    def remaining_epochs(self) -> int:
+        return sum(max(0, self.epochs - self.done_epochs[j]) for j in self.jobs)
+
+    @property
+    def estimate_s(self) -> float | None:
+        """Job-epochs left, run side by side, times the seconds of one job-epoch."""
+        if self.epoch_s is None:
+            return None
+        to_train = [max(0, self.epochs - self.done_epochs[j]) for j in self.jobs]
+        waves = math.ceil(sum(e > 0 for e in to_train) / self.side_by_side) if any(to_train) else 0
+        per_wave = sum(to_train) / max(1, sum(e > 0 for e in to_train))
+        return waves * per_wave * self.epoch_s
+
+
+def done_epochs(cfg: DictConfig, job: Job) -> int:
+    """Epochs of `job` finished with this configuration (0 when none, or made with another one)."""
+    from coordchannels.train.job import job_log_path
+
+    record = None
+    try:
+        record = read_job_record(job_record_path(cfg, job))
+    except RunConfigError:
+        return 0
+    if record is None or not job_log_path(cfg, job).exists() or record["fingerprint"] != job_fingerprint(cfg, job):
+        return 0
+    return int(record["epochs"])
+
+
+def recorded_epoch_seconds(cfg: DictConfig) -> float | None:
+    """Median per-epoch seconds of this run folder's training log, when it was made with the same
+    device, batch size and sample limits; None when there is none."""
+    logs = Path(str(cfg.train.run_dir)) / "logs"
+    log_file, config_file = logs / "train.log", logs / "train.config.yaml"
+    if not log_file.is_file() or not config_file.is_file():
+        return None
+    try:
+        before = OmegaConf.load(config_file).train
+    except Exception:  # an unreadable old config: no recorded timing
+        return None
+    for key in ("device", "batch_size", "limit_train", "limit_test"):
+        if str(before.get(key)) != str(cfg.train.get(key)):
+            return None
+    seconds = [float(m.group(1)) for line in log_file.read_text(errors="replace").splitlines()[-2000:]
+               if (m := EPOCH_LINE.search(line))]
+    return statistics.median(seconds) if seconds else None
+
+
+def configured_epoch_seconds(cfg: DictConfig, device: str) -> tuple[float | None, str]:
+    """Seconds per epoch per job from task.cost (measured at full size), scaled to train.limit_train."""
+    cost = cfg.task.get("cost")
+    if cost is None or cost.get(f"{device}_epoch_s") is None:
+        return None, f"no measured {device} cost for task {cfg.task.name}"
+    seconds = float(cost[f"{device}_epoch_s"])
+    full = cost.get("train_samples")
+    limit = cfg.train.get("limit_train")
+    if full and limit is not None and int(limit) < int(full):
+        seconds = float(cost.get("epoch_overhead_s") or 0) + seconds * int(limit) / int(full)
+    return seconds, f"task.cost: {cost.get('measured_on', 'measured')}"
+
+
+def make_plan(cfg: DictConfig) -> Plan:
+    from coordchannels.train.stage import jobs_side_by_side
+
+    check_tracker(cfg)
+    jobs = job_grid(cfg)
+    device = resolve_device(cfg.train.device).type
+    recorded = recorded_epoch_seconds(cfg)
+    if recorded is not None:
+        epoch_s, source = recorded, f"median epoch time in {Path(str(cfg.train.run_dir)) / 'logs' / 'train.log'}"
+    else:
+        epoch_s, source = configured_epoch_seconds(cfg, device)
+    return Plan(jobs, {j: done_epochs(cfg, j) for j in jobs}, int(cfg.train.epochs), device,
+                jobs_side_by_side(cfg, len(jobs)), epoch_s, source)
+
+
+def plan_lines(cfg: DictConfig, plan: Plan | None = None) -> list[str]:
+    """The plan as lines for a person."""
+    plan = plan or make_plan(cfg)
+    n, finished = len(plan.jobs), plan.finished
+    models = sorted({j.model for j in plan.jobs})
+    arms = list(dict.fromkeys(j.arm for j in plan.jobs))
+    lines = [f"plan: {n} training jobs ({len(models)} model(s) x {len(arms)} arm(s) x "
+             f"{len({j.seed for j in plan.jobs})} seed(s) x {len({j.fold for j in plan.jobs})} fold(s)), "
+             f"{plan.epochs} epochs each, in {cfg.train.run_dir}",
+             f"plan: {finished} already finished, {n - finished} to train "
+             f"({plan.remaining_epochs} job-epochs); device {plan.device}, {plan.side_by_side} job(s) side by side"]
+    estimate = plan.estimate_s
+    if n == finished:
+        lines.append("plan: nothing to train")
+    elif estimate is None:
+        lines.append(f"plan: no time estimate ({plan.source}); the progress lines give one once jobs finish")
+    else:
+        lines.append(f"plan: estimated training time {duration(estimate)} "
+                     f"({plan.epoch_s:.1f} s per epoch per job; from {plan.source})")
+    if cfg.task.name == "sipakmed" and plan.device == "cpu" and n > finished and not cfg.train.get("limit_train"):
+        lines.append(f"plan: SiPaKMeD at full size on a CPU takes days; to run it on a GPU, {GPU_HELP}")
+    return lines
+
+
+def log_plan(cfg: DictConfig) -> Plan:
+    plan = make_plan(cfg)
+    for line in plan_lines(cfg, plan):
+        log.info("%s", line)
+    return plan
+
+
+class Progress:
+    """One line per finished job: job k/N, elapsed, and an estimate of the time left from the
+    jobs trained so far in this run (already-finished jobs count as done, not as time)."""
+
+    def __init__(self, cfg: DictConfig, jobs: list[Job]):
+        from coordchannels.train.job import job_log_path
+
+        self.plan = log_plan(cfg)
+        self.by_log = {job_log_path(cfg, j): j for j in jobs}
+        self.total = len(jobs)
+        self.before = {j for j in jobs if self.plan.done_epochs.get(j, 0) >= self.plan.epochs}
+        self.left = self.total - len(self.before)
+        self.k = 0
+        self.trained = 0
+        self.start = time.perf_counter()
+
+    def done(self, path: Path, job: Job | None = None) -> Path:
+        """Note that the job of log `path` is finished; return `path`."""
+        self.finished(job or self.by_log.get(Path(path), Job(str(path), "", 0, 0)))
+        return path
+
+    def finished(self, job: Job) -> None:
+        self.k += 1
+        elapsed = time.perf_counter() - self.start
+        if job in self.before:  # finished before this run: skipped at once
+            return
+        self.trained += 1
+        remaining = self.left - self.trained
+        eta = "" if remaining <= 0 else f", about {duration(elapsed / self.trained * remaining)} left"
+        log.info("progress: job %d/%d finished (%s); elapsed %s%s", self.k, self.total, job, duration(elapsed), eta)
+
+
+def dry_run_lines(cfg: DictConfig) -> list[str]:
+    """What `cfg` would do, stage by stage, and the training plan; reads, never writes (dry_run=true)."""
+    from hydra.utils import get_method
+
+    from coordchannels.components import complete_arms
+    from coordchannels.pipeline import read_record, stage_record, stage_spec
+    from coordchannels.settings import validate_choices
+
+    complete_arms(cfg)
+    validate_choices(cfg)
+    stages = [stage_spec(cfg, name) for name in cfg.stages]
+    for stage in stages:
+        if stage.check:
+            get_method(stage.check)(cfg)
+    lines = [f"dry run (task {cfg.task.name}): nothing is written"]
+    for stage in stages:
+        try:
+            names = get_method(stage.outputs)(cfg) if isinstance(stage.outputs, str) else stage.outputs
+            done = (not cfg.overwrite and read_record(stage) == stage_record(cfg, stage)
+                    and all((stage.out / n).exists() or Path(n).exists() for n in names))
+        except Exception as exc:  # an unreadable record or missing input: it would run (or say why)
+            done, why = False, f" ({exc})"
+        else:
+            why = ""
+        lines.append(f"stage {stage.name}: {'done, would be skipped' if done else 'would run' + why} -> {stage.out}")
+        if stage.name == "train" and cfg.task.get("models") and not done:
+            lines.extend(plan_lines(cfg))
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# An optional tracker: TensorBoard event files per job (train.tracker=tensorboard)
+# --------------------------------------------------------------------------------------------
+TRACKERS = ("tensorboard",)
+
+
+def check_train_settings(cfg: DictConfig) -> None:
+    """The train stage's `check`, run before any stage: the training settings and the tracker."""
+    from coordchannels.train.grid import check_settings
+
+    check_settings(cfg)
+    check_tracker(cfg)
+
+
+def check_tracker(cfg: DictConfig) -> None:
+    """train.tracker is null or a known tracker whose package is installed (checked before training)."""
+    kind = cfg.train.get("tracker")
+    if kind in (None, "", False):
+        return
+    from coordchannels.settings import SettingError
+
+    if str(kind) not in TRACKERS:
+        raise SettingError(f"train.tracker={kind!r}: expected null or one of {list(TRACKERS)}")
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError as exc:
+        raise SettingError("train.tracker=tensorboard needs the `tensorboard` package: "
+                           "`.venv/bin/pip install tensorboard` (then `tensorboard --logdir <run_dir>/tensorboard`)") from exc
+
+
+def tracker_dir(cfg: DictConfig, job: Job) -> Path:
+    """`<run_dir>/tensorboard/<Model>/<arm>_seed_<seed>_fold_<fold>`: one TensorBoard run per job."""
+    log_name = cfg.task.models[job.model].log_name
+    return Path(str(cfg.train.run_dir)) / "tensorboard" / log_name / f"{job.arm}_seed_{job.seed}_fold_{job.fold}"
+
+
+@contextlib.contextmanager
+def job_tracker(cfg: DictConfig, job: Job) -> Iterator:
+    """A function `track(row, columns)` that records one epoch's log row (a no-op without a tracker)."""
+    if cfg.train.get("tracker") in (None, "", False):
+        yield lambda row, columns: None
+        return
+    check_tracker(cfg)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(tracker_dir(cfg, job)))
+
+    def track(row, columns) -> None:
+        for name, value in zip(columns[1:], row[1:]):
+            writer.add_scalar(name, float(value), int(row[0]))
+        writer.flush()
+
+    try:
+        yield track
+    finally:
+        writer.close()

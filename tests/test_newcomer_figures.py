@@ -1,0 +1,49 @@
+"""Figures a reader can read, and committed results replaced only by the same per-fold logs."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from coordchannels.logs import load_logs
+from coordchannels.pipeline import run_stages
+from coordchannels.report import curve_summary, final_values_figure, learning_curves_figure
+from coordchannels.settings import SettingError
+from tests.test_logs import write_set
+
+ARMS = ("none", "control", "study", "intensity")
+
+
+def test_more_than_two_arms_get_a_panel_each_on_shared_axes(tmp_path):
+    write_set(tmp_path, arms=ARMS, folds=[1, 2, 3])
+    fig = learning_curves_figure(curve_summary(load_logs(tmp_path, compare="all")))
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["none (no coordinates)", "control (CoordConv)",
+                                                 "study (intensity-weighted)", "intensity (intensity channel)"]
+    assert len({ax.get_ylim() for ax in panels}) == 1  # one y-range for every panel
+
+
+def test_final_values_figure_has_a_panel_per_metric_and_every_arm(tmp_path):
+    rows = [{"model": "NimeshaNet", "arm": arm, "seed": None, "fold": f, "metric": metric, "value": 0.1 * f}
+            for arm in ARMS for f in (1, 2, 3) for metric in ("train_r2", "test_r2", "instability")]
+    fig = final_values_figure(pd.DataFrame(rows), heading="SMOKE RUN")
+    assert [ax.get_title() for ax in fig.axes] == ["Final train R²", "Final test R²", "Instability (test R² curve)"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()][1] == "control (CoordConv)"
+    assert fig.get_suptitle().startswith("SMOKE RUN")
+
+
+def test_a_committed_result_is_replaced_only_by_statistics_of_the_same_logs(tmp_path, make_cfg):
+    logs = write_set(tmp_path / "logs")
+    out = tmp_path / "results" / "mine"
+    cfg = make_cfg(f"stats.logs_dir={logs}", f"stats.out_dir={out}", "stages=[stats]")
+    assert run_stages(cfg) == ["stats"]  # a new folder under results/: nothing to protect
+    record = out / "logs" / "stats.inputs.json"
+    stored = json.loads(record.read_text())
+    stored = {k: ("0" * 64 if k.startswith("sha256(") else v) for k, v in stored.items()}
+    record.write_text(json.dumps(stored))  # as if the committed tables came from other logs
+    with pytest.raises(SettingError, match="other per-fold logs"):
+        run_stages(cfg)
+    assert run_stages(make_cfg(f"stats.logs_dir={logs}", f"stats.out_dir={out}", "stages=[stats]",
+                               "stats.replace_results=true")) == ["stats"]
