@@ -189,3 +189,14 @@ def test_a_rebuilt_upstream_stage_makes_its_readers_run_again(tmp_path):
     cfg.stages, cfg.overwrite = ["use"], False
     assert run_stages(cfg) == ["use"]  # same settings, but made from a newer run of `make`
     assert run_stages(cfg) == []
+
+
+def test_the_train_stage_is_seen_done_with_relative_paths(tmp_path, monkeypatch):
+    """With the default relative root (`.`), a finished grid's logs are found where they are."""
+    from coordchannels.pipeline import output_paths, stage_spec
+
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config(["paths.root_dir=.", "train.models=[nimeshanet]", "train.arms=[control]", "train.folds=[1]"])
+    stage = stage_spec(cfg, "train")
+    [log] = output_paths(cfg, stage)
+    assert log == Path("data/runs/ecg/default/logs/NimeshaNet/control_set_fold_1_log.csv")

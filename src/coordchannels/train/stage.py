@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 def expected_logs(cfg: DictConfig) -> list[Path]:
     """The train stage's declared outputs: the per-fold log of every job of the grid."""
-    return [job_log_path(cfg, job) for job in job_grid(cfg)] if cfg.task.models else []
+    run_dir = Path(cfg.train.run_dir)
+    # Relative to the stage folder, as the runner joins declared outputs onto it.
+    return [job_log_path(cfg, job).relative_to(run_dir) for job in job_grid(cfg)] if cfg.task.models else []
 
 
 def train_stage(cfg: DictConfig, out: Path | None = None) -> None:
