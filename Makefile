@@ -64,8 +64,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 	@echo "setup: done. Run \`source $(VENV)/bin/activate\` once per shell to use the \`coordchannels\` command."
 
-lint: setup ## check style and common mistakes (ruff), as CI does
+lint: setup ## check style, formatting and common mistakes (ruff), as CI does
 	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff format --check src tests scripts
 
 format: setup ## apply the project's formatting and import order (ruff)
 	$(PY) -m ruff check --fix --select I src tests scripts

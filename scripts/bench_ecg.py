@@ -67,8 +67,9 @@ def model_and_optimizer(seed: int):
 
 def epoch_scripts_way(dataset: PerSampleFilter, seed: int, mean: float, std: float) -> float:
     model, optimizer = model_and_optimizer(seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=True,
-                                         generator=torch.Generator().manual_seed(seed))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
     start = time.perf_counter()
     model.train()
     for x, y in loader:
@@ -118,12 +119,16 @@ def main() -> None:
     start = time.perf_counter()
     predict(NimeshaNet(in_channels=3), data, torch.arange(n), 256)
     eval_s = time.perf_counter() - start
-    theirs = sorted(epoch_scripts_way(reference_ds := PerSampleFilter(signals, targets), args.seed,
-                                      float(mean), float(std)) for _ in range(args.epochs))[args.epochs // 2]
+    theirs = sorted(
+        epoch_scripts_way(reference_ds := PerSampleFilter(signals, targets), args.seed, float(mean), float(std))
+        for _ in range(args.epochs)
+    )[args.epochs // 2]
     del reference_ds
 
     per = 1.0 / n
-    full_ours = features_s * FULL_SAMPLES * per + JOBS * EPOCHS * (ours * FULL_TRAIN * per + eval_s * (FULL_SAMPLES - FULL_TRAIN) * per)
+    full_ours = features_s * FULL_SAMPLES * per + JOBS * EPOCHS * (
+        ours * FULL_TRAIN * per + eval_s * (FULL_SAMPLES - FULL_TRAIN) * per
+    )
     full_theirs = JOBS * EPOCHS * (theirs * FULL_TRAIN * per + eval_s * (FULL_SAMPLES - FULL_TRAIN) * per)
     # The scripts also filter the evaluated samples every epoch; counting only training keeps
     # the baseline conservative.
@@ -131,8 +136,10 @@ def main() -> None:
     print(f"{'':38s}{'ours (cached)':>16s}{'scripts (per sample)':>22s}{'ratio':>8s}")
     print(f"{'features, once (s)':38s}{features_s:16.2f}{'-':>22s}")
     print(f"{f'training epoch over {n} samples (s)':38s}{ours:16.2f}{theirs:22.2f}{theirs / ours:8.1f}x")
-    print(f"{'full ECG arm, one core, projected (min)':38s}{full_ours / 60:16.1f}{full_theirs / 60:22.1f}"
-          f"{full_theirs / full_ours:8.1f}x")
+    print(
+        f"{'full ECG arm, one core, projected (min)':38s}{full_ours / 60:16.1f}{full_theirs / 60:22.1f}"
+        f"{full_theirs / full_ours:8.1f}x"
+    )
     print(f"{'full ECG arm, 2 jobs on 2 cores (min)':38s}{full_ours / 120:16.1f}{full_theirs / 120:22.1f}")
 
 

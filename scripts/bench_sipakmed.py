@@ -64,37 +64,59 @@ ARM_CHANNELS = {name: str(group_files("arm")[name].channels) for name in ("contr
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--images", type=int, default=64, help="synthetic base images")
     p.add_argument("--variants", type=int, default=20, help="augmented variants per image")
     p.add_argument("--size", type=int, default=256, help="image side in pixels")
-    p.add_argument("--steps", type=int, default=None,
-                   help="timed training steps per pipeline and round; default 50 on cuda, 6 on cpu")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="alternating timed rounds, the best counts; default 3 on cuda, 2 on cpu")
-    p.add_argument("--warmup", type=int, default=None,
-                   help="untimed steps first (compile, cuDNN autotuning); default 5 on cuda, 1 on cpu")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed training steps per pipeline and round; default 50 on cuda, 6 on cpu",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="alternating timed rounds, the best counts; default 3 on cuda, 2 on cpu",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed steps first (compile, cuDNN autotuning); default 5 on cuda, 1 on cpu",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--arm", default="study", choices=sorted(ARM_CHANNELS))
     p.add_argument("--reduced", action="store_true", help="Reduced Parameter LakshyaNet")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--amp", action="store_true", help="bf16 autocast in (a) and (b)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--compile-mode", default="default",
-                   help="torch.compile mode; 'reduce-overhead' adds CUDA graphs")
-    p.add_argument("--baseline-samples", type=int, default=None,
-                   help="files written for (b); default 2000 on cuda, 128 on cpu; 0 skips (b)")
+    p.add_argument("--compile-mode", default="default", help="torch.compile mode; 'reduce-overhead' adds CUDA graphs")
+    p.add_argument(
+        "--baseline-samples",
+        type=int,
+        default=None,
+        help="files written for (b); default 2000 on cuda, 128 on cpu; 0 skips (b)",
+    )
     p.add_argument("--baseline-cache", default="cold", choices=["cold", "warm"])
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers; default min(4, cores)")
     p.add_argument("--tmp-dir", default=None, help="where (b) writes its files; default system temp")
-    p.add_argument("--amp-check-steps", type=int, default=None,
-                   help="training steps per run in (c); default 300 on cuda, 30 on cpu; 0 skips (c)")
-    p.add_argument("--amp-check-size", type=int, default=None,
-                   help="image side in (c); default --size on cuda, 64 on cpu")
-    p.add_argument("--amp-check-batch", type=int, default=None,
-                   help="batch in (c); default --batch-size on cuda, 16 on cpu")
+    p.add_argument(
+        "--amp-check-steps",
+        type=int,
+        default=None,
+        help="training steps per run in (c); default 300 on cuda, 30 on cpu; 0 skips (c)",
+    )
+    p.add_argument(
+        "--amp-check-size", type=int, default=None, help="image side in (c); default --size on cuda, 64 on cpu"
+    )
+    p.add_argument(
+        "--amp-check-batch", type=int, default=None, help="batch in (c); default --batch-size on cuda, 16 on cpu"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default=None, help="write results to OUT (.json) and its .md sibling")
@@ -126,8 +148,6 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
     return args
-
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,8 +183,9 @@ class DeviceData:
         return self.task.inputs(idx), self.task.targets(idx)
 
 
-def device_data(images: torch.Tensor, centres: torch.Tensor, args, device: torch.device,
-                n_variants: int, seed: int) -> DeviceData:
+def device_data(
+    images: torch.Tensor, centres: torch.Tensor, args, device: torch.device, n_variants: int, seed: int
+) -> DeviceData:
     """Base images (uint8) and their statistics on the device; variants warped per batch."""
     n, _, h, w = images.shape
     flat = images.float().flatten(1)
@@ -188,7 +209,7 @@ def index_stream(n_samples: int, batch: int, seed: int, device: torch.device):
     while True:
         perm = torch.randperm(n_samples, generator=gen, device=device)
         for start in range(0, n_samples - batch + 1, batch):
-            yield perm[start:start + batch]
+            yield perm[start : start + batch]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,8 +243,9 @@ class SampleFiles(Dataset):
         return x, torch.from_numpy(self.targets[i])
 
 
-def write_sample_files(data: DeviceData, ids: torch.Tensor, folder: Path,
-                       cold: bool) -> tuple[list[Path], np.ndarray, float]:
+def write_sample_files(
+    data: DeviceData, ids: torch.Tensor, folder: Path, cold: bool
+) -> tuple[list[Path], np.ndarray, float]:
     """Write each sample's full model input as float32 .npy; returns paths, targets, seconds taken."""
     t0 = time.perf_counter()
     paths, targets = [], []
@@ -390,16 +412,24 @@ def files_pipeline(args, data: DeviceData, device: torch.device, stack: contextl
     tmp_root = Path(args.tmp_dir or tempfile.gettempdir())
     stat = os.statvfs(tmp_root)
     if count * sample_bytes > 0.5 * stat.f_bavail * stat.f_frsize:
-        raise SystemExit(f"(b) needs {count * sample_bytes / 1e9:.1f} GB in {tmp_root}, more than half "
-                         f"of its {stat.f_bavail * stat.f_frsize / 1e9:.1f} GB free; lower --baseline-samples")
+        raise SystemExit(
+            f"(b) needs {count * sample_bytes / 1e9:.1f} GB in {tmp_root}, more than half "
+            f"of its {stat.f_bavail * stat.f_frsize / 1e9:.1f} GB free; lower --baseline-samples"
+        )
     gen = torch.Generator().manual_seed(args.seed + 1)
     ids = torch.randperm(data.n_samples, generator=gen)[:count].sort().values
     folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_sipakmed_", dir=tmp_root)))
     paths, targets, write_s = write_sample_files(data, ids, folder, cold)
-    loader = DataLoader(SampleFiles(paths, targets, cold), batch_size=args.batch_size, shuffle=True,
-                        num_workers=args.workers, pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=args.workers > 0,
-                        generator=torch.Generator().manual_seed(args.seed))
+    loader = DataLoader(
+        SampleFiles(paths, targets, cold),
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        persistent_workers=args.workers > 0,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
 
     def batches():
         while True:  # cycle over the subset as over epochs
@@ -408,9 +438,15 @@ def files_pipeline(args, data: DeviceData, device: torch.device, stack: contextl
 
     data_only_s = timed_batches(batches(), args.steps, device)
     _, step = prepare_model(args, args.size, device, args.seed, data, args.amp)
-    extra = {"files": count, "file_mb": sample_bytes / 1e6, "write_s": write_s,
-             "write_ms_per_sample": 1000 * write_s / count, "cache": args.baseline_cache,
-             "workers": args.workers, "full_dataset_gb_per_arm": 80460 * sample_bytes / 1e9}
+    extra = {
+        "files": count,
+        "file_mb": sample_bytes / 1e6,
+        "write_s": write_s,
+        "write_ms_per_sample": 1000 * write_s / count,
+        "cache": args.baseline_cache,
+        "workers": args.workers,
+        "full_dataset_gb_per_arm": 80460 * sample_bytes / 1e9,
+    }
     name = f"baseline: .npy files + DataLoader({args.workers} workers, {args.baseline_cache} cache)"
     return Pipeline(name, batches(), step, extra, data_only_s=data_only_s)
 
@@ -430,10 +466,19 @@ def run_benchmark(args, data: DeviceData, device: torch.device) -> list[dict]:
                 rate = args.steps * args.batch_size / pipe.round_s[-1]
                 print(f"  round {r + 1}/{args.rounds} {pipe.name}: {rate:.1f} samples/s", flush=True)
     n = args.steps * args.batch_size
-    return [{"name": p.name, "samples_per_s": n / min(p.round_s),
-             "samples_per_s_median": n / float(np.median(p.round_s)),
-             "step_ms": 1000 * min(p.round_s) / args.steps, "data_only_samples_per_s": n / p.data_only_s,
-             "first_step_s": p.first_step_s, "round_s": p.round_s, **p.extra} for p in pipes]
+    return [
+        {
+            "name": p.name,
+            "samples_per_s": n / min(p.round_s),
+            "samples_per_s_median": n / float(np.median(p.round_s)),
+            "step_ms": 1000 * min(p.round_s) / args.steps,
+            "data_only_samples_per_s": n / p.data_only_s,
+            "first_step_s": p.first_step_s,
+            "round_s": p.round_s,
+            **p.extra,
+        }
+        for p in pipes
+    ]
 
 
 def train_curve(args, data: DeviceData, test: DeviceData, device: torch.device, amp: bool, seed: int) -> dict:
@@ -454,8 +499,14 @@ def train_curve(args, data: DeviceData, test: DeviceData, device: torch.device, 
     pred = torch.cat(preds).cpu().numpy()
     truth = test.targets.cpu().numpy()
     r2 = [float(r2_score(truth[:, j], pred[:, j])) for j in range(2)]
-    return {"amp": amp, "seed": seed, "loss": torch.stack(losses).cpu().tolist(),
-            "r2_h": r2[0], "r2_k": r2[1], "r2": float(np.mean(r2))}
+    return {
+        "amp": amp,
+        "seed": seed,
+        "loss": torch.stack(losses).cpu().tolist(),
+        "r2_h": r2[0],
+        "r2_k": r2[1],
+        "r2": float(np.mean(r2)),
+    }
 
 
 def tail_mean(values: list[float], share: float = 0.25) -> float:
@@ -475,17 +526,29 @@ def amp_check(args, device: torch.device) -> dict:
     other = train_curve(args, data, test, device, amp=False, seed=args.seed + 1)
     curve = lambda a, b: float(np.mean(np.abs(np.subtract(a["loss"], b["loss"]))))  # noqa: E731
     summary = {
-        "steps": args.amp_check_steps, "size": size, "batch": args.amp_check_batch,
-        "final_loss_fp32": tail_mean(fp32["loss"]), "final_loss_amp": tail_mean(bf16["loss"]),
+        "steps": args.amp_check_steps,
+        "size": size,
+        "batch": args.amp_check_batch,
+        "final_loss_fp32": tail_mean(fp32["loss"]),
+        "final_loss_amp": tail_mean(bf16["loss"]),
         "final_loss_fp32_seed2": tail_mean(other["loss"]),
-        "r2_fp32": fp32["r2"], "r2_amp": bf16["r2"], "r2_fp32_seed2": other["r2"],
-        "loss_curve_mad_amp_vs_fp32": curve(fp32, bf16), "loss_curve_mad_seed_vs_seed": curve(fp32, other),
-        "r2_diff_amp": bf16["r2"] - fp32["r2"], "r2_diff_seed": other["r2"] - fp32["r2"],
+        "r2_fp32": fp32["r2"],
+        "r2_amp": bf16["r2"],
+        "r2_fp32_seed2": other["r2"],
+        "loss_curve_mad_amp_vs_fp32": curve(fp32, bf16),
+        "loss_curve_mad_seed_vs_seed": curve(fp32, other),
+        "r2_diff_amp": bf16["r2"] - fp32["r2"],
+        "r2_diff_seed": other["r2"] - fp32["r2"],
     }
-    within = (abs(summary["r2_diff_amp"]) <= abs(summary["r2_diff_seed"])
-              and summary["loss_curve_mad_amp_vs_fp32"] <= summary["loss_curve_mad_seed_vs_seed"])
-    summary["verdict"] = ("AMP differs from fp32 less than two fp32 seeds differ: within noise" if within
-                          else "AMP differs from fp32 more than two fp32 seeds differ on some measure: check")
+    within = (
+        abs(summary["r2_diff_amp"]) <= abs(summary["r2_diff_seed"])
+        and summary["loss_curve_mad_amp_vs_fp32"] <= summary["loss_curve_mad_seed_vs_seed"]
+    )
+    summary["verdict"] = (
+        "AMP differs from fp32 less than two fp32 seeds differ: within noise"
+        if within
+        else "AMP differs from fp32 more than two fp32 seeds differ on some measure: check"
+    )
     summary["runs"] = {"fp32": fp32, "amp": bf16, "fp32_seed2": other}
     return summary
 
@@ -496,35 +559,54 @@ def amp_check(args, device: torch.device) -> dict:
 
 def markdown(report: dict) -> str:
     env, rows = report["environment"], report["throughput"]
-    lines = [f"# SiPaKMeD LakshyaNet training throughput ({env['device_name']})", "",
-             f"settings: {report['settings']}", "",
-             f"peak: {env['peak_flops'] / 1e12:.3f} TFLOP/s ({env['peak_what']}); "
-             f"model: {env['flops_per_sample'] / 1e9:.3f} GFLOP per sample (forward + backward)", "",
-             f"best of {report['settings']['rounds']} alternating rounds of {report['settings']['steps']} steps "
-             "(median in brackets)", "",
-             "| pipeline | train samples/s | ms/step | share of peak | data only samples/s |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"# SiPaKMeD LakshyaNet training throughput ({env['device_name']})",
+        "",
+        f"settings: {report['settings']}",
+        "",
+        f"peak: {env['peak_flops'] / 1e12:.3f} TFLOP/s ({env['peak_what']}); "
+        f"model: {env['flops_per_sample'] / 1e9:.3f} GFLOP per sample (forward + backward)",
+        "",
+        f"best of {report['settings']['rounds']} alternating rounds of {report['settings']['steps']} steps "
+        "(median in brackets)",
+        "",
+        "| pipeline | train samples/s | ms/step | share of peak | data only samples/s |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['samples_per_s']:.1f} ({r['samples_per_s_median']:.1f}) | "
-                     f"{r['step_ms']:.1f} | {100 * r['share_of_peak']:.2f}% | {r['data_only_samples_per_s']:.1f} |")
+        lines.append(
+            f"| {r['name']} | {r['samples_per_s']:.1f} ({r['samples_per_s_median']:.1f}) | "
+            f"{r['step_ms']:.1f} | {100 * r['share_of_peak']:.2f}% | {r['data_only_samples_per_s']:.1f} |"
+        )
     for r in rows:
         if "files" in r:
-            lines += ["", f"baseline files: {r['files']} x {r['file_mb']:.2f} MB written in {r['write_s']:.1f} s "
-                      f"({r['write_ms_per_sample']:.1f} ms each); the full set would be "
-                      f"{r['full_dataset_gb_per_arm']:.0f} GB per arm"]
+            lines += [
+                "",
+                f"baseline files: {r['files']} x {r['file_mb']:.2f} MB written in {r['write_s']:.1f} s "
+                f"({r['write_ms_per_sample']:.1f} ms each); the full set would be "
+                f"{r['full_dataset_gb_per_arm']:.0f} GB per arm",
+            ]
     if "ratio" in report:
         lines += ["", f"ours / baseline: **{report['ratio']:.2f}x** training samples/s"]
     if "amp_check" in report:
         a = report["amp_check"]
-        lines += ["", f"## AMP (bf16) vs fp32: {a['steps']} steps, {a['size']} px, batch {a['batch']}", "",
-                  "| run | loss (last 25%) | test R^2 |", "|---|---|---|",
-                  f"| fp32 seed {report['settings']['seed']} | {a['final_loss_fp32']:.4f} | {a['r2_fp32']:.4f} |",
-                  f"| bf16 seed {report['settings']['seed']} | {a['final_loss_amp']:.4f} | {a['r2_amp']:.4f} |",
-                  f"| fp32 seed {report['settings']['seed'] + 1} | {a['final_loss_fp32_seed2']:.4f} | "
-                  f"{a['r2_fp32_seed2']:.4f} |", "",
-                  f"mean |loss difference| per step: AMP vs fp32 {a['loss_curve_mad_amp_vs_fp32']:.4f}, "
-                  f"seed vs seed {a['loss_curve_mad_seed_vs_seed']:.4f}; R^2 difference: AMP "
-                  f"{a['r2_diff_amp']:+.4f}, seed {a['r2_diff_seed']:+.4f}", "", f"verdict: {a['verdict']}"]
+        lines += [
+            "",
+            f"## AMP (bf16) vs fp32: {a['steps']} steps, {a['size']} px, batch {a['batch']}",
+            "",
+            "| run | loss (last 25%) | test R^2 |",
+            "|---|---|---|",
+            f"| fp32 seed {report['settings']['seed']} | {a['final_loss_fp32']:.4f} | {a['r2_fp32']:.4f} |",
+            f"| bf16 seed {report['settings']['seed']} | {a['final_loss_amp']:.4f} | {a['r2_amp']:.4f} |",
+            f"| fp32 seed {report['settings']['seed'] + 1} | {a['final_loss_fp32_seed2']:.4f} | "
+            f"{a['r2_fp32_seed2']:.4f} |",
+            "",
+            f"mean |loss difference| per step: AMP vs fp32 {a['loss_curve_mad_amp_vs_fp32']:.4f}, "
+            f"seed vs seed {a['loss_curve_mad_seed_vs_seed']:.4f}; R^2 difference: AMP "
+            f"{a['r2_diff_amp']:+.4f}, seed {a['r2_diff_seed']:+.4f}",
+            "",
+            f"verdict: {a['verdict']}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -553,14 +635,16 @@ def main(argv: list[str] | None = None) -> dict:
     env = environment(args, device)
     env["peak_flops"], env["peak_what"] = measure_peak_flops(device, args.amp)
     env["flops_per_sample"] = model_flops_per_sample(args, args.size)
-    print(f"device {env['device_name']}: peak {env['peak_flops'] / 1e12:.3f} TFLOP/s ({env['peak_what']}), "
-          f"model {env['flops_per_sample'] / 1e9:.3f} GFLOP/sample fwd+bwd", flush=True)
+    print(
+        f"device {env['device_name']}: peak {env['peak_flops'] / 1e12:.3f} TFLOP/s ({env['peak_what']}), "
+        f"model {env['flops_per_sample'] / 1e9:.3f} GFLOP/sample fwd+bwd",
+        flush=True,
+    )
 
     t0 = time.perf_counter()
     images, centres = synthetic_cells(args.images, args.size, args.seed)
     data = device_data(images, centres, args, device, args.variants, args.seed)
-    print(f"{args.images} synthetic images x {args.variants} variants in "
-          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    print(f"{args.images} synthetic images x {args.variants} variants in {time.perf_counter() - t0:.1f} s", flush=True)
 
     throughput = run_benchmark(args, data, device)
     for row in throughput:

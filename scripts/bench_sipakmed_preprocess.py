@@ -38,8 +38,13 @@ AUTHORS_BYTES_PER_VARIANT = 5 * 256 * 256 * 4
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", type=int, default=4049, help="generated cells (1..4049)")
-    p.add_argument("--variants", type=int, nargs="+", default=[1, 20, 200],
-                   help="task.data.n_variants values; the first is the baseline")
+    p.add_argument(
+        "--variants",
+        type=int,
+        nargs="+",
+        default=[1, 20, 200],
+        help="task.data.n_variants values; the first is the baseline",
+    )
     p.add_argument("--workdir", default=None, help="where data goes (default: a temporary folder, deleted)")
     p.add_argument("--out", default=None, help="write results to OUT (.json) and its .md sibling")
     return p.parse_args(argv)
@@ -81,11 +86,18 @@ def run_stages(root: Path, mirror: Path, n_variants: int, stages: str = "${task.
     """The data stages in a fresh process; its wall time and peak resident memory."""
     if root.exists():
         raise FileExistsError(f"{root} exists: the data stages would skip their work; use an empty --workdir")
-    args = ["task=sipakmed", f"stages={stages}", f"paths.root_dir={root}", f"paths.sipakmed_mirror={mirror}",
-            "task.data.fetch_authors_invalid=false", f"task.data.n_variants={n_variants}"]
+    args = [
+        "task=sipakmed",
+        f"stages={stages}",
+        f"paths.root_dir={root}",
+        f"paths.sipakmed_mirror={mirror}",
+        "task.data.fetch_authors_invalid=false",
+        f"task.data.n_variants={n_variants}",
+    ]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CHILD, *args], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"data stages failed (n_variants={n_variants}):\n{proc.stderr[-3000:]}")
@@ -109,8 +121,10 @@ def main(argv: list[str] | None = None) -> None:
         archives, mirror = work / "archives", work / "extracted"
         start = time.perf_counter()
         info = make_fake_sipakmed(archives, args.cells, seed=0, archives=True)
-        print(f"generated {len(info.cells)} cells ({len(info.invalid_ids)} invalid) in "
-              f"{time.perf_counter() - start:.0f} s: {tree_bytes(archives) / 1e6:.0f} MB of archives")
+        print(
+            f"generated {len(info.cells)} cells ({len(info.invalid_ids)} invalid) in "
+            f"{time.perf_counter() - start:.0f} s: {tree_bytes(archives) / 1e6:.0f} MB of archives"
+        )
         extraction = extract_all(info.paths, mirror)
         print(f"extracted {extraction['files']} cell files in {extraction['seconds']:.1f} s")
         # The app with no stage: what Python, torch and the config alone take.
@@ -121,42 +135,58 @@ def main(argv: list[str] | None = None) -> None:
             measured = run_stages(root, mirror, k)
             processed = root / "data" / "processed" / "sipakmed"
             files = folder_bytes(processed)
-            runs.append({"n_variants": k, **measured, "stage_seconds": stage_seconds(root),
-                         "processed_mb": sum(files.values()) / 1e6,
-                         "images_npy_mb": files["images.npy"] / 1e6, "variants_csv_mb": files["variants.csv"] / 1e6,
-                         "raw_cropped_mb": tree_bytes(root / "data" / "raw" / "sipakmed" / "cropped") / 1e6,
-                         "n_images": sum(1 for _ in open(processed / "samples.csv")) - 1})
+            runs.append(
+                {
+                    "n_variants": k,
+                    **measured,
+                    "stage_seconds": stage_seconds(root),
+                    "processed_mb": sum(files.values()) / 1e6,
+                    "images_npy_mb": files["images.npy"] / 1e6,
+                    "variants_csv_mb": files["variants.csv"] / 1e6,
+                    "raw_cropped_mb": tree_bytes(root / "data" / "raw" / "sipakmed" / "cropped") / 1e6,
+                    "n_images": sum(1 for _ in open(processed / "samples.csv")) - 1,
+                }
+            )
             print(f"n_variants={k}: {measured['seconds']:.0f} s, peak RSS {measured['peak_rss_mb']:.0f} MB")
     env = {**hardware(), "cells": args.cells}
     report = render(runs, env, extraction, startup)
     print(report)
     if args.out:
         out = Path(args.out)
-        write_text(out.with_suffix(".json"), json.dumps({"env": env, "extraction": extraction, "startup": startup, "runs": runs},
-                                                         indent=2) + "\n")
+        write_text(
+            out.with_suffix(".json"),
+            json.dumps({"env": env, "extraction": extraction, "startup": startup, "runs": runs}, indent=2) + "\n",
+        )
         write_text(out.with_suffix(".md"), report + "\n")
 
 
 def render(runs: list[dict], env: dict, extraction: dict, startup: dict) -> str:
     base = runs[0]
-    lines = [f"SiPaKMeD data stages on {env['cells']} generated cells, {env['cpu_count']} cores, {env['platform']}",
-             "",
-             f"py7zr extraction of the cropped cells from the five archives: {extraction['files']} files in "
-             f"{extraction['seconds']:.1f} s.",
-             "",
-             "| n_variants | wall s | stages (download / preprocess / folds) s | peak RSS MB (x baseline) | "
-             "images.npy MB | variants.csv MB | processed total MB | authors' way, both arms GB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"SiPaKMeD data stages on {env['cells']} generated cells, {env['cpu_count']} cores, {env['platform']}",
+        "",
+        f"py7zr extraction of the cropped cells from the five archives: {extraction['files']} files in "
+        f"{extraction['seconds']:.1f} s.",
+        "",
+        "| n_variants | wall s | stages (download / preprocess / folds) s | peak RSS MB (x baseline) | "
+        "images.npy MB | variants.csv MB | processed total MB | authors' way, both arms GB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
         s = r["stage_seconds"]
         authors_gb = 2 * r["n_images"] * r["n_variants"] * AUTHORS_BYTES_PER_VARIANT / 1e9
-        lines.append(f"| {r['n_variants']} | {r['seconds']:.0f} | {s.get('download', 0):.1f} / "
-                     f"{s.get('preprocess', 0):.1f} / {s.get('folds', 0):.1f} | {r['peak_rss_mb']:.0f} "
-                     f"({r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x) | {r['images_npy_mb']:.0f} | "
-                     f"{r['variants_csv_mb']:.1f} | {r['processed_mb']:.0f} | {authors_gb:.0f} |")
-    lines += ["", f"{base['n_images']} images kept; extracted cells (raw cropped/) {base['raw_cropped_mb']:.0f} MB. "
-              "The authors' way: every variant as a 5 x 256 x 256 float32 file per arm (computed, not written).",
-              f"The app started with no stage peaks at {startup['peak_rss_mb']:.0f} MB (Python, torch, config)."]
+        lines.append(
+            f"| {r['n_variants']} | {r['seconds']:.0f} | {s.get('download', 0):.1f} / "
+            f"{s.get('preprocess', 0):.1f} / {s.get('folds', 0):.1f} | {r['peak_rss_mb']:.0f} "
+            f"({r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x) | {r['images_npy_mb']:.0f} | "
+            f"{r['variants_csv_mb']:.1f} | {r['processed_mb']:.0f} | {authors_gb:.0f} |"
+        )
+    lines += [
+        "",
+        f"{base['n_images']} images kept; extracted cells (raw cropped/) {base['raw_cropped_mb']:.0f} MB. "
+        "The authors' way: every variant as a 5 x 256 x 256 float32 file per arm (computed, not written).",
+        f"The app started with no stage peaks at {startup['peak_rss_mb']:.0f} MB (Python, torch, config).",
+    ]
     return "\n".join(lines)
 
 

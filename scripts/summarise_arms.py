@@ -32,21 +32,30 @@ def levels_table(values: pd.DataFrame, model: str) -> str:
 
 
 def versus_table(pairs: pd.DataFrame, model: str, reference: str) -> str:
-    rows = [f"| arm − {reference} | metric | mean diff | 95% CI | p (Holm) | conclusion (Holm) |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        f"| arm − {reference} | metric | mean diff | 95% CI | p (Holm) | conclusion (Holm) |",
+        "|---|---|---|---|---|---|",
+    ]
     pairs = pairs[pairs.model == model]
     for arm in order_arms(set(pairs.arm_a) | set(pairs.arm_b)):
         for metric in ("test_r2", "instability"):
-            hit = pairs[(pairs.metric == metric) & (((pairs.arm_a == arm) & (pairs.arm_b == reference)) |
-                                                    ((pairs.arm_a == reference) & (pairs.arm_b == arm)))]
+            hit = pairs[
+                (pairs.metric == metric)
+                & (
+                    ((pairs.arm_a == arm) & (pairs.arm_b == reference))
+                    | ((pairs.arm_a == reference) & (pairs.arm_b == arm))
+                )
+            ]
             if hit.empty:
                 continue
             r = hit.iloc[0]
             sign = 1 if r.arm_a == arm else -1  # report as arm - reference
             lo, hi = sorted((sign * r.ci_low, sign * r.ci_high))
             verdict = r.conclusion_holm
-            rows.append(f"| {arm} | {METRICS[metric]} | {sign * r.mean_diff:+.4f} | [{lo:.4f}, {hi:.4f}] | "
-                        f"{r.p_holm:.4f} | {verdict} |")
+            rows.append(
+                f"| {arm} | {METRICS[metric]} | {sign * r.mean_diff:+.4f} | [{lo:.4f}, {hi:.4f}] | "
+                f"{r.p_holm:.4f} | {verdict} |"
+            )
     return "\n".join(rows)
 
 

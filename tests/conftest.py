@@ -42,7 +42,11 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
 
 
 def _is_group(key: str) -> bool:
-    return key in {"task", "experiment", "debug", "paths", "train", "stats", "hydra"} or "@" in key or key.startswith("arm")
+    return (
+        key in {"task", "experiment", "debug", "paths", "train", "stats", "hydra"}
+        or "@" in key
+        or key.startswith("arm")
+    )
 
 
 @functools.cache
@@ -59,8 +63,9 @@ def make_cfg(tmp_path):
     """Factory: the real config for a task, with every path under tmp_path and training shrunk."""
 
     def factory(*overrides: str) -> DictConfig:
-        return compose_config([f"paths.root_dir={tmp_path}", "train.epochs=1", "train.device=cpu",
-                               "train.num_threads=1", *overrides])
+        return compose_config(
+            [f"paths.root_dir={tmp_path}", "train.epochs=1", "train.device=cpu", "train.num_threads=1", *overrides]
+        )
 
     return factory
 

@@ -25,10 +25,10 @@ RECORDS: dict[str, tuple[int, list[tuple[int, str]]]] = {
         15000,  # 60 s
         [
             (0, "(N\x00"),
-            (1000, "(VT\x00"),     # onset in the first 10 s: window starts at 0, relative 4 s
+            (1000, "(VT\x00"),  # onset in the first 10 s: window starts at 0, relative 4 s
             (3000, "(N\x00"),
-            (6000, "(VF\x00"),     # ordinary window: 3500..8500, relative 10 s
-            (7500, "(VFL\x00"),    # 6 s after the previous onset: window starts there, relative 6 s
+            (6000, "(VF\x00"),  # ordinary window: 3500..8500, relative 10 s
+            (7500, "(VFL\x00"),  # 6 s after the previous onset: window starts there, relative 6 s
             (11000, "(SVTA\x00"),  # substring match only ("VT" in "SVTA")
             (14000, "(ASYS\x00"),  # window 11500..15000 runs past the end: 1500 zero samples
         ],
@@ -38,7 +38,7 @@ RECORDS: dict[str, tuple[int, list[tuple[int, str]]]] = {
         [
             (10, "(N\x00"),
             (20000, "(SVTA\x00"),  # substring only
-            (21000, "(VT\x00"),    # close to the SVTA (4 s) under substring, not under exact
+            (21000, "(VT\x00"),  # close to the SVTA (4 s) under substring, not under exact
             (25000, "(NOISE\x00"),
             (30000, "(VFIB\x00"),
             (31000, "(HGEA\x00"),  # close to the VFIB: window 30000..35000, relative 4 s
@@ -89,12 +89,23 @@ def write_record(folder: Path, name: str, n_samples: int, annotations: list[tupl
     """Write `name`.hea/.dat/.atr into `folder`; return the record path without extension."""
     folder.mkdir(parents=True, exist_ok=True)
     wfdb.wrsamp(
-        name, fs=FS, units=["mV", "mV"], sig_name=["ECG1", "ECG2"], d_signal=digital_signal(n_samples),
-        fmt=["212", "212"], adc_gain=[GAIN, GAIN], baseline=[0, 0], write_dir=str(folder),
+        name,
+        fs=FS,
+        units=["mV", "mV"],
+        sig_name=["ECG1", "ECG2"],
+        d_signal=digital_signal(n_samples),
+        fmt=["212", "212"],
+        adc_gain=[GAIN, GAIN],
+        baseline=[0, 0],
+        write_dir=str(folder),
     )
     samples = np.array([s for s, _ in annotations], dtype=np.int64)
     wfdb.wrann(
-        name, "atr", samples, symbol=["+"] * len(samples), aux_note=[a for _, a in annotations],
+        name,
+        "atr",
+        samples,
+        symbol=["+"] * len(samples),
+        aux_note=[a for _, a in annotations],
         write_dir=str(folder),
     )
     return folder / name
@@ -129,6 +140,12 @@ def fixture_cfg(root: Path, raw: Path, *overrides: str):
     from tests.conftest import compose_config
 
     return compose_config(
-        [f"paths.root_dir={root}", "task=ecg", f"task.data.raw_dir={raw}",
-         f"task.data.records=[{','.join(RECORDS)}]", "task.data.n_folds=2", *overrides]
+        [
+            f"paths.root_dir={root}",
+            "task=ecg",
+            f"task.data.raw_dir={raw}",
+            f"task.data.records=[{','.join(RECORDS)}]",
+            "task.data.n_folds=2",
+            *overrides,
+        ]
     )

@@ -32,8 +32,7 @@ class FileServer:
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     @property
     def url(self) -> str:
@@ -98,8 +97,7 @@ class FileServer:
                 match = re.fullmatch(r"bytes=(\d+)-", header.strip())
                 return int(match.group(1)) if match else None
 
-            def _send(self, status: int, payload: bytes, extra: dict | None = None,
-                      length: int | None = None) -> None:
+            def _send(self, status: int, payload: bytes, extra: dict | None = None, length: int | None = None) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(payload) if length is None else length))

@@ -28,13 +28,30 @@ from tests.conftest import REPO, compose_config
 from tests.test_train import LENGTH, FakeData, fake_loader
 
 # One model, two arms, two folds: four jobs of four epochs (the statistics need four) on 60 samples.
-TINY = ["task=ecg", "train.epochs=4", "train.device=cpu", "train.num_threads=1", "train.models=[nimeshanet]",
-        f"task.models.nimeshanet.net.length={LENGTH}", "train.eval_batch_size=16",
-        "task.loader=tests.test_cluster.flaky_loader", "+task.data.fake_n=60", "+task.data.fake_seed=0",
-        "task.data.n_folds=2", "task.train_after=[]", "stats.n_resamples=200"]
+TINY = [
+    "task=ecg",
+    "train.epochs=4",
+    "train.device=cpu",
+    "train.num_threads=1",
+    "train.models=[nimeshanet]",
+    f"task.models.nimeshanet.net.length={LENGTH}",
+    "train.eval_batch_size=16",
+    "task.loader=tests.test_cluster.flaky_loader",
+    "+task.data.fake_n=60",
+    "+task.data.fake_seed=0",
+    "task.data.n_folds=2",
+    "task.train_after=[]",
+    "stats.n_resamples=200",
+]
 JOBS = [("control", 1), ("control", 2), ("study", 1), ("study", 2)]
-TABLES = ["comparison_table.csv", "comparison_table.md", "comparison_table.tex", "fold_values.csv",
-          "fold_differences.csv", "learning_curves.csv"]
+TABLES = [
+    "comparison_table.csv",
+    "comparison_table.md",
+    "comparison_table.tex",
+    "fold_values.csv",
+    "fold_differences.csv",
+    "learning_curves.csv",
+]
 # "<arm>,<fold>": that job fails in its second epoch, after its first epoch's checkpoint.
 FAIL = "COORDCHANNELS_TEST_FAIL"
 
@@ -69,8 +86,15 @@ def flaky_loader(cfg, arm, device):
 
 def fan_out(root: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m coordchannels.train.fanout` of the tiny grid with the submitit_local launcher."""
-    command = [sys.executable, "-m", "coordchannels.train.fanout", *TINY, f"paths.root_dir={root}",
-               "stages=[train,stats,manifest]", "hydra/launcher=submitit_local"]
+    command = [
+        sys.executable,
+        "-m",
+        "coordchannels.train.fanout",
+        *TINY,
+        f"paths.root_dir={root}",
+        "stages=[train,stats,manifest]",
+        "hydra/launcher=submitit_local",
+    ]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -94,8 +118,11 @@ def test_fanned_out_jobs_match_the_serial_run_and_a_rerun_resumes_only_the_faile
     assert first.returncode != 0
     # The failed job is named with its submitit logs, which hold its traceback.
     assert "1 of 4 training jobs failed" in out
-    failed = re.search(r"nimeshanet/study seed 42 fold 2 \[submitit job \S+\]: RuntimeError: simulated failure.*\n"
-                       r"\s+stdout (\S+)\n\s+stderr (\S+)", out)
+    failed = re.search(
+        r"nimeshanet/study seed 42 fold 2 \[submitit job \S+\]: RuntimeError: simulated failure.*\n"
+        r"\s+stdout (\S+)\n\s+stderr (\S+)",
+        out,
+    )
     assert failed, out[-3000:]
     stdout, stderr = Path(failed.group(1)), Path(failed.group(2))
     assert stdout.parent.parent.name == ".submitit" and stderr.exists()
@@ -144,8 +171,19 @@ def _train_at_once(barrier, cfg, results) -> None:
 
 def test_jobs_started_at_the_same_instant_in_one_run_folder_lose_nothing(tmp_path):
     root = tmp_path / "shared"
-    cfgs = [compose_config([*TINY, f"paths.root_dir={root}", "stages=[train]", f"train.arms=[{arm}]",
-                            f"train.folds=[{fold}]", "+fanout.seed=42"]) for arm, fold in JOBS]
+    cfgs = [
+        compose_config(
+            [
+                *TINY,
+                f"paths.root_dir={root}",
+                "stages=[train]",
+                f"train.arms=[{arm}]",
+                f"train.folds=[{fold}]",
+                "+fanout.seed=42",
+            ]
+        )
+        for arm, fold in JOBS
+    ]
     # Processes forked from a server that has imported the trainer once (what the trainer imports
     # lazily too), so that they start together instead of one import after another.
     context = multiprocessing.get_context("forkserver")
@@ -196,7 +234,9 @@ def fake_slurm(tmp_path, monkeypatch):
     scripts = tmp_path / "sbatch_scripts"
     scripts.mkdir()
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" "{scripts}/$(date +%s%N).sh"\necho "Submitted batch job 4242"\n')
+    (bin_dir / "sbatch").write_text(
+        f'#!/bin/sh\ncp "$1" "{scripts}/$(date +%s%N).sh"\necho "Submitted batch job 4242"\n'
+    )
     for tool in ("srun", "sbatch"):
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -204,9 +244,15 @@ def fake_slurm(tmp_path, monkeypatch):
 
 
 def test_the_slurm_config_gives_sbatch_the_settings_asked_for(tmp_path, fake_slurm):
-    cfg = hydra_config("task=ecg", f"paths.root_dir={tmp_path}", "hydra/launcher=slurm",
-                       "hydra.launcher.partition=gpu", "hydra.launcher.account=mylab",
-                       "hydra.launcher.timeout_min=30", "hydra.launcher.array_parallelism=2")
+    cfg = hydra_config(
+        "task=ecg",
+        f"paths.root_dir={tmp_path}",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.account=mylab",
+        "hydra.launcher.timeout_min=30",
+        "hydra.launcher.array_parallelism=2",
+    )
     launcher = cfg.hydra.launcher
     fanout.check_launcher("slurm", launcher)
     params = OmegaConf.to_container(launcher, resolve=True)
@@ -226,8 +272,11 @@ def test_the_slurm_config_gives_sbatch_the_settings_asked_for(tmp_path, fake_slu
 
 def test_a_required_launcher_value_not_given_is_a_clear_error():
     cfg = hydra_config("task=ecg", "hydra/launcher=slurm")
-    with pytest.raises(SettingError, match=r"hydra/launcher=slurm needs hydra.launcher.partition: add "
-                                           r"hydra.launcher.partition=<value>"):
+    with pytest.raises(
+        SettingError,
+        match=r"hydra/launcher=slurm needs hydra.launcher.partition: add "
+        r"hydra.launcher.partition=<value>",
+    ):
         fanout.check_launcher("slurm", cfg.hydra.launcher)
 
 
@@ -241,15 +290,28 @@ def test_slurm_without_sbatch_is_refused_before_anything_runs(monkeypatch):
 def test_each_job_repeats_the_users_overrides_and_selects_one_job():
     from coordchannels.train import Job
 
-    given = ["task=ecg", "stages=[train,stats]", "train.epochs=3", "train.seeds=[1,2]", "train.arms=[study]",
-             "+train.folds=[1,2]"]
+    given = [
+        "task=ecg",
+        "stages=[train,stats]",
+        "train.epochs=3",
+        "train.seeds=[1,2]",
+        "train.arms=[study]",
+        "+train.folds=[1,2]",
+    ]
     overrides = fanout.repeated_overrides(given)
     assert overrides == ["task=ecg", "train.epochs=3", "train.seeds=[1,2]"]
     fan = fanout.FanOut(launcher=None, name="slurm", sweep_dir=Path("."), overrides=overrides)
 
     assert fan.job_overrides(Job("nimeshanet", "study", 2, 5)) == [
-        "task=ecg", "train.epochs=3", "train.seeds=[1,2]", "stages=[train]", "train.models=[nimeshanet]",
-        "train.arms=[study]", "train.folds=[5]", "+fanout.seed=2"]
+        "task=ecg",
+        "train.epochs=3",
+        "train.seeds=[1,2]",
+        "stages=[train]",
+        "train.models=[nimeshanet]",
+        "train.arms=[study]",
+        "train.folds=[5]",
+        "+fanout.seed=2",
+    ]
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
@@ -260,5 +322,6 @@ def test_make_launcher_chooses_between_the_app_and_the_fan_out():
 
     assert "-m coordchannels.train.fanout hydra/launcher=slurm task=$t" in dry_run("reproduce", "LAUNCHER=slurm")
     assert "-m coordchannels.train.fanout hydra/launcher=submitit_local task=$t stages=[train]" in dry_run(
-        "train", "LAUNCHER=submitit_local")
+        "train", "LAUNCHER=submitit_local"
+    )
     assert "-m coordchannels task=$t" in dry_run("reproduce") and "fanout" not in dry_run("reproduce")

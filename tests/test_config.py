@@ -29,9 +29,13 @@ def test_the_shipped_tree_is_what_the_tests_compose():
 DEBUGS = sorted(p.stem for p in (CONF_DIR / "debug").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("overrides", [[f"task={t}"] for t in TASKS] + [[f"experiment={e}"] for e in EXPERIMENTS]
-                         + [[f"debug={d}", f"task={t}"] for d in DEBUGS for t in TASKS if t != "coordgate"],
-                         ids=lambda o: " ".join(o))
+@pytest.mark.parametrize(
+    "overrides",
+    [[f"task={t}"] for t in TASKS]
+    + [[f"experiment={e}"] for e in EXPERIMENTS]
+    + [[f"debug={d}", f"task={t}"] for d in DEBUGS for t in TASKS if t != "coordgate"],
+    ids=lambda o: " ".join(o),
+)
 def test_every_config_composes_resolves_and_names_real_code(overrides, tmp_path):
     cfg = compose_config([*overrides, f"paths.root_dir={tmp_path}"])
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -57,8 +61,11 @@ def test_every_config_composes_resolves_and_names_real_code(overrides, tmp_path)
 
 @pytest.mark.parametrize("task", [t for t in TASKS if t != "coordgate"])
 def test_every_model_runs_with_every_arm(task):
-    cfg = compose_config([f"task={task}", "task.models.lakshyanet.net.size=64",
-                          "task.models.lakshyanet_reduced.net.size=64"] if task == "sipakmed" else [f"task={task}"])
+    cfg = compose_config(
+        [f"task={task}", "task.models.lakshyanet.net.size=64", "task.models.lakshyanet_reduced.net.size=64"]
+        if task == "sipakmed"
+        else [f"task={task}"]
+    )
     dims = int(cfg.task.dims)
     channels, shape = SIGNAL[dims]
     if dims == 2:
@@ -81,12 +88,21 @@ def test_every_component_file_states_its_facts():
     for name, model in group_files("model").items():
         assert model.log_name and model.label and isinstance(model.order, int), name
     assert list(sorted(model_order(), key=model_order().get)) == [
-        "NimeshaNet", "Reduced Parameter NimeshaNet", "LakshyaNet", "Reduced Parameter LakshyaNet"]
+        "NimeshaNet",
+        "Reduced Parameter NimeshaNet",
+        "LakshyaNet",
+        "Reduced Parameter LakshyaNet",
+    ]
 
 
-@pytest.mark.parametrize("override, key", [("task.data.label_match=fuzzy", "task.data.label_match"),
-                                           ("train.precision=fp16", "train.precision"),
-                                           ("stats.method=jackknife", "stats.method")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("task.data.label_match=fuzzy", "task.data.label_match"),
+        ("train.precision=fp16", "train.precision"),
+        ("stats.method=jackknife", "stats.method"),
+    ],
+)
 def test_a_bad_choice_names_its_setting(override, key):
     cfg = compose_config([override])
     with pytest.raises(SettingError, match=rf"{key} must be one of"):

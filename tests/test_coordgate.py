@@ -32,8 +32,8 @@ def test_coordinate_maps_span_minus_one_to_one():
     assert torch.allclose(one_d[0], torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]))
     two_d = coordinate_map((3, 4))
     assert two_d.shape == (2, 3, 4)
-    assert torch.allclose(two_d[0, :, 0], torch.tensor([-1.0, 0.0, 1.0]))   # rows vary down
-    assert torch.allclose(two_d[1, 0], torch.linspace(-1, 1, 4))              # columns across
+    assert torch.allclose(two_d[0, :, 0], torch.tensor([-1.0, 0.0, 1.0]))  # rows vary down
+    assert torch.allclose(two_d[1, 0], torch.linspace(-1, 1, 4))  # columns across
 
 
 @pytest.mark.parametrize("size, shape", [(12, (3, 4, 12)), ((6, 7), (3, 4, 6, 7))])
@@ -74,8 +74,7 @@ def test_gated_conv_shapes():
 
 
 # --- an all-ones gate is the plain convolution ------------------------------------------------
-@pytest.mark.parametrize("cls, size, x_shape", [(GatedConv1d, 16, (2, 3, 16)),
-                                                (GatedConv2d, (8, 9), (2, 3, 8, 9))])
+@pytest.mark.parametrize("cls, size, x_shape", [(GatedConv1d, 16, (2, 3, 16)), (GatedConv2d, (8, 9), (2, 3, 8, 9))])
 def test_gate_of_ones_reduces_to_the_plain_convolution(cls, size, x_shape):
     torch.manual_seed(0)
     layer = cls(3, 5, 3, size)
@@ -166,7 +165,7 @@ L, K = 12, 3
 def locally_connected(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """y[i] = sum_j weights[i, j] * x[i + j - K//2], zero padded; x (B, 1, L), weights (L, K)."""
     padded = nn.functional.pad(x, (K // 2, K // 2))
-    return sum(weights[:, j] * padded[:, :, j:j + L] for j in range(K))
+    return sum(weights[:, j] * padded[:, :, j : j + L] for j in range(K))
 
 
 def basis_conv() -> nn.Conv1d:

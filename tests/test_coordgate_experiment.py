@@ -29,8 +29,20 @@ TINY = (
     "task.experiment.timing.warmup=1",
 )
 OUTPUTS = ("results.csv", "psnr_vs_time.png", "psnr_vs_params.png", "summary.md", "operator.npy", "run.json")
-DETERMINISTIC = ["model", "label", "family", "layers", "kernel", "channels", "params", "psnr_db", "epochs",
-                 "best_epoch", "val_psnr_db", "test_mse"]
+DETERMINISTIC = [
+    "model",
+    "label",
+    "family",
+    "layers",
+    "kernel",
+    "channels",
+    "params",
+    "psnr_db",
+    "epochs",
+    "best_epoch",
+    "val_psnr_db",
+    "test_mse",
+]
 
 
 def run_tiny(make_cfg, *extra: str):
@@ -52,7 +64,7 @@ def test_operator_rows_are_gaussians_in_three_regimes(make_cfg):
     # Banded: nothing beyond the support; rows away from the ends sum to one.
     i, j = np.nonzero(a)
     assert np.abs(i - j).max() <= op.support
-    np.testing.assert_allclose(a[op.support:-op.support].sum(axis=1), 1.0)
+    np.testing.assert_allclose(a[op.support : -op.support].sum(axis=1), 1.0)
     assert (a.sum(axis=1) <= 1 + 1e-12).all()  # y stays within the range of x: PSNR peak 1
 
     def centre(row):
@@ -74,9 +86,9 @@ def test_kernel_blend_is_a_superposition_of_three_kernels(make_cfg):
     a, op = default_operator(make_cfg)
     b = svconv.make_operator(30, op.support, list(op.regimes), op.transition, blend="kernels")
     # Rows of b are w_1(i) G_1 + w_2(i) G_2 + w_3(i) G_3: at most rank 3 as kernels (away from the ends).
-    inner = np.stack([b[i, i - op.support:i + op.support + 1] for i in range(op.support, 30 - op.support)])
+    inner = np.stack([b[i, i - op.support : i + op.support + 1] for i in range(op.support, 30 - op.support)])
     assert np.linalg.matrix_rank(inner, tol=1e-10) == 3
-    np.testing.assert_allclose(b[op.support:-op.support].sum(axis=1), 1.0)
+    np.testing.assert_allclose(b[op.support : -op.support].sum(axis=1), 1.0)
     # Same as the parameter blend inside the regimes, different near the boundaries (samples 9.5, 19.5).
     np.testing.assert_allclose(b[4], a[4], atol=0.01)
     assert np.abs(b[10] - a[10]).max() > 0.05
@@ -104,18 +116,25 @@ def test_bad_settings_are_clear_errors(make_cfg):
         svconv.CNN1d(1, 4, 8, 30)
 
 
-@pytest.mark.parametrize(("override", "call", "message"), [
-    ("task.data.input_norm=zscore", "data", "data.input_norm must be one of none, standard, got 'zscore'"),
-    ("task.experiment.grid=huge", "grid", "experiment.grid must name one of experiment.grids"),
-    ("task.experiment.grids.paper.cnn_output=dense", "grid", "experiment.grids.paper.cnn_output"),
-    ("task.experiment.coordgate_families=[coordgate,noise]", "grid", "experiment.coordgate_families: unknown family 'noise'"),
-    ("task.experiment.psnr_peak=max", "peak", "experiment.psnr_peak must be 'auto' or a positive number"),
-    ("task.experiment.psnr_peak=-1", "peak", "experiment.psnr_peak must be 'auto' or a positive number"),
-    ("task.experiment.random_map_seed=abc", "build", "experiment.random_map_seed must be an integer"),
-    ("task.experiment.extra_conditions=[{grid:paper}]", "conditions", r"experiment.extra_conditions\[0\] must be"),
-    ("task.experiment.extra_conditions=[{grid:paper,input_norm:zscore}]", "conditions", "data.input_norm"),
-    ("task.experiment.extra_conditions=[{grid:paper,input_norm:standard}]", "conditions", "repeats the condition"),
-])
+@pytest.mark.parametrize(
+    ("override", "call", "message"),
+    [
+        ("task.data.input_norm=zscore", "data", "data.input_norm must be one of none, standard, got 'zscore'"),
+        ("task.experiment.grid=huge", "grid", "experiment.grid must name one of experiment.grids"),
+        ("task.experiment.grids.paper.cnn_output=dense", "grid", "experiment.grids.paper.cnn_output"),
+        (
+            "task.experiment.coordgate_families=[coordgate,noise]",
+            "grid",
+            "experiment.coordgate_families: unknown family 'noise'",
+        ),
+        ("task.experiment.psnr_peak=max", "peak", "experiment.psnr_peak must be 'auto' or a positive number"),
+        ("task.experiment.psnr_peak=-1", "peak", "experiment.psnr_peak must be 'auto' or a positive number"),
+        ("task.experiment.random_map_seed=abc", "build", "experiment.random_map_seed must be an integer"),
+        ("task.experiment.extra_conditions=[{grid:paper}]", "conditions", r"experiment.extra_conditions\[0\] must be"),
+        ("task.experiment.extra_conditions=[{grid:paper,input_norm:zscore}]", "conditions", "data.input_norm"),
+        ("task.experiment.extra_conditions=[{grid:paper,input_norm:standard}]", "conditions", "repeats the condition"),
+    ],
+)
 def test_new_settings_are_validated_with_their_name(make_cfg, override, call, message):
     cfg = make_cfg("task=coordgate", override)
     exp = cfg.task.experiment
@@ -138,7 +157,7 @@ def test_data_splits_and_targets(make_cfg):
     assert [len(data[k].x) for k in ("train", "val", "test")] == [400, 50, 50]
     x = data["test"].x[:, 0].double().numpy()
     np.testing.assert_allclose(data["test"].y[:, 0].numpy(), x @ a.T, rtol=1e-5, atol=1e-6)
-    assert -3**0.5 <= x.min() and x.max() <= 3**0.5
+    assert -(3**0.5) <= x.min() and x.max() <= 3**0.5
 
 
 def test_standardised_inputs_have_zero_mean_unit_variance(make_cfg):
@@ -166,7 +185,9 @@ def test_psnr_peak_follows_the_range_of_the_targets(make_cfg):
 
 def convs(model) -> list[tuple[int, int, int]]:
     """(in, out, kernel) of every Conv1d, in order."""
-    return [(m.in_channels, m.out_channels, m.kernel_size[0]) for m in model.modules() if isinstance(m, torch.nn.Conv1d)]
+    return [
+        (m.in_channels, m.out_channels, m.kernel_size[0]) for m in model.modules() if isinstance(m, torch.nn.Conv1d)
+    ]
 
 
 def test_models_have_the_requested_structure():
@@ -193,8 +214,10 @@ def test_the_paper_grid_composes_to_the_named_models(make_cfg):
     assert exp.grid == "paper"
     specs = svconv.model_grid(exp)
     assert [s.label for s in specs] == (
-        [f"CNN({n},{k},{c})" for n, k, c in PAPER_CNNS] + [f"CoordConv({n},{k},{c})" for n, k, c in PAPER_CNNS]
-        + ["CoordGate(1,9,3)", "RandomMapGate(1,9,3)"])
+        [f"CNN({n},{k},{c})" for n, k, c in PAPER_CNNS]
+        + [f"CoordConv({n},{k},{c})" for n, k, c in PAPER_CNNS]
+        + ["CoordGate(1,9,3)", "RandomMapGate(1,9,3)"]
+    )
     models = {s.label: svconv.build_model(s, 30, exp) for s in specs}
     for (n, k, c), params in PAPER_CNNS.items():
         plain, coord = models[f"CNN({n},{k},{c})"], models[f"CoordConv({n},{k},{c})"]
@@ -244,7 +267,7 @@ def test_stage_writes_outputs_and_coordgate_beats_a_plain_layer(make_cfg):
     for name in OUTPUTS:
         assert (out / name).stat().st_size > 0, name
     assert (out / "logs" / "experiment.log").exists()
-    assert list(df.columns[:len(svconv.COLUMNS)]) == svconv.COLUMNS
+    assert list(df.columns[: len(svconv.COLUMNS)]) == svconv.COLUMNS
     assert df.model.tolist() == ["plain_n1_k3_c8", "coordgate_n1_k5_c5"]
     assert df.label.tolist() == ["CNN(1,3,8)+1x1", "CoordGate(1,5,5)"]
     assert (df.params > 0).all() and (df.infer_ms > 0).all() and (df.epochs <= 15).all()
@@ -275,13 +298,29 @@ def test_stage_is_deterministic_and_skips_finished_work(make_cfg, tmp_path):
 
 def test_summary_judges_the_claims():
     rows = [  # (family, layers, kernel, channels, psnr)
-        ("plain", 1, 3, 16, 18.0), ("plain", 4, 3, 16, 25.0),
-        ("coordconv", 1, 3, 16, 18.5), ("coordconv", 4, 3, 16, 24.0),
-        ("coordgate", 1, 9, 9, 50.0), ("random_map", 1, 9, 9, 21.0),
+        ("plain", 1, 3, 16, 18.0),
+        ("plain", 4, 3, 16, 25.0),
+        ("coordconv", 1, 3, 16, 18.5),
+        ("coordconv", 4, 3, 16, 24.0),
+        ("coordgate", 1, 9, 9, 50.0),
+        ("random_map", 1, 9, 9, 21.0),
     ]
-    df = pd.DataFrame([{"model": f"{f}_n{n}_k{k}_c{c}", "label": svconv.ModelSpec(f, n, k, c).label, "family": f,
-                        "layers": n, "kernel": k, "channels": c, "params": 100, "psnr_db": p, "epochs": 9}
-                       for f, n, k, c, p in rows])
+    df = pd.DataFrame(
+        [
+            {
+                "model": f"{f}_n{n}_k{k}_c{c}",
+                "label": svconv.ModelSpec(f, n, k, c).label,
+                "family": f,
+                "layers": n,
+                "kernel": k,
+                "channels": c,
+                "params": 100,
+                "psnr_db": p,
+                "epochs": 9,
+            }
+            for f, n, k, c, p in rows
+        ]
+    )
     assert str(svconv.claim_a(df, 40.0)).startswith("**holds**")
     assert str(svconv.claim_a(df, 60.0)).startswith("**does not hold**")
     assert svconv.claim_a(df, 40.0).cell() == "**holds**: 50.0 dB vs best CNN 25.0 dB"
@@ -301,8 +340,11 @@ def test_summary_judges_the_claims():
 
 
 def test_extra_conditions_run_into_their_folders_and_the_summary_compares_them(make_cfg):
-    cfg, out, df = run_tiny(make_cfg, "task.experiment.extra_conditions=[{grid:extended,input_norm:none}]",
-                            "task.experiment.coordgate_families=[coordgate,random_map]")
+    cfg, out, df = run_tiny(
+        make_cfg,
+        "task.experiment.extra_conditions=[{grid:extended,input_norm:none}]",
+        "task.experiment.coordgate_families=[coordgate,random_map]",
+    )
     sub = out / "conditions" / "extended_none"
     for name in (*OUTPUTS, "config.yaml"):
         assert (sub / name).stat().st_size > 0, name

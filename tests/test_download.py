@@ -161,8 +161,9 @@ def test_size_verified_download_with_no_reported_size_is_checked_after(server, t
 def test_copy_from_mirror_verifies(tmp_path):
     (tmp_path / "mirror").mkdir()
     (tmp_path / "mirror" / "a.bin").write_bytes(PAYLOAD)
-    dest = copy_from_mirror(tmp_path / "mirror" / "a.bin", tmp_path / "out" / "a.bin",
-                            sha256=sha(PAYLOAD), size=len(PAYLOAD))
+    dest = copy_from_mirror(
+        tmp_path / "mirror" / "a.bin", tmp_path / "out" / "a.bin", sha256=sha(PAYLOAD), size=len(PAYLOAD)
+    )
     assert dest.read_bytes() == PAYLOAD
 
 
@@ -222,8 +223,7 @@ def test_lock_is_recorded_then_detects_a_changed_file(tmp_path):
     b.write_bytes(b"bbbb")
     lock_path = tmp_path / "archives.lock.json"
     lock = check_or_record_lock([a, b], lock_path)
-    assert lock == {"a.7z": {"sha256": sha(PAYLOAD), "size": len(PAYLOAD)},
-                    "b.7z": {"sha256": sha(b"bbbb"), "size": 4}}
+    assert lock == {"a.7z": {"sha256": sha(PAYLOAD), "size": len(PAYLOAD)}, "b.7z": {"sha256": sha(b"bbbb"), "size": 4}}
     assert json.loads(lock_path.read_text()) == lock
     assert check_or_record_lock([a, b], lock_path) == lock  # unchanged: passes
     b.write_bytes(b"bbbc")  # same size, different content: only the lock can tell
@@ -247,8 +247,29 @@ def test_registry_holds_the_published_facts():
     vfdb = registry("vfdb")
     assert len(vfdb) == 66
     assert {name.split(".")[0] for name in vfdb} == {
-        "418", "419", "420", "421", "422", "423", "424", "425", "426", "427", "428", "429", "430",
-        "602", "605", "607", "609", "610", "611", "612", "614", "615"}
+        "418",
+        "419",
+        "420",
+        "421",
+        "422",
+        "423",
+        "424",
+        "425",
+        "426",
+        "427",
+        "428",
+        "429",
+        "430",
+        "602",
+        "605",
+        "607",
+        "609",
+        "610",
+        "611",
+        "612",
+        "614",
+        "615",
+    }
     logs = registry("published_logs")
     assert len(logs) == 40
     assert "Reduced Parameter NimeshaNet/control_set_fold_1_log.csv" in logs
@@ -403,16 +424,20 @@ def test_sipakmed_archives_from_a_mirror(make_cfg, monkeypatch, tmp_path):
 
 def _fast(fetch_fn):
     """The real fetch with test-sized back-off (stages use the production defaults)."""
+
     def wrapped(url, dest, **kwargs):
         return fetch_fn(url, dest, **{**kwargs, "backoff": 0.01, "timeout": 10})
-    return wrapped
 
+    return wrapped
 
 
 def test_invalid_samples_from_a_local_mirror(make_cfg, tmp_path):
     real = require(SHARED_DATA / "sipakmed_invalid_samples.csv", "the invalid-sample list")
-    cfg = make_cfg("task=sipakmed", f"paths.invalid_samples_mirror={real}",
-                   "sources.invalid_samples_url=http://127.0.0.1:9/unreachable.csv")
+    cfg = make_cfg(
+        "task=sipakmed",
+        f"paths.invalid_samples_mirror={real}",
+        "sources.invalid_samples_url=http://127.0.0.1:9/unreachable.csv",
+    )
     path = archives.invalid_samples(cfg)
     assert path.read_bytes() == real.read_bytes()
     bad = tmp_path / "bad.csv"
@@ -456,8 +481,9 @@ def chained(err: BaseException) -> bool:
 def test_server_that_never_answers_fails_at_the_deadline_with_the_cause(silent_server, tmp_path):
     start = time.monotonic()
     with pytest.raises(DownloadError) as err:
-        fetch(silent_server + NAME, tmp_path / "a.bin", retries=10, backoff=0.2, timeout=0.5, deadline=2,
-              progress=False)
+        fetch(
+            silent_server + NAME, tmp_path / "a.bin", retries=10, backoff=0.2, timeout=0.5, deadline=2, progress=False
+        )
     took = time.monotonic() - start
     assert 1.5 <= took < 4, took  # the deadline, not 11 attempts x 0.5 s + backoff
     message = str(err.value)
@@ -492,8 +518,15 @@ def test_slow_download_that_keeps_sending_is_not_cut_off(tmp_path):
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        dest = fetch(f"http://127.0.0.1:{sock.getsockname()[1]}/a.bin", tmp_path / "a.bin", sha256=sha(body),
-                     retries=0, timeout=0.5, deadline=0.6, progress=False)
+        dest = fetch(
+            f"http://127.0.0.1:{sock.getsockname()[1]}/a.bin",
+            tmp_path / "a.bin",
+            sha256=sha(body),
+            retries=0,
+            timeout=0.5,
+            deadline=0.6,
+            progress=False,
+        )
     finally:
         thread.join(timeout=5)
         sock.close()
@@ -508,8 +541,7 @@ def test_slow_download_that_keeps_sending_is_not_cut_off(tmp_path):
         ("download", ["task=sipakmed"], "task.data.url", "SIPAKMED_DIR="),
     ],
 )
-def test_no_network_and_no_mirror_ends_with_how_to_use_a_local_copy(make_cfg, stage, overrides, url_key,
-                                                                     variable):
+def test_no_network_and_no_mirror_ends_with_how_to_use_a_local_copy(make_cfg, stage, overrides, url_key, variable):
     cfg = make_cfg(*overrides, "download.backoff=0.01", "download.retries=1")
     with open_dict(cfg):
         OmegaConf.update(cfg, url_key, closed_port_url())
@@ -531,8 +563,7 @@ def test_invalid_samples_without_network_says_how_to_do_without(make_cfg):
 
 
 def test_network_settings_come_from_the_config_with_defaults(make_cfg):
-    assert download.network_settings(make_cfg()) == {"timeout": 10.0, "deadline": 30.0, "retries": 4,
-                                                     "backoff": 1.0}
+    assert download.network_settings(make_cfg()) == {"timeout": 10.0, "deadline": 30.0, "retries": 4, "backoff": 1.0}
     cfg = make_cfg("download.deadline=120", "download.timeout=5")
     assert download.network_settings(cfg)["deadline"] == 120.0 and download.network_settings(cfg)["timeout"] == 5.0
     with pytest.raises(ValueError, match="download.timeout=0"):

@@ -40,8 +40,11 @@ def run_augment(root, raw, *overrides):
     call_stage(cfg, "extract")
     call_stage(cfg, "augment")
     out = processed(root)
-    return (pd.read_csv(out / EPISODES_CSV, dtype={"record": str}),
-            pd.read_csv(out / AUGMENTED_CSV, dtype={"record": str}), np.load(out / AUGMENTED_NPY, mmap_mode="r"))
+    return (
+        pd.read_csv(out / EPISODES_CSV, dtype={"record": str}),
+        pd.read_csv(out / AUGMENTED_CSV, dtype={"record": str}),
+        np.load(out / AUGMENTED_NPY, mmap_mode="r"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +125,12 @@ def test_filter_types_and_cutoffs_are_in_range():
     assert np.isnan(high_cut[kinds == "low"]).all() and np.isnan(low_cut[kinds == "high"]).all()
     assert np.all((high_cut[kinds != "low"] >= 0.5) & (high_cut[kinds != "low"] <= 2.0))
     assert np.all((low_cut[kinds != "high"] >= 30) & (low_cut[kinds != "high"] <= 50))
-    for key, (lo, hi) in [("noise_frac", (0.01, 0.05)), ("wander_frac", (0.01, 0.05)),
-                          ("wander_hz", (0.1, 0.5)), ("scale", (0.8, 1.2))]:
+    for key, (lo, hi) in [
+        ("noise_frac", (0.01, 0.05)),
+        ("wander_frac", (0.01, 0.05)),
+        ("wander_hz", (0.1, 0.5)),
+        ("scale", (0.8, 1.2)),
+    ]:
         assert np.all((p[key] >= lo) & (p[key] <= hi)), key
 
 
@@ -135,9 +142,9 @@ def test_butterworth_filters_have_their_cutoffs(kind):
     gain = np.abs(h)
     at = dict(zip(w.round(1), gain))
     if kind in ("high", "band"):
-        assert at[1.0] == pytest.approx(2 ** -0.5, rel=1e-3) and at[0.1] < 0.01
+        assert at[1.0] == pytest.approx(2**-0.5, rel=1e-3) and at[0.1] < 0.01
     if kind in ("low", "band"):
-        assert at[40.0] == pytest.approx(2 ** -0.5, rel=1e-3) and at[100.0] < 0.1
+        assert at[40.0] == pytest.approx(2**-0.5, rel=1e-3) and at[100.0] < 0.1
     assert at[10.0] == pytest.approx(1.0, abs=0.01)
 
 
@@ -159,7 +166,7 @@ def reference_augment(window, changepoint, seed_name, n):
         elif k < 0:
             x = np.concatenate([x[-k:], np.zeros((-k, 2))])
         s, m = p["dropout_start"][v], p["dropout_len"][v]
-        x[s:s + m] = 0
+        x[s : s + m] = 0
         amp = np.max(np.abs(x))
         x += noise[v].T * p["noise_frac"][v] * amp
         x += p["wander_frac"][v] * amp * np.sin(2 * np.pi * p["wander_hz"][v] * np.arange(L) / FS)[:, None]
@@ -191,9 +198,23 @@ def test_stage_table_and_signals(augmented):
     assert list(table["sample"]) == list(range(len(table)))
     assert list(table["variant"]) == list(range(n)) * len(episodes)
     assert list(table["episode"]) == [e for e in episodes["episode"] for _ in range(n)]
-    expected_cols = {"sample", "episode", "record", "variant", "target_s", "shift_s", "dropout_start",
-                     "dropout_len", "noise_std", "wander_amp", "wander_hz", "filter_type", "f_low",
-                     "f_high", "scale"}
+    expected_cols = {
+        "sample",
+        "episode",
+        "record",
+        "variant",
+        "target_s",
+        "shift_s",
+        "dropout_start",
+        "dropout_len",
+        "noise_std",
+        "wander_amp",
+        "wander_hz",
+        "filter_type",
+        "f_low",
+        "f_high",
+        "scale",
+    }
     assert expected_cols <= set(table.columns)
     cp = np.repeat(episodes["changepoint"].to_numpy(), n)
     shifted = np.clip(cp + np.trunc(table["shift_s"] * 250).astype(int), 0, 4999)
@@ -209,9 +230,10 @@ def test_stage_signals_equal_the_episode_function(augmented):
     episodes, _, signals, root = augmented
     windows = np.load(processed(root) / "windows.npy")
     row = int(episodes.index[episodes["episode"] == "901_episode1"][0])
-    want, _ = augment_episode(windows[row], int(episodes.loc[row, "changepoint"]), 250.0,
-                              episode_rng(42, "901_episode1"), AUG)
-    np.testing.assert_array_equal(signals[row * 100:(row + 1) * 100], want.astype(np.float32))
+    want, _ = augment_episode(
+        windows[row], int(episodes.loc[row, "changepoint"]), 250.0, episode_rng(42, "901_episode1"), AUG
+    )
+    np.testing.assert_array_equal(signals[row * 100 : (row + 1) * 100], want.astype(np.float32))
 
 
 # ---- determinism ---------------------------------------------------------------------------
@@ -236,9 +258,11 @@ def test_an_episode_does_not_depend_on_the_others(tmp_path, raw, augmented):
     episodes, table, signals, _ = augmented
     _, alone_table, alone = run_augment(tmp_path, raw, "task.data.records=[901]")
     first = int(episodes.index[episodes["record"] == "901"][0]) * 100
-    np.testing.assert_array_equal(alone, signals[first:first + len(alone)])
+    np.testing.assert_array_equal(alone, signals[first : first + len(alone)])
     cols = ["episode", "target_s", "shift_s", "dropout_start", "scale"]
-    pd.testing.assert_frame_equal(alone_table[cols], table[cols].iloc[first:first + len(alone)].reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        alone_table[cols], table[cols].iloc[first : first + len(alone)].reset_index(drop=True)
+    )
 
 
 def test_augment_needs_the_extract_outputs(tmp_path, raw):

@@ -43,8 +43,11 @@ def run_extract(tmp_path, raw, *overrides):
 @pytest.mark.parametrize("mode", ["substring", "exact"])
 def test_episodes_are_the_ones_built_into_the_records(tmp_path, raw, mode):
     _, episodes, windows = run_extract(tmp_path, raw, f"task.data.label_match={mode}")
-    got = list(episodes[["record", "episode_index", "label", "onset_sample", "window_start",
-                         "relative_time_s"]].itertuples(index=False, name=None))
+    got = list(
+        episodes[["record", "episode_index", "label", "onset_sample", "window_start", "relative_time_s"]].itertuples(
+            index=False, name=None
+        )
+    )
     assert got == EXPECTED[mode]
     assert list(episodes["episode"]) == [f"{r}_episode{i}" for r, i, *_ in EXPECTED[mode]]
     assert windows.dtype == np.float32 and windows.shape == (len(EXPECTED[mode]), 2, 5000)
@@ -88,7 +91,10 @@ def test_window_rules_follow_the_spec():
     # onset at 100 (start clipped to 0), a close one 9.996 s later, then one exactly 10 s later
     onsets = np.array([100, 100 + 2499, 100 + 2499 + 2500])
     assert episode_windows(onsets, 100000, 2500, 2500) == [
-        (0, 2600, 100), (100, 5100, 2499), (100 + 2499 + 2500 - 2500, 100 + 2499 + 5000, 2500)]
+        (0, 2600, 100),
+        (100, 5100, 2499),
+        (100 + 2499 + 2500 - 2500, 100 + 2499 + 5000, 2500),
+    ]
     assert episode_windows(np.array([99000]), 100000, 2500, 2500) == [(96500, 100000, 2500)]
 
 
@@ -120,8 +126,9 @@ def test_missing_signal_file_is_a_clear_error(tmp_path, raw):
 
 
 def test_unknown_record_is_a_clear_error(tmp_path, raw):
-    _expect_failure(tmp_path, raw, FileNotFoundError, r"record '999'.*999\.hea not found",
-                    "task.data.records=[900,999]")
+    _expect_failure(
+        tmp_path, raw, FileNotFoundError, r"record '999'.*999\.hea not found", "task.data.records=[900,999]"
+    )
 
 
 def test_inconsistent_window_config_is_a_clear_error(tmp_path, raw):

@@ -141,7 +141,9 @@ def test_loader_splits_follow_the_folds_file(run, group_by):
         cfg.task.data.group_by = group_by
     data = load_task_data(cfg, cfg.arms.control, "cpu")
     table = pd.read_csv(run.out / "augmented.csv", dtype={"record": str})
-    folds = pd.read_csv(Path(run.cfg.task.folds_dir) / "folds.csv", dtype={"record": str}).set_index("episode")[f"fold_{group_by}"]
+    folds = pd.read_csv(Path(run.cfg.task.folds_dir) / "folds.csv", dtype={"record": str}).set_index("episode")[
+        f"fold_{group_by}"
+    ]
     seen = []
     for fold in (1, 2):
         train, test = data.split(fold)
@@ -159,5 +161,7 @@ def test_loader_splits_follow_the_folds_file(run, group_by):
 
 def test_loader_without_processed_data_is_a_clear_error(tmp_path):
     cfg = fixture_cfg(tmp_path, tmp_path / "raw")
-    with pytest.raises(FileNotFoundError, match=r"augmented\.csv not found: run the augment stage first \(`make data TASK=ecg`\)"):
+    with pytest.raises(
+        FileNotFoundError, match=r"augmented\.csv not found: run the augment stage first \(`make data TASK=ecg`\)"
+    ):
         load_task_data(cfg, cfg.arms.study, "cpu")

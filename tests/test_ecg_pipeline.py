@@ -26,9 +26,19 @@ def pipeline(tmp_path_factory):
     write_fixture_records(mirror)
     # the smoke run's settings (conf/debug/smoke.yaml), shrunk further for the tiny fixture records
     cfg = fixture_cfg(
-        root, root / "raw", "debug=smoke", f"stages={STAGES}", f"task.data.mirror={mirror}",
-        f"train.arms=[{','.join(ARMS)}]", "train.epochs=4", "train.limit_train=24", "train.limit_test=12",
-        "train.device=cpu", "train.num_threads=1", "stats.compare=all", "stats.n_resamples=200",
+        root,
+        root / "raw",
+        "debug=smoke",
+        f"stages={STAGES}",
+        f"task.data.mirror={mirror}",
+        f"train.arms=[{','.join(ARMS)}]",
+        "train.epochs=4",
+        "train.limit_train=24",
+        "train.limit_test=12",
+        "train.device=cpu",
+        "train.num_threads=1",
+        "stats.compare=all",
+        "stats.n_resamples=200",
     )
     with registered(mirror):
         run_stages(cfg)
@@ -91,7 +101,10 @@ def test_training_refuses_data_made_with_other_settings(pipeline):
     cfg = pipeline.copy()
     cfg.stages = ["train"]
     cfg.task.data.label_match = "exact"
-    with registered(cfg.task.data.mirror), pytest.raises(StageError, match=r"outputs of stage 'features'.*task.data.label_match: 'substring' -> 'exact'"):
+    with (
+        registered(cfg.task.data.mirror),
+        pytest.raises(StageError, match=r"outputs of stage 'features'.*task.data.label_match: 'substring' -> 'exact'"),
+    ):
         run_stages(cfg)
     cfg.task.data.label_match, cfg.task.data.n_variants = "substring", 5
     with registered(cfg.task.data.mirror), pytest.raises(StageError, match=r"task.data.n_variants: 4 -> 5"):

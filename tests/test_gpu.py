@@ -78,21 +78,34 @@ def test_a_checkpoint_moves_between_gpu_and_cpu(tiny_cfg, monkeypatch, first, th
 
 
 def final_test_r2(tiny, *overrides: str) -> float:
-    cfg = tiny("sipakmed", "train.models=[lakshyanet]", "train.arms=[study]", "train.epochs=6",
-               f"train.device={DEVICE}", *overrides)
+    cfg = tiny(
+        "sipakmed",
+        "train.models=[lakshyanet]",
+        "train.arms=[study]",
+        "train.epochs=6",
+        f"train.device={DEVICE}",
+        *overrides,
+    )
     train.train_stage(cfg)
     log = read(train.job_log_path(cfg, train.Job("lakshyanet", "study", int(cfg.train.seeds[0]), 1)))
     return float(log[["test_r2_h", "test_r2_k"]].iloc[-1].mean())
 
 
-@pytest.mark.parametrize("fast", [["train.precision=bf16"], ["train.channels_last=true"],
-                                  ["train.precision=bf16", "train.channels_last=true", "train.compile=true"]],
-                         ids=["bf16", "channels_last", "bf16+cl+compile"])
+@pytest.mark.parametrize(
+    "fast",
+    [
+        ["train.precision=bf16"],
+        ["train.channels_last=true"],
+        ["train.precision=bf16", "train.channels_last=true", "train.compile=true"],
+    ],
+    ids=["bf16", "channels_last", "bf16+cl+compile"],
+)
 def test_fast_paths_stay_within_seed_noise(tiny_cfg, fast):  # noqa: F811
     """Seed noise measured, not assumed: the spread of fp32 runs over three seeds bounds how far a
     fast path may move the final test R² of seed 42."""
-    fp32 = {seed: final_test_r2(tiny_cfg, f"train.seeds=[{seed}]", f"train.run_name=fp32_{seed}")
-            for seed in (42, 43, 44)}
+    fp32 = {
+        seed: final_test_r2(tiny_cfg, f"train.seeds=[{seed}]", f"train.run_name=fp32_{seed}") for seed in (42, 43, 44)
+    }
     noise = max(fp32.values()) - min(fp32.values())
     other = final_test_r2(tiny_cfg, *fast, "train.run_name=fast")
     assert abs(other - fp32[42]) <= max(noise, 0.02), (other, fp32)

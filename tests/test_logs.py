@@ -34,8 +34,15 @@ def write_log(path: Path, epochs: int = 6, dims: int = 1, offset: float = 0.0, c
     return path
 
 
-def write_set(root: Path, models=("NimeshaNet",), arms=("control", "study"), folds=range(1, 6),
-              seeds=(None,), epochs: int = 6, dims: int = 1) -> Path:
+def write_set(
+    root: Path,
+    models=("NimeshaNet",),
+    arms=("control", "study"),
+    folds=range(1, 6),
+    seeds=(None,),
+    epochs: int = 6,
+    dims: int = 1,
+) -> Path:
     for model in models:
         for a, arm in enumerate(arms):
             for seed in seeds:
@@ -51,13 +58,31 @@ def test_names_round_trip_including_seed_and_underscored_arm():
 
 
 def test_models_in_table3_order_then_alphabetical(tmp_path):
-    models = ("Zeta", "LakshyaNet", "Reduced Parameter NimeshaNet", "Alpha", "NimeshaNet",
-              "Reduced Parameter LakshyaNet")
+    models = (
+        "Zeta",
+        "LakshyaNet",
+        "Reduced Parameter NimeshaNet",
+        "Alpha",
+        "NimeshaNet",
+        "Reduced Parameter LakshyaNet",
+    )
     write_set(tmp_path, models=models, folds=[1, 2])
-    assert list(discover(tmp_path)) == ["NimeshaNet", "Reduced Parameter NimeshaNet", "LakshyaNet",
-                                        "Reduced Parameter LakshyaNet", "Alpha", "Zeta"]
+    assert list(discover(tmp_path)) == [
+        "NimeshaNet",
+        "Reduced Parameter NimeshaNet",
+        "LakshyaNet",
+        "Reduced Parameter LakshyaNet",
+        "Alpha",
+        "Zeta",
+    ]
     assert order_models(["B", "A"]) == ["A", "B"]
-    assert order_arms(["study", "zzz", "coordgate", "control", "none"]) == ["none", "control", "study", "coordgate", "zzz"]
+    assert order_arms(["study", "zzz", "coordgate", "control", "none"]) == [
+        "none",
+        "control",
+        "study",
+        "coordgate",
+        "zzz",
+    ]
 
 
 def test_two_d_logs_average_the_coordinates(tmp_path):
@@ -172,8 +197,11 @@ def test_r2_above_one_is_refused_with_file_and_row(tmp_path):
     frame = pd.read_csv(path)
     frame.loc[3, "test_r2"] = 1.2
     frame.to_csv(path, index=False)
-    with pytest.raises(LogError, match=r"control_set_fold_2_log\.csv: 1 R² value\(s\) above 1 .*1\.2 in column "
-                                       r"'test_r2' at data row 4"):
+    with pytest.raises(
+        LogError,
+        match=r"control_set_fold_2_log\.csv: 1 R² value\(s\) above 1 .*1\.2 in column "
+        r"'test_r2' at data row 4",
+    ):
         load_logs(tmp_path)
     # 2-D logs: each coordinate is checked, not only their mean (1.1 and 0.8 average below 1).
     path = log_path(tmp_path / "2d", "LakshyaNet", "study", 1)

@@ -85,10 +85,13 @@ def test_in_channels_follow_the_arm():
     assert n_params(NimeshaNet(2)) == NIMESHA_PARAMS - 16 * 3  # one input channel fewer
 
 
-@pytest.mark.parametrize("make, shape, scale", [
-    (lambda s: NimeshaNet(3, out_scale=s), (64, 3, 500), 20.0),
-    (lambda s: LakshyaNet(5, out_scale=s, size=32), (64, 5, 32, 32), 255.0),
-])
+@pytest.mark.parametrize(
+    "make, shape, scale",
+    [
+        (lambda s: NimeshaNet(3, out_scale=s), (64, 3, 500), 20.0),
+        (lambda s: LakshyaNet(5, out_scale=s, size=32), (64, 5, 32, 32), 255.0),
+    ],
+)
 def test_outputs_lie_inside_the_scaled_sigmoid_range(make, shape, scale):
     torch.manual_seed(1)
     net = make(scale).eval()
@@ -127,7 +130,9 @@ def test_coordgate_follows_each_convolution():
     convs = [i for i, m in enumerate(net1.features) if isinstance(m, nn.Conv1d)]
     assert all(isinstance(net1.features[i + 1], coordgate.CoordGate) for i in convs)
     assert [g.size for g in gates1] == [(500,), (250,), (125,), (62,)]
-    expected = NIMESHA_PARAMS + sum(n_params(coordgate.CoordGate(c, n)) for c, n in zip((16, 32, 64, 128), (500, 250, 125, 62)))
+    expected = NIMESHA_PARAMS + sum(
+        n_params(coordgate.CoordGate(c, n)) for c, n in zip((16, 32, 64, 128), (500, 250, 125, 62))
+    )
     assert n_params(net1) == expected
     assert net1(torch.randn(2, 3, 500)).shape == (2, 1)
 
@@ -145,8 +150,13 @@ def test_coordgate_arm_options_reach_every_gate(task, model):
     from coordchannels.train import build_model
     from tests.conftest import compose_config
 
-    cfg = compose_config([f"task={task}", "arms.coordgate.model_kwargs.coordgate_options.n_layers=3",
-                          "arms.coordgate.model_kwargs.coordgate_options.hidden=8"])
+    cfg = compose_config(
+        [
+            f"task={task}",
+            "arms.coordgate.model_kwargs.coordgate_options.n_layers=3",
+            "arms.coordgate.model_kwargs.coordgate_options.hidden=8",
+        ]
+    )
     net = build_model(cfg.task.models[model], cfg.arms.coordgate, n_channels=3)
     gates = [m for m in net.modules() if isinstance(m, CoordGate)]
     assert len(gates) == 4

@@ -41,15 +41,23 @@ def test_runs_write_to_scratch_by_default(experiment):
     cfg = compose_config(["paths.root_dir=/r"] + ([f"experiment={experiment}"] if experiment else []))
     out = str(cfg.stats.out_dir)
     assert out.startswith("/r/data/results/"), out
-    published = compose_config(["paths.root_dir=/r", "paths.outputs_dir=${paths.results_dir}"]
-                               + ([f"experiment={experiment}"] if experiment else []))
+    published = compose_config(
+        ["paths.root_dir=/r", "paths.outputs_dir=${paths.results_dir}"]
+        + ([f"experiment={experiment}"] if experiment else [])
+    )
     assert str(published.stats.out_dir).startswith("/r/results/")
 
 
 def _committed(tmp_path, name="ecg_record", **overrides):
     """A committed result folder under tmp_path/results with the stats config of `overrides`."""
-    cfg = compose_config([f"paths.root_dir={tmp_path}", "paths.outputs_dir=${paths.results_dir}",
-                          "experiment=ecg_record", *[f"{k}={v}" for k, v in overrides.items()]])
+    cfg = compose_config(
+        [
+            f"paths.root_dir={tmp_path}",
+            "paths.outputs_dir=${paths.results_dir}",
+            "experiment=ecg_record",
+            *[f"{k}={v}" for k, v in overrides.items()],
+        ]
+    )
     logs = tmp_path / "results" / name / "logs"
     logs.mkdir(parents=True)
     (logs / "stats.config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -101,8 +109,14 @@ def test_progress_lines_count_jobs_and_estimate_the_rest(make_cfg, caplog):
 
 def test_make_plan_prints_and_writes_nothing(tmp_path):
     env = {**os.environ, "COORDCHANNELS_ROOT": str(tmp_path)}
-    run = subprocess.run(["make", "-s", "plan", "TASK=ecg", f"ARGS=paths.root_dir={tmp_path}"], cwd=REPO,
-                         capture_output=True, text=True, env=env, timeout=120)
+    run = subprocess.run(
+        ["make", "-s", "plan", "TASK=ecg", f"ARGS=paths.root_dir={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert "plan: 20 training jobs" in run.stdout
     assert not any(tmp_path.iterdir()), sorted(tmp_path.rglob("*"))
@@ -112,9 +126,21 @@ def test_make_plan_prints_and_writes_nothing(tmp_path):
 def test_smoke_run_end_to_end_on_the_real_vfdb(tmp_path):
     """`make smoke`'s run, on the real VFDB: every stage passes and the tables say what they are."""
     vfdb = require(VFDB_DIR, "the VFDB")
-    run = subprocess.run([sys.executable, "-m", "coordchannels", "task=ecg", "debug=smoke",
-                          f"paths.root_dir={tmp_path}", f"paths.vfdb_mirror={vfdb}"],
-                         cwd=REPO, capture_output=True, text=True, timeout=400)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coordchannels",
+            "task=ecg",
+            "debug=smoke",
+            f"paths.root_dir={tmp_path}",
+            f"paths.vfdb_mirror={vfdb}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     out = Path(tmp_path) / "data" / "smoke" / "results" / "ecg"
     table = (out / "comparison_table.md").read_text()
@@ -125,8 +151,13 @@ def test_smoke_run_end_to_end_on_the_real_vfdb(tmp_path):
 
 
 def test_dry_run_from_the_command_line_leaves_nothing_behind(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "coordchannels", "task=ecg", "dry_run=true",
-                          f"paths.root_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "coordchannels", "task=ecg", "dry_run=true", f"paths.root_dir={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert "stage train: would run" in run.stdout and "plan: estimated training time" in run.stdout
     assert sorted(tmp_path.rglob("*")) == []

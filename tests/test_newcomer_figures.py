@@ -20,14 +20,22 @@ def test_more_than_two_arms_get_a_panel_each_on_shared_axes(tmp_path):
     write_set(tmp_path, arms=ARMS, folds=[1, 2, 3])
     fig = learning_curves_figure(curve_summary(load_logs(tmp_path, compare="all")))
     panels = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in panels] == ["none (no coordinates)", "control (CoordConv)",
-                                                 "study (intensity-weighted)", "intensity (intensity channel)"]
+    assert [ax.get_title() for ax in panels] == [
+        "none (no coordinates)",
+        "control (CoordConv)",
+        "study (intensity-weighted)",
+        "intensity (intensity channel)",
+    ]
     assert len({ax.get_ylim() for ax in panels}) == 1  # one y-range for every panel
 
 
 def test_final_values_figure_has_a_panel_per_metric_and_every_arm(tmp_path):
-    rows = [{"model": "NimeshaNet", "arm": arm, "seed": None, "fold": f, "metric": metric, "value": 0.1 * f}
-            for arm in ARMS for f in (1, 2, 3) for metric in ("train_r2", "test_r2", "instability")]
+    rows = [
+        {"model": "NimeshaNet", "arm": arm, "seed": None, "fold": f, "metric": metric, "value": 0.1 * f}
+        for arm in ARMS
+        for f in (1, 2, 3)
+        for metric in ("train_r2", "test_r2", "instability")
+    ]
     fig = final_values_figure(pd.DataFrame(rows), heading="SMOKE RUN")
     assert [ax.get_title() for ax in fig.axes] == ["Final train R²", "Final test R²", "Instability (test R² curve)"]
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()][1] == "control (CoordConv)"
@@ -45,5 +53,6 @@ def test_a_committed_result_is_replaced_only_by_statistics_of_the_same_logs(tmp_
     record.write_text(json.dumps(stored))  # as if the committed tables came from other logs
     with pytest.raises(SettingError, match="other per-fold logs"):
         run_stages(cfg)
-    assert run_stages(make_cfg(f"stats.logs_dir={logs}", f"stats.out_dir={out}", "stages=[stats]",
-                               "stats.replace_results=true")) == ["stats"]
+    assert run_stages(
+        make_cfg(f"stats.logs_dir={logs}", f"stats.out_dir={out}", "stages=[stats]", "stats.replace_results=true")
+    ) == ["stats"]

@@ -37,12 +37,24 @@ def failing_stage(cfg, out: Path) -> None:
 def with_probes(tmp_path, *overrides: str):
     cfg = compose_config([f"paths.root_dir={tmp_path}", *overrides])
     with open_dict(cfg):
-        cfg.stage_defs.make = {"fn": "tests.test_pipeline.make_stage", "out": str(tmp_path / "make"),
-                               "outputs": ["made.txt"], "settings": ["task.data.label_match"]}
-        cfg.stage_defs.use = {"fn": "tests.test_pipeline.use_stage", "out": str(tmp_path / "use"),
-                              "outputs": ["used.txt"], "settings": ["seed"], "after": ["make"]}
-        cfg.stage_defs.broken = {"fn": "tests.test_pipeline.failing_stage", "out": str(tmp_path / "broken"),
-                                 "outputs": ["never.txt"]}
+        cfg.stage_defs.make = {
+            "fn": "tests.test_pipeline.make_stage",
+            "out": str(tmp_path / "make"),
+            "outputs": ["made.txt"],
+            "settings": ["task.data.label_match"],
+        }
+        cfg.stage_defs.use = {
+            "fn": "tests.test_pipeline.use_stage",
+            "out": str(tmp_path / "use"),
+            "outputs": ["used.txt"],
+            "settings": ["seed"],
+            "after": ["make"],
+        }
+        cfg.stage_defs.broken = {
+            "fn": "tests.test_pipeline.failing_stage",
+            "out": str(tmp_path / "broken"),
+            "outputs": ["never.txt"],
+        }
     CALLS.clear()
     return cfg
 
@@ -150,7 +162,8 @@ def test_a_new_arm_is_one_yaml_file(tmp_path, monkeypatch):
     for f in (components.CONF_DIR / "arm").glob("*.yaml"):
         (conf / "arm" / f.name).write_text(f.read_text())
     (conf / "arm" / "doubled.yaml").write_text(
-        "name: doubled\nlabel: Doubled\ncolour: tab:cyan\norder: 9\nchannels: coords_norm\nmodel_kwargs: {}\n")
+        "name: doubled\nlabel: Doubled\ncolour: tab:cyan\norder: 9\nchannels: coords_norm\nmodel_kwargs: {}\n"
+    )
     monkeypatch.setattr(components, "CONF_DIR", conf)
     components.group_files.cache_clear()
     try:

@@ -60,37 +60,49 @@ def test_replications_are_independent_re_runs(tmp_path):
 
 def fake_replications(root: Path, n: int) -> None:
     for r in range(1, n + 1):
-        logs = write_set(root / "episode" / f"replication_{r}" / "fold_logs",
-                         models=("NimeshaNet",), epochs=8)
+        logs = write_set(root / "episode" / f"replication_{r}" / "fold_logs", models=("NimeshaNet",), epochs=8)
         # study better than control in every fold (write_set offsets arms by 0.01)
         assert logs.is_dir()
 
 
 def fake_published(folder: Path) -> None:
     folder.mkdir(parents=True)
-    rows = [("NimeshaNet", m, d, "study > control" if d > 0 else "study < control")
-            for m, d in (("train_r2", 0.05), ("test_r2", 0.03), ("instability", -0.01))]
+    rows = [
+        ("NimeshaNet", m, d, "study > control" if d > 0 else "study < control")
+        for m, d in (("train_r2", 0.05), ("test_r2", 0.03), ("instability", -0.01))
+    ]
     pd.DataFrame(rows, columns=["model", "metric", "mean_diff", "conclusion"]).assign(
-        ci_low=-1.0, ci_high=1.0, p_value=0.0).to_csv(folder / "comparison_table.csv", index=False)
-    pd.DataFrame([("NimeshaNet", arm, "", f, "test_r2", 0.6) for arm in ("control", "study") for f in range(1, 6)],
-                 columns=["model", "arm", "seed", "fold", "metric", "value"]).to_csv(folder / "fold_values.csv",
-                                                                                     index=False)
+        ci_low=-1.0, ci_high=1.0, p_value=0.0
+    ).to_csv(folder / "comparison_table.csv", index=False)
+    pd.DataFrame(
+        [("NimeshaNet", arm, "", f, "test_r2", 0.6) for arm in ("control", "study") for f in range(1, 6)],
+        columns=["model", "arm", "seed", "fold", "metric", "value"],
+    ).to_csv(folder / "fold_values.csv", index=False)
 
 
 def test_the_summary_comes_from_the_replications_logs_alone(tmp_path):
     out = tmp_path / "results" / "ecg_replications"
     fake_replications(out, 2)
     fake_published(tmp_path / "published")
-    cfg = compose_config(["experiment=ecg_replications", f"paths.root_dir={tmp_path}", "replicate.groupings=[episode]",
-                          f"replicate.published_dir={tmp_path / 'published'}", "stats.n_resamples=2000",
-                          "stages=[replication_summary]"])
+    cfg = compose_config(
+        [
+            "experiment=ecg_replications",
+            f"paths.root_dir={tmp_path}",
+            "replicate.groupings=[episode]",
+            f"replicate.published_dir={tmp_path / 'published'}",
+            "stats.n_resamples=2000",
+            "stages=[replication_summary]",
+        ]
+    )
     assert run_stages(cfg) == ["replication_summary"]
     summary = pd.read_csv(out / "replication_summary.csv")
     train = summary[summary.metric == "train_r2"].iloc[0]
     assert train.n_replications == 2 and train.n_agree == 2  # study > control in both, as published
     assert {"test_r2_last5"} <= set(summary.metric)
     assert (out / "forest_episode.png").stat().st_size > 0 and (out / "arm_levels.png").stat().st_size > 0
-    before = {name: (out / name).read_bytes() for name in ("replication_summary.csv", "replications.csv", "arm_levels.csv")}
+    before = {
+        name: (out / name).read_bytes() for name in ("replication_summary.csv", "replications.csv", "arm_levels.csv")
+    }
     assert run_stages(cfg) == []  # same logs: nothing redone
     for name in before:
         (out / name).unlink()

@@ -52,10 +52,18 @@ def test_report_stage_writes_a_png_without_a_display(tmp_path, make_cfg):
         assert image.format == "PNG" and image.width > 1000 and image.height > 800
     summary = pd.read_csv(tmp_path / "learning_curves.csv")
     assert list(dict.fromkeys(summary.model)) == [
-        "NimeshaNet", "Reduced Parameter NimeshaNet", "LakshyaNet", "Reduced Parameter LakshyaNet"]
+        "NimeshaNet",
+        "Reduced Parameter NimeshaNet",
+        "LakshyaNet",
+        "Reduced Parameter LakshyaNet",
+    ]
     # The paper's Figure 2: Reduced Parameter NimeshaNet control test R^2 dips to ~0.28 at epoch 4.
-    dip = summary[(summary.model == "Reduced Parameter NimeshaNet") & (summary.arm == "control")
-                  & (summary.split == "test") & (summary.epoch == 4)]["mean"].item()
+    dip = summary[
+        (summary.model == "Reduced Parameter NimeshaNet")
+        & (summary.arm == "control")
+        & (summary.split == "test")
+        & (summary.epoch == 4)
+    ]["mean"].item()
     assert dip == pytest.approx(0.28, abs=0.01)
 
 
@@ -65,8 +73,15 @@ def test_pipeline_runs_stats_and_report_from_config(tmp_path, make_cfg):
     cfg = report_cfg(make_cfg, logs, out, "stages=[stats]")
     assert run_stages(cfg) == ["stats"]
     assert run_stages(cfg) == []  # the same logs and settings: nothing to redo
-    for name in ("comparison_table.csv", "comparison_table.md", "comparison_table.tex", "fold_values.csv",
-                 "fold_differences.csv", "learning_curves.png", "learning_curves.csv"):
+    for name in (
+        "comparison_table.csv",
+        "comparison_table.md",
+        "comparison_table.tex",
+        "fold_values.csv",
+        "fold_differences.csv",
+        "learning_curves.png",
+        "learning_curves.csv",
+    ):
         assert (out / name).is_file(), name
 
 

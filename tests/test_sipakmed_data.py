@@ -42,7 +42,11 @@ def fake_tree(tmp_path_factory):
 
 
 def files_under(folder) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
 # ------------------------------------------------------------------ generator
@@ -98,8 +102,13 @@ def test_generator_is_deterministic_and_cli_writes_a_tree(tmp_path, fake_tree, c
 
 
 def test_cropped_folders_are_found_at_any_depth(tmp_path):
-    layouts = ["a/b/im_Dyskeratotic/CROPPED", "Koilocytotic/CROPPED", "im_Metaplastic/im_Metaplastic/CROPPED",
-               "x/im_Parabasal/cropped", "im_Superficial-Intermediate/im_Superficial-Intermediate/CROPPED"]
+    layouts = [
+        "a/b/im_Dyskeratotic/CROPPED",
+        "Koilocytotic/CROPPED",
+        "im_Metaplastic/im_Metaplastic/CROPPED",
+        "x/im_Parabasal/cropped",
+        "im_Superficial-Intermediate/im_Superficial-Intermediate/CROPPED",
+    ]
     for layout in layouts:
         (tmp_path / layout).mkdir(parents=True)
     (tmp_path / "unrelated/CROPPED").mkdir(parents=True)  # no class folder: ignored
@@ -119,11 +128,22 @@ def test_missing_or_duplicate_cropped_folders_are_errors(tmp_path):
 
 
 def test_only_cropped_cell_images_and_nucleus_contours_are_members():
-    names = ["im_X/001.bmp", "im_X/001_nuc01.dat", "im_X/CROPPED", "im_X/CROPPED/001_01.bmp",
-             "im_X/CROPPED/001_01_nuc.dat", "im_X/CROPPED/001_01_cyt.dat", "im_X\\CROPPED\\002_03.BMP",
-             "im_X/CROPPED/notes.txt", "001_01.bmp"]
-    assert cropped_members(names) == ["im_X/CROPPED/001_01.bmp", "im_X/CROPPED/001_01_nuc.dat",
-                                      "im_X\\CROPPED\\002_03.BMP"]
+    names = [
+        "im_X/001.bmp",
+        "im_X/001_nuc01.dat",
+        "im_X/CROPPED",
+        "im_X/CROPPED/001_01.bmp",
+        "im_X/CROPPED/001_01_nuc.dat",
+        "im_X/CROPPED/001_01_cyt.dat",
+        "im_X\\CROPPED\\002_03.BMP",
+        "im_X/CROPPED/notes.txt",
+        "001_01.bmp",
+    ]
+    assert cropped_members(names) == [
+        "im_X/CROPPED/001_01.bmp",
+        "im_X/CROPPED/001_01_nuc.dat",
+        "im_X\\CROPPED\\002_03.BMP",
+    ]
 
 
 # ------------------------------------------------------------------ extraction and download stage
@@ -220,8 +240,11 @@ def test_download_stage_fetches_archives_over_http_and_extracts_cells(fake_archi
 
     monkeypatch.setattr(download, "registry", registry)
     with FileServer(files) as server:
-        cfg = make_cfg("task=sipakmed", f"task.data.url={server.url}",
-                       f"sources.invalid_samples_url={server.url}invalid_samples.csv")
+        cfg = make_cfg(
+            "task=sipakmed",
+            f"task.data.url={server.url}",
+            f"sources.invalid_samples_url={server.url}invalid_samples.csv",
+        )
         cfg.stages = ["download", "authors_list"]
         assert run_stages(cfg) == ["download", "authors_list"]
         n_requests = len(server.requests)
@@ -237,11 +260,13 @@ def test_download_stage_fetches_archives_over_http_and_extracts_cells(fake_archi
 def test_download_stage_uses_an_extracted_tree_mirror(fake_tree, fake_archives, make_cfg, monkeypatch):
     """A mirror holding the extracted tree gives exactly the files extraction from the archives gives."""
     monkeypatch.setattr(archives, "sipakmed_archives", lambda cfg: list(fake_archives.paths))
-    from_archives = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false",
-                             "task.data.raw_dir=${paths.raw_dir}/from_archives")
+    from_archives = make_cfg(
+        "task=sipakmed", "task.data.fetch_authors_invalid=false", "task.data.raw_dir=${paths.raw_dir}/from_archives"
+    )
     call_stage(from_archives, "download")
-    from_tree = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false",
-                         f"paths.sipakmed_mirror={fake_tree.out_dir}")
+    from_tree = make_cfg(
+        "task=sipakmed", "task.data.fetch_authors_invalid=false", f"paths.sipakmed_mirror={fake_tree.out_dir}"
+    )
     call_stage(from_tree, "download")
     a = files_under(Path(from_archives.task.data.raw_dir) / CROPPED)
     b = files_under(Path(from_tree.task.data.raw_dir) / CROPPED)
@@ -265,8 +290,12 @@ def test_archives_in_a_mirror_are_read_in_place_and_locked(fake_archives, make_c
 
     bad = dict(sizes, **{fake_archives.paths[0].name: sizes[fake_archives.paths[0].name] + 1})
     monkeypatch.setattr(download, "registry", lambda name: bad)
-    other = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false", f"paths.sipakmed_mirror={mirror}",
-                     "task.data.raw_dir=${paths.raw_dir}/other")
+    other = make_cfg(
+        "task=sipakmed",
+        "task.data.fetch_authors_invalid=false",
+        f"paths.sipakmed_mirror={mirror}",
+        "task.data.raw_dir=${paths.raw_dir}/other",
+    )
     with pytest.raises(download.ChecksumError, match=f"mirror file .*{fake_archives.paths[0].name}: size"):
         call_stage(other, "download")
     assert not (Path(other.task.data.raw_dir) / CROPPED).exists()
@@ -297,8 +326,9 @@ def test_contours_parse_comma_or_whitespace_separated(tmp_path):
         np.testing.assert_array_equal(points, expected)
 
 
-@pytest.mark.parametrize("text, line", [("1,2\n3,4\nx,5\n", 3), ("1,2\n3,4,5\n", 2), ("1,2\n\n7\n", 3),
-                                        ("nan,2\n", 1), ("1;2\n", 1)])
+@pytest.mark.parametrize(
+    "text, line", [("1,2\n3,4\nx,5\n", 3), ("1,2\n3,4,5\n", 2), ("1,2\n\n7\n", 3), ("nan,2\n", 1), ("1;2\n", 1)]
+)
 def test_a_malformed_contour_line_is_an_error_with_file_and_line(tmp_path, text, line):
     path = write(tmp_path / "001_01_nuc.dat", text)
     with pytest.raises(ValueError, match=rf"001_01_nuc.dat, line {line}: expected two numbers"):
@@ -332,7 +362,9 @@ def test_unreadable_image_is_an_error_naming_the_file(tmp_path):
 @pytest.fixture
 def raw_cfg(fake_tree, make_cfg):
     """A config whose raw layout is a copy of the generated cells, for spoiling one file."""
-    cfg = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false", f"paths.sipakmed_mirror={fake_tree.out_dir}")
+    cfg = make_cfg(
+        "task=sipakmed", "task.data.fetch_authors_invalid=false", f"paths.sipakmed_mirror={fake_tree.out_dir}"
+    )
     call_stage(cfg, "download")
     return cfg
 
@@ -402,8 +434,12 @@ def test_an_error_names_the_mirror_file_and_a_fixed_mirror_is_taken_again(fake_t
     nuc = sorted(mirror.rglob("*_nuc.dat"))[0]
     good = nuc.read_text()
     nuc.write_text("not,a,contour\n")
-    cfg = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false", f"paths.sipakmed_mirror={mirror}",
-                   "stages=[download,preprocess]")
+    cfg = make_cfg(
+        "task=sipakmed",
+        "task.data.fetch_authors_invalid=false",
+        f"paths.sipakmed_mirror={mirror}",
+        "stages=[download,preprocess]",
+    )
     with pytest.raises(ValueError, match=rf"is a copy of {nuc}"):
         run_stages(cfg)
     nuc.write_text(good)
@@ -422,8 +458,11 @@ def test_right_sized_junk_archives_are_not_locked_in(fake_archives, make_cfg, mo
         call_stage(cfg, "download")
     lock = Path(cfg.task.data.raw_dir) / archives.SIPAKMED_LOCK
     assert not lock.exists() or json.loads(lock.read_text()) == {}
-    good = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false",
-                    f"paths.sipakmed_mirror={fake_archives.paths[0].parent}")
+    good = make_cfg(
+        "task=sipakmed",
+        "task.data.fetch_authors_invalid=false",
+        f"paths.sipakmed_mirror={fake_archives.paths[0].parent}",
+    )
     call_stage(good, "download")  # the good archives are accepted, and now pinned
     assert sorted(json.loads(lock.read_text())) == sorted(sizes)
 

@@ -32,8 +32,12 @@ def fake(tmp_path_factory):
 @pytest.fixture
 def prepared(fake, make_cfg):
     def factory(*overrides: str):
-        cfg = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false",
-                       f"paths.sipakmed_mirror={fake.out_dir}", *overrides)
+        cfg = make_cfg(
+            "task=sipakmed",
+            "task.data.fetch_authors_invalid=false",
+            f"paths.sipakmed_mirror={fake.out_dir}",
+            *overrides,
+        )
         for stage in ("download", "preprocess", "folds"):
             call_stage(cfg, stage)
         return cfg
@@ -62,8 +66,8 @@ def test_coordinate_channels_of_both_arms(prepared):
     study = load_task_data(cfg, cfg.arms.study, "cpu").inputs(idx(3, 44))
     torch.testing.assert_close(control[:, :3], study[:, :3])
     cols = torch.arange(256.0).expand(256, 256)
-    torch.testing.assert_close(control[:, 3], cols.expand(2, 256, 256))        # x = column index
-    torch.testing.assert_close(control[:, 4], cols.T.expand(2, 256, 256))      # y = row index
+    torch.testing.assert_close(control[:, 3], cols.expand(2, 256, 256))  # x = column index
+    torch.testing.assert_close(control[:, 4], cols.T.expand(2, 256, 256))  # y = row index
     m = study[:, :3].mean(dim=1)
     torch.testing.assert_close(study[:, 3], cols * m)
     torch.testing.assert_close(study[:, 4], cols.T * m)
@@ -76,12 +80,14 @@ def test_identity_variant_gives_the_normalised_padded_image(prepared):
     data.params[20] = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)  # image 1, variant 0
     x = data.inputs(idx(20))[0, :3]
     top, left, h, w = cache["box"][1]
-    inside = x[:, top:top + h, left:left + w]
+    inside = x[:, top : top + h, left : left + w]
     assert abs(float(inside.mean())) < 0.01 and float(inside.std()) == pytest.approx(1.0, abs=0.02)
     outside = x.clone()
-    outside[:, top:top + h, left:left + w] = 0
+    outside[:, top : top + h, left : left + w] = 0
     assert not outside.any()  # zero padding after normalisation
-    torch.testing.assert_close(data.targets(idx(20))[0], torch.tensor(cache["centre_vertex_mean"][1], dtype=torch.float32))
+    torch.testing.assert_close(
+        data.targets(idx(20))[0], torch.tensor(cache["centre_vertex_mean"][1], dtype=torch.float32)
+    )
 
 
 @pytest.mark.parametrize("centre", ["vertex_mean", "polygon_centroid"])
@@ -94,7 +100,7 @@ def test_target_is_the_centre_of_the_warped_contour(prepared, centre):
     matrices = data.matrices(samples)
     for j, s in enumerate(samples.tolist()):
         contour = torch.from_numpy(contours_of(cache, s // 20))[None]
-        moved = warp.warp_points(contour, matrices[j:j + 1])[0].numpy()
+        moved = warp.warp_points(contour, matrices[j : j + 1])[0].numpy()
         np.testing.assert_allclose(targets[j].numpy(), nucleus_centre(moved, centre), atol=1e-4)
 
 
@@ -161,8 +167,16 @@ def test_loader_is_deterministic(prepared):
 def test_tiny_run_through_the_real_trainer_resumes_after_a_kill(prepared, monkeypatch):
     """Reduced LakshyaNet on 256 x 256, 8 training / 8 test variants, 2 epochs; killed after
     epoch 1, resumed, and equal to an uninterrupted run."""
-    small = ("train.models=[lakshyanet_reduced]", "train.arms=[study]", "train.folds=[2]", "train.epochs=2",
-             "train.limit_train=8", "train.limit_test=8", "train.batch_size=4", "train.eval_batch_size=8")
+    small = (
+        "train.models=[lakshyanet_reduced]",
+        "train.arms=[study]",
+        "train.folds=[2]",
+        "train.epochs=2",
+        "train.limit_train=8",
+        "train.limit_test=8",
+        "train.batch_size=4",
+        "train.eval_batch_size=8",
+    )
     reference = prepared(*small, "train.run_name=ref")
     train.train_stage(reference)
     job = train.Job("lakshyanet_reduced", "study", 42, 2)

@@ -51,8 +51,12 @@ def prepared(fake, make_cfg):
     """Factory: a config on the generated tree with download + preprocess (+ folds) run."""
 
     def factory(*overrides: str, folds: bool = True):
-        cfg = make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false",
-                       f"paths.sipakmed_mirror={fake.out_dir}", *overrides)
+        cfg = make_cfg(
+            "task=sipakmed",
+            "task.data.fetch_authors_invalid=false",
+            f"paths.sipakmed_mirror={fake.out_dir}",
+            *overrides,
+        )
         call_stage(cfg, "download")
         call_stage(cfg, "preprocess")
         if folds:
@@ -127,7 +131,7 @@ def test_area_resize_matches_torch_area_for_integer_ratios_and_keeps_the_mean():
 def test_vertex_mean_and_polygon_centroid_on_a_known_polygon():
     # a 2 x 2 square with an extra vertex on its bottom edge, closed (last point = first)
     square = np.array([[0, 0], [1, 0], [2, 0], [2, 2], [0, 2], [0, 0]], dtype=float)
-    np.testing.assert_allclose(vertex_mean(square), [1.0, 0.8])      # 5 distinct vertices
+    np.testing.assert_allclose(vertex_mean(square), [1.0, 0.8])  # 5 distinct vertices
     np.testing.assert_allclose(polygon_centroid(square), [1.0, 1.0])  # area centroid
     np.testing.assert_allclose(polygon_centroid(square[::-1]), [1.0, 1.0])  # orientation-free
     # an L shape: centroid of a 2x1 and a 1x1 rectangle
@@ -188,7 +192,7 @@ def test_eight_bit_cache_error_is_within_half_a_grey_level_over_std(prepared, fa
         image = read_cell_image(raw / row["class"] / f"{row['sample_id'][2:]}.bmp")
         top, left, h, w = cache["box"][i]
         exact = (resize_area(image, h, w) - cache["mean"][i]) / cache["std"][i]
-        cached = (images[i, :, top:top + h, left:left + w].transpose(1, 2, 0) - cache["mean"][i]) / cache["std"][i]
+        cached = (images[i, :, top : top + h, left : left + w].transpose(1, 2, 0) - cache["mean"][i]) / cache["std"][i]
         err = np.abs(cached - exact).max()
         assert err <= 0.5 / cache["std"][i] + 1e-9
         errors.append(err)
@@ -241,8 +245,13 @@ def test_invalid_rule_authors_needs_their_list(prepared):
 
 
 def runner_cfg(make_cfg, fake, *overrides: str):
-    return make_cfg("task=sipakmed", "task.data.fetch_authors_invalid=false", f"paths.sipakmed_mirror={fake.out_dir}",
-                    "stages=[download,preprocess,folds]", *overrides)
+    return make_cfg(
+        "task=sipakmed",
+        "task.data.fetch_authors_invalid=false",
+        f"paths.sipakmed_mirror={fake.out_dir}",
+        "stages=[download,preprocess,folds]",
+        *overrides,
+    )
 
 
 def test_folds_of_another_sample_set_are_refused(make_cfg, fake):
@@ -292,7 +301,7 @@ def test_norm_stats_option(prepared):
     out = Path(cfg.task.processed_dir)
     cache, images = read_cache(out), np.load(out / IMAGES_NPY)
     top, left, h, w = cache["box"][0]
-    inside = images[0, :, top:top + h, left:left + w].astype(float)
+    inside = images[0, :, top : top + h, left : left + w].astype(float)
     assert cache["mean"][0] == pytest.approx(inside.mean(), abs=0.5)
     assert cache["std"][0] == pytest.approx(inside.std(), rel=0.01)
 

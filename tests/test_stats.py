@@ -151,8 +151,9 @@ def test_published_table3_is_reproduced(tmp_path, make_cfg):
     assert table.complete.all() and not table.limited.any()
     md = (tmp_path / "comparison_table.md").read_text()
     assert "| NimeshaNet | Instability | -0.01532 | [-0.03198, -0.00487] | <0.00005 | study < control |" in md
-    assert ("Evidence: 5 paired (seed, fold) units per comparison, 15 epochs per fold; "
-            "a complete run has folds 1-5") in md
+    assert (
+        "Evidence: 5 paired (seed, fold) units per comparison, 15 epochs per fold; a complete run has folds 1-5"
+    ) in md
     assert "LIMITED" not in md and "INCOMPLETE" not in md
     assert "$<0.00005$" in (tmp_path / "comparison_table.tex").read_text()
     diffs = pd.read_csv(tmp_path / "fold_differences.csv")
@@ -210,10 +211,16 @@ def test_multi_seed_units_are_paired(tmp_path, make_cfg):
     [
         (lambda root: log_path(root, "NimeshaNet", "study", 4).unlink(), "study_set_fold_4_log.csv"),
         (lambda root: write_log(log_path(root, "NimeshaNet", "control", 2), epochs=9), "same epochs"),
-        (lambda root: write_log(log_path(root, "NimeshaNet", "control", 2), columns=["epoch", "train", "test_r2"]),
-         "columns epoch,train,test_r2"),
-        (lambda root: log_path(root, "NimeshaNet", "study", 1).write_text("epoch,train_r2,test_r2\n1,0.1,0.2\n2,nan,0.3\n3,0.2,0.3\n4,0.2,0.3\n"),
-         "NaN"),
+        (
+            lambda root: write_log(log_path(root, "NimeshaNet", "control", 2), columns=["epoch", "train", "test_r2"]),
+            "columns epoch,train,test_r2",
+        ),
+        (
+            lambda root: log_path(root, "NimeshaNet", "study", 1).write_text(
+                "epoch,train_r2,test_r2\n1,0.1,0.2\n2,nan,0.3\n3,0.2,0.3\n4,0.2,0.3\n"
+            ),
+            "NaN",
+        ),
         (lambda root: [log_path(root, "NimeshaNet", "study", k).unlink() for k in range(1, 6)], "no logs of arm"),
     ],
 )

@@ -71,8 +71,9 @@ def fake_loader(cfg, arm, device):
     cx, cy = rng.uniform(6, SIZE - 6, n), rng.uniform(6, SIZE - 6, n)
     rows, cols = np.mgrid[0:SIZE, 0:SIZE]
     blob = np.exp(-0.5 * ((cols[None] - cx[:, None, None]) ** 2 + (rows[None] - cy[:, None, None]) ** 2) / 4.0)
-    image = torch.tensor(np.repeat(blob[:, None], 3, axis=1) + 0.05 * rng.standard_normal((n, 3, SIZE, SIZE)),
-                         dtype=torch.float32)
+    image = torch.tensor(
+        np.repeat(blob[:, None], 3, axis=1) + 0.05 * rng.standard_normal((n, 3, SIZE, SIZE)), dtype=torch.float32
+    )
     x = torch.cat([image, extra_channels_2d(image, arm.channels)], dim=1)
     y = torch.tensor(np.stack([cx, cy], axis=1), dtype=torch.float32)
     return FakeData(x.to(device), y.to(device), folds, ("h", "k"), target_stats_samples=10)
@@ -84,11 +85,15 @@ def tiny_cfg(make_cfg):
 
     def factory(task="ecg", *overrides):
         if task == "ecg":
-            sizes = [f"task.models.nimeshanet.net.length={LENGTH}", f"task.models.nimeshanet_reduced.net.length={LENGTH}"]
+            sizes = [
+                f"task.models.nimeshanet.net.length={LENGTH}",
+                f"task.models.nimeshanet_reduced.net.length={LENGTH}",
+            ]
         else:
             sizes = [f"task.models.lakshyanet.net.size={SIZE}", f"task.models.lakshyanet_reduced.net.size={SIZE}"]
-        cfg = make_cfg(f"task={task}", "train.epochs=3", "train.folds=[1]", "train.eval_batch_size=16",
-                       *sizes, *overrides)
+        cfg = make_cfg(
+            f"task={task}", "train.epochs=3", "train.folds=[1]", "train.eval_batch_size=16", *sizes, *overrides
+        )
         with open_dict(cfg):
             cfg.task.loader = "tests.test_train.fake_loader"
             cfg.task.data.fake_n = 60
@@ -112,11 +117,13 @@ def test_ecg_run_writes_complete_logs_in_the_published_layout(tiny_cfg):
     train.job._DATA_CACHE.clear()
     cfg = tiny_cfg("ecg", "train.epochs=4", "train.folds=[1,2]")
     train.train_stage(cfg)
-    logs = sorted(p.relative_to(cfg.train.logs_dir).as_posix()
-                  for p in Path(cfg.train.logs_dir).rglob("*.csv"))
-    assert logs == sorted(f"{model}/{arm}_set_fold_{k}_log.csv"
-                          for model in ("NimeshaNet", "Reduced Parameter NimeshaNet")
-                          for arm in ("control", "study") for k in (1, 2))
+    logs = sorted(p.relative_to(cfg.train.logs_dir).as_posix() for p in Path(cfg.train.logs_dir).rglob("*.csv"))
+    assert logs == sorted(
+        f"{model}/{arm}_set_fold_{k}_log.csv"
+        for model in ("NimeshaNet", "Reduced Parameter NimeshaNet")
+        for arm in ("control", "study")
+        for k in (1, 2)
+    )
     for name in logs:
         frame = read(os.path.join(cfg.train.logs_dir, name))
         assert list(frame.columns) == ["epoch", "train_r2", "test_r2"]
@@ -127,10 +134,16 @@ def test_ecg_run_writes_complete_logs_in_the_published_layout(tiny_cfg):
     assert LOADS == [("ecg", "control"), ("ecg", "study")]
     ckpts = sorted(p.name for p in (Path(cfg.train.run_dir) / "checkpoints" / "NimeshaNet").iterdir())
     assert ckpts == [f"{a}_seed_42_fold_{k}.pt" for a in ("control", "study") for k in (1, 2)]
-    records = sorted(p.relative_to(Path(cfg.train.run_dir) / "jobs").as_posix()
-                     for p in (Path(cfg.train.run_dir) / "jobs").rglob("*.json"))
-    assert records == [f"{m}/{a}_set_fold_{k}_log.json" for m in ("NimeshaNet", "Reduced Parameter NimeshaNet")
-                       for a in ("control", "study") for k in (1, 2)]
+    records = sorted(
+        p.relative_to(Path(cfg.train.run_dir) / "jobs").as_posix()
+        for p in (Path(cfg.train.run_dir) / "jobs").rglob("*.json")
+    )
+    assert records == [
+        f"{m}/{a}_set_fold_{k}_log.json"
+        for m in ("NimeshaNet", "Reduced Parameter NimeshaNet")
+        for a in ("control", "study")
+        for k in (1, 2)
+    ]
     record = json.loads((Path(cfg.train.run_dir) / "jobs" / records[0]).read_text())
     assert record["epochs"] == 4 and record["fingerprint"]["seed"] == 42
     assert record["fingerprint"]["train"]["lr"] == 1e-3 and record["fingerprint"]["train"]["num_threads"] == 1
@@ -220,8 +233,9 @@ def test_killed_job_resumes_to_the_uninterrupted_result(tiny_cfg, monkeypatch):
 
     epochs_run = []
     real_train_one_epoch = train.job.train_one_epoch
-    monkeypatch.setattr(train.job, "train_one_epoch",
-                        lambda *a, **k: epochs_run.append(1) or real_train_one_epoch(*a, **k))
+    monkeypatch.setattr(
+        train.job, "train_one_epoch", lambda *a, **k: epochs_run.append(1) or real_train_one_epoch(*a, **k)
+    )
     train.train_stage(cfg)
     assert len(epochs_run) == 2  # epochs 2 and 3 only
     pd.testing.assert_frame_equal(read(job_log(cfg)), read(job_log(reference)), check_exact=True)
@@ -250,7 +264,9 @@ def test_changed_config_refuses_to_resume_or_skip(tiny_cfg, monkeypatch):
     cfg = tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[control]")
     train.train_stage(cfg)
     changed = tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[control]", "train.lr=0.01")
-    with pytest.raises(train.RunConfigError, match=r"train\.lr: stored 0\.001, now 0\.01.*train\.run_name.*overwrite=true"):
+    with pytest.raises(
+        train.RunConfigError, match=r"train\.lr: stored 0\.001, now 0\.01.*train\.run_name.*overwrite=true"
+    ):
         train.train_stage(changed)
     # A job run on its own is stopped the same way.
     with pytest.raises(train.RunConfigError, match="another configuration"):
@@ -323,8 +339,9 @@ def test_parallel_jobs_match_serial_jobs(tiny_cfg):
     assert stage_log.count(": epoch 3 ") == 4  # the workers' progress lines reach it
     for arm in ("control", "study"):
         for fold in (1, 2):
-            pd.testing.assert_frame_equal(read(job_log(parallel, arm=arm, fold=fold)),
-                                          read(job_log(serial, arm=arm, fold=fold)), check_exact=True)
+            pd.testing.assert_frame_equal(
+                read(job_log(parallel, arm=arm, fold=fold)), read(job_log(serial, arm=arm, fold=fold)), check_exact=True
+            )
 
 
 def test_a_task_without_models_trains_nothing(make_cfg):
@@ -346,9 +363,14 @@ def test_channels_last_and_bf16_runs_stay_close_to_fp32(tiny_cfg):
     """train.channels_last keeps fp32 arithmetic (same numbers up to summation order); bf16
     autocast moves them a little; both are in the fingerprint, so a run cannot mix them."""
     args = ("sipakmed", "train.models=[lakshyanet]", "train.arms=[study]")
-    runs = {name: tiny_cfg(*args, f"train.run_name={name}", *extra) for name, extra in
-            {"fp32": (), "cl": ("train.channels_last=true",),
-             "bf16": ("train.precision=bf16", "train.channels_last=true")}.items()}
+    runs = {
+        name: tiny_cfg(*args, f"train.run_name={name}", *extra)
+        for name, extra in {
+            "fp32": (),
+            "cl": ("train.channels_last=true",),
+            "bf16": ("train.precision=bf16", "train.channels_last=true"),
+        }.items()
+    }
     for cfg in runs.values():
         train.train_stage(cfg)
     logs = {name: read(job_log(cfg, model="lakshyanet")) for name, cfg in runs.items()}
@@ -368,7 +390,10 @@ def test_unknown_precision_is_a_clear_error(tiny_cfg):
 @pytest.mark.slow  # torch.compile builds C++ kernels on a CPU: about a minute
 def test_compiled_model_gives_the_eager_numbers_and_plain_checkpoints(tiny_cfg):
     args = ("ecg", "train.models=[nimeshanet]", "train.arms=[study]")
-    eager, compiled = tiny_cfg(*args, "train.run_name=eager"), tiny_cfg(*args, "train.run_name=compiled", "train.compile=true")
+    eager, compiled = (
+        tiny_cfg(*args, "train.run_name=eager"),
+        tiny_cfg(*args, "train.run_name=compiled", "train.compile=true"),
+    )
     train.train_stage(eager)
     train.train_stage(compiled)
     a, b = read(job_log(compiled)), read(job_log(eager))
@@ -399,8 +424,9 @@ def test_more_epochs_continue_a_finished_run_with_the_same_numbers(tiny_cfg, mon
     monkeypatch.setattr(train.job, "train_one_epoch", lambda *a, **k: epochs_run.append(1) or real(*a, **k))
     train.train_stage(tiny_cfg(*args, "train.run_name=longer", "train.epochs=5"))
     assert len(epochs_run) == 2  # epochs 4 and 5 only
-    pd.testing.assert_frame_equal(read(job_log(cfg, arm="study")), read(job_log(straight, arm="study")),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        read(job_log(cfg, arm="study")), read(job_log(straight, arm="study")), check_exact=True
+    )
     with pytest.raises(train.RunConfigError, match="past epoch 4"):
         train.train_stage(tiny_cfg(*args, "train.run_name=longer", "train.epochs=4"))
 
@@ -430,16 +456,19 @@ def test_a_job_being_trained_elsewhere_is_not_trained_twice(tiny_cfg):
     assert job_log(cfg, arm="control").exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.folds=3", r"train.folds=3: give a list, e.g. train.folds=\[3\]"),
-    ("train.batch_size=0", r"train.batch_size=0: give a whole number >= 1"),
-    ("train.epochs=0", r"train.epochs=0: give a whole number >= 1"),
-    ("train.limit_test=1", r"train.limit_test=1: give a whole number >= 2"),
-    ("train.lr=abc", r"train.lr='abc': give a positive number"),
-    ("train.num_threads=0", r"train.num_threads=0"),
-    ("train.epochs=3", r"train.epochs=3: the statistics need at least 4 epochs"),
-    ("train.device=cuda", r"train.device=cuda: this machine has no CUDA GPU"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.folds=3", r"train.folds=3: give a list, e.g. train.folds=\[3\]"),
+        ("train.batch_size=0", r"train.batch_size=0: give a whole number >= 1"),
+        ("train.epochs=0", r"train.epochs=0: give a whole number >= 1"),
+        ("train.limit_test=1", r"train.limit_test=1: give a whole number >= 2"),
+        ("train.lr=abc", r"train.lr='abc': give a positive number"),
+        ("train.num_threads=0", r"train.num_threads=0"),
+        ("train.epochs=3", r"train.epochs=3: the statistics need at least 4 epochs"),
+        ("train.device=cuda", r"train.device=cuda: this machine has no CUDA GPU"),
+    ],
+)
 def test_bad_training_settings_fail_before_anything_is_written(make_cfg, override, message):
     import torch as _torch
 
@@ -459,8 +488,10 @@ def test_a_worker_ends_when_the_process_that_started_it_dies(tmp_path):
     import time
 
     parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    code = ("import sys, time; from coordchannels.train.stage import _die_with; "
-            f"_die_with({parent.pid}, every_s=0.1); time.sleep(30); sys.exit(0)")
+    code = (
+        "import sys, time; from coordchannels.train.stage import _die_with; "
+        f"_die_with({parent.pid}, every_s=0.1); time.sleep(30); sys.exit(0)"
+    )
     worker = subprocess.Popen([sys.executable, "-c", code])
     time.sleep(1.0)
     assert worker.poll() is None  # alive while its parent lives

@@ -53,8 +53,12 @@ def reference_warp(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
             sx, sy, _ = inv @ [x, y, 1.0]
             x0, y0 = math.floor(sx), math.floor(sy)
             fx, fy = sx - x0, sy - y0
-            out[:, y, x] = ((1 - fx) * (1 - fy) * pixel(x0, y0) + fx * (1 - fy) * pixel(x0 + 1, y0)
-                            + (1 - fx) * fy * pixel(x0, y0 + 1) + fx * fy * pixel(x0 + 1, y0 + 1))
+            out[:, y, x] = (
+                (1 - fx) * (1 - fy) * pixel(x0, y0)
+                + fx * (1 - fy) * pixel(x0 + 1, y0)
+                + (1 - fx) * fy * pixel(x0, y0 + 1)
+                + fx * fy * pixel(x0 + 1, y0 + 1)
+            )
     return out
 
 
@@ -73,16 +77,18 @@ def test_matrix_equals_opencv_formula_worked_by_hand():
     # t0 = 0.5669872981 * 30 - 0.25 * 50 = 4.5096189432; t1 = 0.25 * 30 + 0.5669872981 * 50 = 35.8493649054
     # then (tx, ty) = (3, -7) is added to the last column.
     m = affine_matrices(params((3, -7, 30, 0.5)), (100, 61))[0]
-    expected = torch.tensor([[0.4330127019, 0.25, 4.5096189432 + 3],
-                             [-0.25, 0.4330127019, 35.8493649054 - 7]], dtype=torch.float64)
+    expected = torch.tensor(
+        [[0.4330127019, 0.25, 4.5096189432 + 3], [-0.25, 0.4330127019, 35.8493649054 - 7]], dtype=torch.float64
+    )
     torch.testing.assert_close(m, expected, atol=1e-9, rtol=0)
 
     # angle -45, scale 1.25, 9 x 9: centre (4, 4); alpha = 1.25 / sqrt 2 = 0.8838834765,
     # beta = -0.8838834765; t0 = 0.1161165235 * 4 + 0.8838834765 * 4 = 4.0;
     # t1 = -0.8838834765 * 4 + 0.1161165235 * 4 = -3.0710678119
     m = affine_matrices(params((0, 0, -45, 1.25)), 9)[0]
-    expected = torch.tensor([[0.8838834765, -0.8838834765, 4.0],
-                             [0.8838834765, 0.8838834765, -3.0710678119]], dtype=torch.float64)
+    expected = torch.tensor(
+        [[0.8838834765, -0.8838834765, 4.0], [0.8838834765, 0.8838834765, -3.0710678119]], dtype=torch.float64
+    )
     torch.testing.assert_close(m, expected, atol=1e-9, rtol=0)
 
 
@@ -127,11 +133,11 @@ def test_bad_shapes_are_rejected():
 @pytest.mark.parametrize(
     "p, h, w",
     [
-        ((3, -2, 0, 1), 16, 16),   # translation
-        ((0, 0, 90, 1), 16, 16),   # quarter turns about the centre (8, 8)
+        ((3, -2, 0, 1), 16, 16),  # translation
+        ((0, 0, 90, 1), 16, 16),  # quarter turns about the centre (8, 8)
         ((0, 0, 180, 1), 16, 16),
         ((0, 0, -90, 1), 16, 16),
-        ((1, 2, 90, 1), 8, 16),    # non-square: centre (w // 2, h // 2) = (8, 4)
+        ((1, 2, 90, 1), 8, 16),  # non-square: centre (w // 2, h // 2) = (8, 4)
     ],
 )
 def test_bright_pixel_lands_exactly_on_warped_point(p, h, w):
@@ -195,8 +201,7 @@ def test_blob_centre_follows_warp_points():
     # A smooth blob's intensity centroid moves exactly as the point map says (bilinear
     # sampling of a smooth image preserves its centroid to well under 0.05 px).
     h = w = 64
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
     cx, cy = 27.3, 35.8
     blob = torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * 3.0**2))[None, None]
     m = affine_matrices(params((4.2, -6.7, 17.0, 1.2)), 64)
@@ -210,7 +215,7 @@ def test_batched_equals_one_at_a_time():
     img = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     m = affine_matrices(torch.from_numpy(variant_params(5, 1, seed=3)), 32)
     together = warp_images(img, m)
-    alone = torch.cat([warp_images(img[i:i + 1], m[i:i + 1]) for i in range(5)])
+    alone = torch.cat([warp_images(img[i : i + 1], m[i : i + 1]) for i in range(5)])
     torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
 
 

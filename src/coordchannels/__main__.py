@@ -39,8 +39,11 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("\ninterrupted; rerun the same command to resume (finished stages and epochs are kept)",
-              file=sys.stderr, flush=True)
+        print(
+            "\ninterrupted; rerun the same command to resume (finished stages and epochs are kept)",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(130)
 
 

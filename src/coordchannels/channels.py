@@ -15,8 +15,10 @@ from __future__ import annotations
 import torch
 
 KINDS = ("coords", "intensity_weighted_coords", "coords_norm", "intensity", "none")
-N_EXTRA = {"1d": {"coords": 1, "intensity_weighted_coords": 1, "coords_norm": 1, "intensity": 1, "none": 0},
-           "2d": {"coords": 2, "intensity_weighted_coords": 2, "coords_norm": 2, "intensity": 1, "none": 0}}
+N_EXTRA = {
+    "1d": {"coords": 1, "intensity_weighted_coords": 1, "coords_norm": 1, "intensity": 1, "none": 0},
+    "2d": {"coords": 2, "intensity_weighted_coords": 2, "coords_norm": 2, "intensity": 1, "none": 0},
+}
 
 
 def _check(kind: str) -> None:

@@ -34,8 +34,7 @@ def coordinate_map(size: tuple[int, ...]) -> torch.Tensor:
     """Coordinates in [-1, 1]: (1, L) for 1-D; (2, H, W) for 2-D (channel 0 = row, 1 = column)."""
     if len(size) == 1:
         return torch.linspace(-1.0, 1.0, size[0]).unsqueeze(0)
-    rows, cols = torch.meshgrid(torch.linspace(-1.0, 1.0, size[0]), torch.linspace(-1.0, 1.0, size[1]),
-                                indexing="ij")
+    rows, cols = torch.meshgrid(torch.linspace(-1.0, 1.0, size[0]), torch.linspace(-1.0, 1.0, size[1]), indexing="ij")
     return torch.stack([rows, cols])
 
 
@@ -66,8 +65,9 @@ class CoordGate(nn.Module):
     pointwise: follow the gate with a 1x1 convolution n_channels -> n_channels.
     """
 
-    def __init__(self, n_channels: int, size: int | tuple[int, int], hidden: int = 32, n_layers: int = 2,
-                 pointwise: bool = False):
+    def __init__(
+        self, n_channels: int, size: int | tuple[int, int], hidden: int = 32, n_layers: int = 2, pointwise: bool = False
+    ):
         super().__init__()
         if n_channels < 1:
             raise ValueError(f"CoordGate needs n_channels >= 1, got {n_channels}")
@@ -125,8 +125,10 @@ class CoordGate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         expected = (self.n_channels, *self.size)
         if x.dim() != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"CoordGate was built for inputs of shape (batch, {', '.join(map(str, expected))}), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"CoordGate was built for inputs of shape (batch, {', '.join(map(str, expected))}), "
+                f"got {tuple(x.shape)}"
+            )
         out = x * self.gate()
         return self.pointwise(out) if self.pointwise is not None else out
 
@@ -139,8 +141,17 @@ class _GatedConv(nn.Module):
 
     conv_cls: type[nn.Module]
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, size, hidden: int = 32, n_layers: int = 2,
-                 pointwise: bool = False, bias: bool = True):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        size,
+        hidden: int = 32,
+        n_layers: int = 2,
+        pointwise: bool = False,
+        bias: bool = True,
+    ):
         super().__init__()
         if kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"GatedConv needs an odd kernel size so that 'same' padding is symmetric, got {kernel}")

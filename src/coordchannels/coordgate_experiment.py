@@ -71,8 +71,7 @@ def regime_weights(length: int, transition: float) -> np.ndarray:
 BLENDS = ("parameters", "kernels")
 
 
-def make_operator(length: int, support: int, regimes: list, transition: float,
-                  blend: str = "parameters") -> np.ndarray:
+def make_operator(length: int, support: int, regimes: list, transition: float, blend: str = "parameters") -> np.ndarray:
     """The spatially-varying convolution matrix A (L, L).
 
     Row i is a Gaussian kernel in the offset d = j - i, cut to |d| <= support (a finite point-spread
@@ -175,10 +174,13 @@ def make_data(data_cfg: DictConfig, seed: int) -> tuple[np.ndarray, dict[str, Sp
     n, length = int(data_cfg.n_signals), int(data_cfg.length)
     fractions = [float(f) for f in data_cfg.split]
     if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
-        raise ValueError(f"data.split must be three positive fractions (train, val, test) summing to 1, got {fractions}")
+        raise ValueError(
+            f"data.split must be three positive fractions (train, val, test) summing to 1, got {fractions}"
+        )
     op = data_cfg.operator
-    a = make_operator(length, int(op.support), list(op.regimes), float(op.transition),
-                      str(op.get("blend", "parameters")))
+    a = make_operator(
+        length, int(op.support), list(op.regimes), float(op.transition), str(op.get("blend", "parameters"))
+    )
     input_range(data_cfg)  # validates signal_range and input_norm
     x = make_inputs(data_cfg, seed)
     y = x @ a.T
@@ -213,8 +215,9 @@ class CNN1d(nn.Module):
     coordconv=True appends a linspace(-1, 1, L) channel to the input (CoordConv, Liu et al. 2018).
     """
 
-    def __init__(self, layers: int, kernel: int, channels: int, length: int, coordconv: bool = False,
-                 output: str = "pointwise"):
+    def __init__(
+        self, layers: int, kernel: int, channels: int, length: int, coordconv: bool = False, output: str = "pointwise"
+    ):
         super().__init__()
         _check_kernel(kernel)
         if layers < 1 or channels < 1:
@@ -258,8 +261,9 @@ class CoordGateNet(nn.Module):
     paper's control): the same encoder, fed a static map of random numbers instead of coordinates.
     """
 
-    def __init__(self, kernel: int, channels: int, length: int, hidden: int, n_layers: int,
-                 map_seed: int | None = None):
+    def __init__(
+        self, kernel: int, channels: int, length: int, hidden: int, n_layers: int, map_seed: int | None = None
+    ):
         super().__init__()
         _check_kernel(kernel)
         self.gated = GatedConv1d(1, channels, kernel, length, hidden=hidden, n_layers=n_layers)
@@ -305,8 +309,9 @@ def grid_config(exp_cfg: DictConfig, grid: str | None = None) -> DictConfig:
         raise ValueError(f"experiment.grid must name one of experiment.grids ({', '.join(grids)}), got {grid!r}")
     g = grids[grid]
     if g.get("cnn_output") not in CNN_OUTPUTS:
-        raise ValueError(f"experiment.grids.{grid}.cnn_output must be one of {', '.join(CNN_OUTPUTS)}, "
-                         f"got {g.get('cnn_output')!r}")
+        raise ValueError(
+            f"experiment.grids.{grid}.cnn_output must be one of {', '.join(CNN_OUTPUTS)}, got {g.get('cnn_output')!r}"
+        )
     return g
 
 
@@ -318,12 +323,12 @@ def model_grid(exp_cfg: DictConfig) -> list[ModelSpec]:
     for family in exp_cfg.cnn_families:
         if family not in CNN_FAMILIES:
             raise ValueError(f"experiment.cnn_families: unknown family {family!r}; expected plain or coordconv")
-        specs += [ModelSpec(family, int(e.layers), int(e.kernel), int(e.channels), str(g.cnn_output))
-                  for e in g.cnn]
+        specs += [ModelSpec(family, int(e.layers), int(e.kernel), int(e.channels), str(g.cnn_output)) for e in g.cnn]
     for family in exp_cfg.coordgate_families:
         if family not in GATE_FAMILIES:
-            raise ValueError(f"experiment.coordgate_families: unknown family {family!r}; "
-                             f"expected {' or '.join(GATE_FAMILIES)}")
+            raise ValueError(
+                f"experiment.coordgate_families: unknown family {family!r}; expected {' or '.join(GATE_FAMILIES)}"
+            )
         specs += [ModelSpec(family, 1, int(e.kernel), int(e.channels)) for e in g.coordgate]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -340,8 +345,9 @@ def build_model(spec: ModelSpec, length: int, exp_cfg: DictConfig) -> nn.Module:
             if not isinstance(map_seed, int) or isinstance(map_seed, bool):
                 raise ValueError(f"experiment.random_map_seed must be an integer, got {map_seed!r}")
         return CoordGateNet(spec.kernel, spec.channels, length, int(gate.hidden), int(gate.n_layers), map_seed)
-    return CNN1d(spec.layers, spec.kernel, spec.channels, length, coordconv=spec.family == "coordconv",
-                 output=spec.output)
+    return CNN1d(
+        spec.layers, spec.kernel, spec.channels, length, coordconv=spec.family == "coordconv", output=spec.output
+    )
 
 
 def n_params(model: nn.Module) -> int:
@@ -362,15 +368,15 @@ def mse(model: nn.Module, split: Split, batch_size: int) -> float:
     model.eval()
     total = 0.0
     for s in range(0, len(split.x), batch_size):
-        pred = model(split.x[s:s + batch_size])
-        total += float(((pred - split.y[s:s + batch_size]) ** 2).sum())
+        pred = model(split.x[s : s + batch_size])
+        total += float(((pred - split.y[s : s + batch_size]) ** 2).sum())
     return total / split.y.numel()
 
 
 @dataclass
 class Fit:
-    epochs: int       # epochs trained (early stopping included)
-    best_epoch: int   # epoch whose weights were kept (lowest validation MSE)
+    epochs: int  # epochs trained (early stopping included)
+    best_epoch: int  # epoch whose weights were kept (lowest validation MSE)
     val_mse: float
     train_s: float
 
@@ -389,7 +395,7 @@ def train(model: nn.Module, data: dict[str, Split], train_cfg: DictConfig, seed:
         model.train()
         order = torch.randperm(len(x), generator=gen)
         for s in range(0, len(x), bs):
-            idx = order[s:s + bs]
+            idx = order[s : s + bs]
             opt.zero_grad(set_to_none=True)
             loss = nn.functional.mse_loss(model(x[idx]), y[idx])
             loss.backward()
@@ -446,16 +452,34 @@ def run_experiment(cfg: DictConfig) -> tuple[np.ndarray, pd.DataFrame, float]:
         model = build_model(spec, length, exp_cfg)
         fit = train(model, data, exp_cfg.train, model_seed(seed, spec.name) + 1)
         test_mse = mse(model, data["test"], int(exp_cfg.train.eval_batch_size))
-        rows.append({
-            "model": spec.name, "label": spec.label, "family": spec.family, "layers": spec.layers,
-            "kernel": spec.kernel, "channels": spec.channels, "params": n_params(model),
-            "psnr_db": psnr_db(test_mse, peak), "infer_ms": math.nan, "epochs": fit.epochs,
-            "best_epoch": fit.best_epoch, "val_psnr_db": psnr_db(fit.val_mse, peak), "test_mse": test_mse,
-            "train_s": fit.train_s,
-        })
+        rows.append(
+            {
+                "model": spec.name,
+                "label": spec.label,
+                "family": spec.family,
+                "layers": spec.layers,
+                "kernel": spec.kernel,
+                "channels": spec.channels,
+                "params": n_params(model),
+                "psnr_db": psnr_db(test_mse, peak),
+                "infer_ms": math.nan,
+                "epochs": fit.epochs,
+                "best_epoch": fit.best_epoch,
+                "val_psnr_db": psnr_db(fit.val_mse, peak),
+                "test_mse": test_mse,
+                "train_s": fit.train_s,
+            }
+        )
         models.append(model)
-        log.info("%s: %d params, test PSNR %.2f dB, %d epochs (best %d), %.1f s", spec.label, rows[-1]["params"],
-                 rows[-1]["psnr_db"], fit.epochs, fit.best_epoch, fit.train_s)
+        log.info(
+            "%s: %d params, test PSNR %.2f dB, %d epochs (best %d), %.1f s",
+            spec.label,
+            rows[-1]["params"],
+            rows[-1]["psnr_db"],
+            fit.epochs,
+            fit.best_epoch,
+            fit.train_s,
+        )
     timing = exp_cfg.timing
     for row, ms in zip(rows, inference_ms(models, data["test"].x, int(timing.repeats), int(timing.warmup))):
         row["infer_ms"] = ms
@@ -465,9 +489,12 @@ def run_experiment(cfg: DictConfig) -> tuple[np.ndarray, pd.DataFrame, float]:
 # ---------------------------------------------------------------------------------------------
 # Report: figures and summary
 # ---------------------------------------------------------------------------------------------
-STYLE = {"plain": ("tab:gray", "o", "plain CNN"), "coordconv": ("tab:orange", "s", "CoordConv CNN"),
-         "coordgate": ("tab:blue", "*", "CoordGate (1 conv)"),
-         "random_map": ("tab:red", "X", "random-map gate (control)")}
+STYLE = {
+    "plain": ("tab:gray", "o", "plain CNN"),
+    "coordconv": ("tab:orange", "s", "CoordConv CNN"),
+    "coordgate": ("tab:blue", "*", "CoordGate (1 conv)"),
+    "random_map": ("tab:red", "X", "random-map gate (control)"),
+}
 INPUT_TEXT = {"standard": "standardised inputs", "none": "U(0, 1) inputs"}
 
 
@@ -487,11 +514,26 @@ def plot_psnr(df: pd.DataFrame, x_col: str, x_label: str, path: Path, title: str
     notes = []
     for family, group in df.groupby("family", sort=False):
         colour, marker, label = STYLE[family]
-        ax.scatter(group[x_col], group["psnr_db"], c=colour, marker=marker, s=80 if marker in "*X" else 36,
-                   label=label, zorder=3)
+        ax.scatter(
+            group[x_col],
+            group["psnr_db"],
+            c=colour,
+            marker=marker,
+            s=80 if marker in "*X" else 36,
+            label=label,
+            zorder=3,
+        )
         for _, r in group.iterrows():
-            notes.append(ax.annotate(r["label"], (r[x_col], r["psnr_db"]), fontsize=6.5, xytext=(4, 3),
-                                     textcoords="offset points", color=colour))
+            notes.append(
+                ax.annotate(
+                    r["label"],
+                    (r[x_col], r["psnr_db"]),
+                    fontsize=6.5,
+                    xytext=(4, 3),
+                    textcoords="offset points",
+                    color=colour,
+                )
+            )
     ax.set_xscale("log")
     # Label 1-2-5 ticks in plain numbers; matplotlib's default labels the minor ticks as 3x10^0 etc.
     ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -580,9 +622,12 @@ def claim_b(df: pd.DataFrame, tolerance_db: float) -> Claim:
     diff = pairs.psnr_db_cc - pairs.psnr_db_plain
     detail = ", ".join(f"({r.layers},{r.kernel},{r.channels}): {d:+.1f}" for (_, r), d in zip(pairs.iterrows(), diff))
     holds = bool(diff.median() <= tolerance_db)
-    return Claim(holds, f"CoordConv minus plain PSNR per size (n,k,c), dB: {detail}; median {diff.median():+.1f} dB, "
-                        f"tolerance {tolerance_db:g} dB",
-                 f"CoordConv - CNN median {diff.median():+.1f} dB ({diff.min():+.1f} to {diff.max():+.1f})")
+    return Claim(
+        holds,
+        f"CoordConv minus plain PSNR per size (n,k,c), dB: {detail}; median {diff.median():+.1f} dB, "
+        f"tolerance {tolerance_db:g} dB",
+        f"CoordConv - CNN median {diff.median():+.1f} dB ({diff.min():+.1f} to {diff.max():+.1f})",
+    )
 
 
 def claim_c(df: pd.DataFrame, gain_db: float) -> Claim:
@@ -622,8 +667,10 @@ def claim_random_map(df: pd.DataFrame, threshold_db: float) -> Claim:
 
 CLAIMS = (
     ("(a) One CoordGate layer learns A", lambda df, c: claim_a(df, float(c.learns_a_db))),
-    ("(b) CoordConv is no better than a plain CNN of the same size",
-     lambda df, c: claim_b(df, float(c.coordconv_tolerance_db))),
+    (
+        "(b) CoordConv is no better than a plain CNN of the same size",
+        lambda df, c: claim_b(df, float(c.coordconv_tolerance_db)),
+    ),
     ("(c) Plain CNNs need depth", lambda df, c: claim_c(df, float(c.depth_gain_db))),
     ("(d) The random-map control does not converge", lambda df, c: claim_random_map(df, float(c.learns_a_db))),
 )
@@ -632,19 +679,24 @@ CLAIMS = (
 def grid_text(exp_cfg: DictConfig) -> str:
     g = grid_config(exp_cfg)
     if g.cnn_output == "last_layer":
-        cnn = ("CNN(n, k, c) = (n - 1) x (conv(k, c) -> ReLU) -> conv(k, 1 channel): n conv layers, the "
-               "last one giving the single output channel, as the paper defines it")
+        cnn = (
+            "CNN(n, k, c) = (n - 1) x (conv(k, c) -> ReLU) -> conv(k, 1 channel): n conv layers, the "
+            "last one giving the single output channel, as the paper defines it"
+        )
     else:
         cnn = "CNN(n, k, c)+1x1 = n x (conv(k, c) -> ReLU) -> 1x1 conv to one channel"
-    return (f"`{exp_cfg.grid}` grid. Plain CNNs {cnn}; CoordConv(n, k, c): the same with a linspace(-1, 1) "
-            f"channel appended to the input; CoordGate(1, k, c): ONE conv(k, c) -> CoordGate (encoder of "
-            f"{exp_cfg.coordgate.n_layers} 1x1 layers, {exp_cfg.coordgate.hidden} hidden units) -> 1x1 conv; "
-            f"RandomMapGate(1, k, c): the same network with its coordinate map replaced by a fixed map of "
-            f"{{length}} numbers from U(-1, 1) (seed {exp_cfg.random_map_seed}), the paper's control.")
+    return (
+        f"`{exp_cfg.grid}` grid. Plain CNNs {cnn}; CoordConv(n, k, c): the same with a linspace(-1, 1) "
+        f"channel appended to the input; CoordGate(1, k, c): ONE conv(k, c) -> CoordGate (encoder of "
+        f"{exp_cfg.coordgate.n_layers} 1x1 layers, {exp_cfg.coordgate.hidden} hidden units) -> 1x1 conv; "
+        f"RandomMapGate(1, k, c): the same network with its coordinate map replaced by a fixed map of "
+        f"{{length}} numbers from U(-1, 1) (seed {exp_cfg.random_map_seed}), the paper's control."
+    )
 
 
-def summary_markdown(df: pd.DataFrame, cfg: DictConfig, meta: dict,
-                     conditions: list[tuple[str, str, pd.DataFrame]] | None = None) -> str:
+def summary_markdown(
+    df: pd.DataFrame, cfg: DictConfig, meta: dict, conditions: list[tuple[str, str, pd.DataFrame]] | None = None
+) -> str:
     """The settings, a verdict per claim of the paper (with the numbers behind it), the table and,
     given `conditions` (grid, input_norm, results), the claims and PSNRs under each condition."""
     data_cfg, exp_cfg = cfg.task.data, cfg.task.experiment
@@ -653,21 +705,31 @@ def summary_markdown(df: pd.DataFrame, cfg: DictConfig, meta: dict,
     xlo, xhi = input_range(data_cfg)
     n_train, n_val, _ = (round(float(f) * int(data_cfg.n_signals)) for f in data_cfg.split)
     n_test = int(data_cfg.n_signals) - n_train - n_val
-    regimes = "\n".join(f"  - {part}: offset {r.offset:+g}, sigma {r.sigma:g}"
-                        for part, r in zip(("first third", "middle third", "last third"), op.regimes))
+    regimes = "\n".join(
+        f"  - {part}: offset {r.offset:+g}, sigma {r.sigma:g}"
+        for part, r in zip(("first third", "middle third", "last third"), op.regimes)
+    )
     load = meta.get("load")
     load_text = f", load average {load:.1f} on {os.cpu_count()} cores at the end" if load is not None else ""
     if data_cfg.input_norm == "standard":
-        inputs = (f"u ~ U({lo:g}, {hi:g}) standardised with the distribution's own mean and std, x = (u - {(lo + hi) / 2:g})"
-                  f" / {(hi - lo) / math.sqrt(12):.4g}: mean 0, variance 1, x in [{xlo:.4g}, {xhi:.4g}]")
+        inputs = (
+            f"u ~ U({lo:g}, {hi:g}) standardised with the distribution's own mean and std, x = (u - {(lo + hi) / 2:g})"
+            f" / {(hi - lo) / math.sqrt(12):.4g}: mean 0, variance 1, x in [{xlo:.4g}, {xhi:.4g}]"
+        )
     else:
         inputs = f"x ~ U({lo:g}, {hi:g}) (not normalised)"
-    peak_text = (f"{meta['psnr_peak']:.4g}: the range of y that A allows for x in [{xlo:.4g}, {xhi:.4g}] (rows of A "
-                 f"are non-negative and sum to at most 1, so the range of x)" if exp_cfg.psnr_peak == "auto"
-                 else f"{meta['psnr_peak']:.4g} (set in experiment.psnr_peak)")
+    peak_text = (
+        f"{meta['psnr_peak']:.4g}: the range of y that A allows for x in [{xlo:.4g}, {xhi:.4g}] (rows of A "
+        f"are non-negative and sum to at most 1, so the range of x)"
+        if exp_cfg.psnr_peak == "auto"
+        else f"{meta['psnr_peak']:.4g} (set in experiment.psnr_peak)"
+    )
     verdicts = "\n".join(f"- {name}: {fn(df, claims)}" for name, fn in CLAIMS)
-    blend_text = ("Its offset and width sigma (in samples) blend" if op.get("blend", "parameters") == "parameters"
-                  else "It is the weighted sum of the Gaussians (offset, sigma in samples) of")
+    blend_text = (
+        "Its offset and width sigma (in samples) blend"
+        if op.get("blend", "parameters") == "parameters"
+        else "It is the weighted sum of the Gaussians (offset, sigma in samples) of"
+    )
     text = f"""# CoordGate 1-D experiment: learning a spatially-varying convolution
 
 Condition: **{condition_title(exp_cfg.grid, data_cfg.input_norm)}**.
@@ -688,7 +750,7 @@ Condition: **{condition_title(exp_cfg.grid, data_cfg.input_norm)}**.
 - PSNR = 10 log10(peak^2 / MSE) over the test split, peak = {peak_text}.
 - Inference time: median of {exp_cfg.timing.repeats} forward passes over the whole test split ({n_test}
   signals), CPU, torch.inference_mode, {exp_cfg.num_threads} thread(s), models timed in interleaved
-  rounds. Wall time of the run: {meta['wall_s']:.0f} s{load_text}; on a shared machine the times are noisy.
+  rounds. Wall time of the run: {meta["wall_s"]:.0f} s{load_text}; on a shared machine the times are noisy.
 
 ## Do the paper's claims hold in this run?
 
@@ -709,10 +771,15 @@ def conditions_markdown(conditions: list[tuple[str, str, pd.DataFrame]], claims:
     """The claims under each (grid, inputs) condition, and each grid's PSNRs under both inputs."""
     head = [condition_title(g, n) for g, n, _ in conditions]
     rows = [[name] + [fn(df, claims).cell() for _, _, df in conditions] for name, fn in CLAIMS]
-    lines = ["## The claims under each condition", "",
-             "Each condition is one run of the stage's experiment (the first is this folder; the others are in "
-             "conditions/<grid>_<inputs>/, each with its own summary.md, results.csv, figures and config.yaml).", "",
-             "| claim | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    lines = [
+        "## The claims under each condition",
+        "",
+        "Each condition is one run of the stage's experiment (the first is this folder; the others are in "
+        "conditions/<grid>_<inputs>/, each with its own summary.md, results.csv, figures and config.yaml).",
+        "",
+        "| claim | " + " | ".join(head) + " |",
+        "|---|" + "---|" * len(head),
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     for grid in dict.fromkeys(g for g, _, _ in conditions):
         runs = [(n, df) for g, n, df in conditions if g == grid]
@@ -728,12 +795,15 @@ def convergence_note(df: pd.DataFrame, max_epochs: int) -> str:
     capped = df[df.epochs >= max_epochs].label.tolist()
     if not capped:
         return "Every model was stopped by early stopping, before the epoch limit."
-    return (f"Stopped at the epoch limit ({max_epochs}) while the validation loss was still improving by more "
-            f"than the early-stopping threshold: {', '.join(capped)}. Their PSNR is a lower bound.")
+    return (
+        f"Stopped at the epoch limit ({max_epochs}) while the validation loss was still improving by more "
+        f"than the early-stopping threshold: {', '.join(capped)}. Their PSNR is a lower bound."
+    )
 
 
 def markdown_table(df: pd.DataFrame, digits: int | None = None) -> str:
     """A GitHub markdown table (written here: pandas.to_markdown needs the extra `tabulate`)."""
+
     def cell(v) -> str:
         if isinstance(v, float):
             return "" if math.isnan(v) else (f"{v:.{digits}f}" if digits is not None else f"{v:.4g}")
@@ -781,10 +851,14 @@ def run_condition(cfg: DictConfig, out: Path) -> tuple[pd.DataFrame, dict]:
     log.info("CoordGate experiment: %s -> %s", condition_title(exp_cfg.grid, cfg.task.data.input_norm), out)
     start = time.perf_counter()
     a, df, peak = run_experiment(cfg)
-    meta = {"grid": str(exp_cfg.grid), "input_norm": str(cfg.task.data.input_norm), "psnr_peak": peak,
-            "wall_s": round(time.perf_counter() - start, 2),
-            "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    meta = {
+        "grid": str(exp_cfg.grid),
+        "input_norm": str(cfg.task.data.input_norm),
+        "psnr_peak": peak,
+        "wall_s": round(time.perf_counter() - start, 2),
+        "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     title = condition_title(exp_cfg.grid, cfg.task.data.input_norm)
     save_npy(out / "operator.npy", a)
     plot_psnr(df, "infer_ms", "inference time per test-set batch (ms, CPU)", out / "psnr_vs_time.png", title)

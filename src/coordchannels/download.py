@@ -128,8 +128,9 @@ def file_sha256(path: str | os.PathLike, chunk: int = CHUNK) -> str:
     return digest.hexdigest()
 
 
-def verify_file(path: Path, *, sha256: str | None = None, size: int | None = None,
-                label: str | None = None, advice: str = "") -> None:
+def verify_file(
+    path: Path, *, sha256: str | None = None, size: int | None = None, label: str | None = None, advice: str = ""
+) -> None:
     """Raise ChecksumError unless `path` has the expected size and SHA-256 (those given).
 
     The size is checked first: it is free, and a wrong size makes hashing pointless.
@@ -176,9 +177,18 @@ class _Stall:
         return time.monotonic() - self.started
 
 
-def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size: int | None = None,
-          retries: int = RETRIES, backoff: float = BACKOFF, timeout: float = TIMEOUT,
-          deadline: float = DEADLINE, progress: bool = True) -> Path:
+def fetch(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    retries: int = RETRIES,
+    backoff: float = BACKOFF,
+    timeout: float = TIMEOUT,
+    deadline: float = DEADLINE,
+    progress: bool = True,
+) -> Path:
     """Download `url` to `dest`, resumably, and verify it; return `dest`.
 
     Bytes go to `<dest>.part`. An existing `.part` (from an interrupted run) is continued with an
@@ -200,33 +210,58 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size:
         session.headers.update(HEADERS)
         for attempt in range(retries + 1):
             try:
-                _download_once(session, url, part, size=size, timeout=max(0.01, min(timeout, stall.left())),
-                               progress=progress, stall=stall)
+                _download_once(
+                    session,
+                    url,
+                    part,
+                    size=size,
+                    timeout=max(0.01, min(timeout, stall.left())),
+                    progress=progress,
+                    stall=stall,
+                )
                 break
             except _RetryableError as err:
                 wait = backoff * 2**attempt
                 out_of_time = stall.left() <= wait
                 if attempt == retries or out_of_time:
                     tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
-                    why = (f"no data for {deadline:g} s, {tries}" if out_of_time
-                           else f"{tries} in {stall.elapsed():.0f} s")
-                    kept = (f" The partial file {part} is kept; re-run to resume it."
-                            if part.exists() and part.stat().st_size else "")
+                    why = (
+                        f"no data for {deadline:g} s, {tries}" if out_of_time else f"{tries} in {stall.elapsed():.0f} s"
+                    )
+                    kept = (
+                        f" The partial file {part} is kept; re-run to resume it."
+                        if part.exists() and part.stat().st_size
+                        else ""
+                    )
                     # One exception, its cause in the message: no chain of library tracebacks.
                     raise DownloadError(f"could not download {url}: {err} (gave up: {why}).{kept}") from None
                 log.warning("%s: %s; retry %d/%d in %.2f s", dest.name, err, attempt + 1, retries, wait)
                 time.sleep(wait)
     try:
-        verify_file(part, sha256=sha256, size=size, label=f"download of {url}",
-                    advice=f"The partial file was deleted and nothing was written to {dest}. Re-run to "
-                           "fetch it again; if this repeats, the server holds a different file than "
-                           "the registry expects (check the URL or mirror).")
+        verify_file(
+            part,
+            sha256=sha256,
+            size=size,
+            label=f"download of {url}",
+            advice=f"The partial file was deleted and nothing was written to {dest}. Re-run to "
+            "fetch it again; if this repeats, the server holds a different file than "
+            "the registry expects (check the URL or mirror).",
+        )
     except ChecksumError:
         part.unlink(missing_ok=True)
         if resumed:  # the old .part may have come from another version of the file: one clean try
             log.warning("%s: resumed download does not verify; downloading it again from the start", dest.name)
-            return fetch(url, dest, sha256=sha256, size=size, retries=retries, backoff=backoff,
-                         timeout=timeout, deadline=deadline, progress=progress)
+            return fetch(
+                url,
+                dest,
+                sha256=sha256,
+                size=size,
+                retries=retries,
+                backoff=backoff,
+                timeout=timeout,
+                deadline=deadline,
+                progress=progress,
+            )
         raise
     os.replace(part, dest)
     return dest
@@ -244,8 +279,16 @@ def _short_cause(err: BaseException, timeout: float) -> str:
     return f"connection failed ({type(inner).__name__}: {text})"
 
 
-def _download_once(session: requests.Session, url: str, part: Path, *, size: int | None,
-                   timeout: float, progress: bool, stall: _Stall | None = None) -> None:
+def _download_once(
+    session: requests.Session,
+    url: str,
+    part: Path,
+    *,
+    size: int | None,
+    timeout: float,
+    progress: bool,
+    stall: _Stall | None = None,
+) -> None:
     """One attempt: continue (or start) `part`; raise _RetryableError if it stops short."""
     offset = part.stat().st_size if part.exists() else 0
     if size is not None and offset > size:  # cannot be a prefix of the right file
@@ -263,8 +306,10 @@ def _download_once(session: requests.Session, url: str, part: Path, *, size: int
         total = _total_size(response, offset)
         if size is not None and total is not None and total != size:
             part.unlink(missing_ok=True)
-            raise ChecksumError(f"{url}: the server reports {total} bytes, the registry expects {size}. "
-                                "Nothing was downloaded; the server holds a different file (check the URL).")
+            raise ChecksumError(
+                f"{url}: the server reports {total} bytes, the registry expects {size}. "
+                "Nothing was downloaded; the server holds a different file (check the URL)."
+            )
         _stream_to(response, part, offset, total, progress, stall, timeout)
     expected = total if total is not None else size
     got = part.stat().st_size
@@ -316,12 +361,27 @@ def _total_size(response: requests.Response, offset: int) -> int | None:
     return offset + int(length) if length is not None and length.isdigit() else None
 
 
-def _stream_to(response: requests.Response, part: Path, offset: int, total: int | None,
-               progress: bool, stall: _Stall | None = None, timeout: float = TIMEOUT) -> None:
+def _stream_to(
+    response: requests.Response,
+    part: Path,
+    offset: int,
+    total: int | None,
+    progress: bool,
+    stall: _Stall | None = None,
+    timeout: float = TIMEOUT,
+) -> None:
     """Append the body to `part` (truncated first when starting at 0), with a progress bar."""
     mode = "ab" if offset else "wb"
-    bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-               desc=part.name[: -len(".part")], leave=False, disable=None if progress else True)
+    bar = tqdm(
+        total=total,
+        initial=offset,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=part.name[: -len(".part")],
+        leave=False,
+        disable=None if progress else True,
+    )
     # read1 hands over whatever has arrived; iter_content/read(n) wait for n bytes and throw
     # away a partly filled block when the connection drops, losing what resuming should keep.
     read1 = getattr(response.raw, "read1", None)
@@ -335,8 +395,11 @@ def _stream_to(response: requests.Response, part: Path, offset: int, total: int 
                     stall.touch()
     except (requests.Timeout, urllib3.exceptions.ReadTimeoutError):
         raise _RetryableError(f"the server stopped sending for {timeout:.3g} s (read timeout)") from None
-    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
-            urllib3.exceptions.ProtocolError) as err:
+    except (
+        requests.ConnectionError,
+        requests.exceptions.ChunkedEncodingError,
+        urllib3.exceptions.ProtocolError,
+    ) as err:
         # What arrived is kept in .part: the next attempt resumes after it.
         raise _RetryableError(f"connection dropped ({err.__class__.__name__})") from None
     finally:
@@ -352,15 +415,19 @@ def mirror_file(src: str | os.PathLike, *, size: int | None = None, advice: str 
     """A file of a local mirror, checked to exist and (cheaply) to have the expected size."""
     src = Path(src)
     if not src.is_file():
-        raise FileNotFoundError(f"mirror file {src} not found: the mirror folder must hold every file "
-                                f"of the data set (or unset the mirror to download from the network)")
-    verify_file(src, size=size, label=f"mirror file {src}",
-                advice=advice or "Replace the mirror's copy with a good one.")
+        raise FileNotFoundError(
+            f"mirror file {src} not found: the mirror folder must hold every file "
+            f"of the data set (or unset the mirror to download from the network)"
+        )
+    verify_file(
+        src, size=size, label=f"mirror file {src}", advice=advice or "Replace the mirror's copy with a good one."
+    )
     return src
 
 
-def copy_from_mirror(src: str | os.PathLike, dest: str | os.PathLike, *, sha256: str | None = None,
-                     size: int | None = None) -> Path:
+def copy_from_mirror(
+    src: str | os.PathLike, dest: str | os.PathLike, *, sha256: str | None = None, size: int | None = None
+) -> Path:
     """Copy a file from a local mirror to `dest`, verifying the copy before it gets its name."""
     dest = Path(dest)
     advice = f"Nothing was written to {dest}; replace the mirror's copy with a good one."
@@ -376,10 +443,21 @@ def url_for(base_url: str, name: str) -> str:
     return base_url.rstrip("/") + "/" + "/".join(quote(segment) for segment in name.split("/"))
 
 
-def obtain(name: str, dest_dir: str | os.PathLike, *, base_url: str, mirror: str | os.PathLike | None = None,
-           sha256: str | None = None, size: int | None = None, progress: bool = True,
-           replace_bad: bool = False, retries: int = RETRIES, backoff: float = BACKOFF, timeout: float = TIMEOUT,
-           deadline: float = DEADLINE) -> Path:
+def obtain(
+    name: str,
+    dest_dir: str | os.PathLike,
+    *,
+    base_url: str,
+    mirror: str | os.PathLike | None = None,
+    sha256: str | None = None,
+    size: int | None = None,
+    progress: bool = True,
+    replace_bad: bool = False,
+    retries: int = RETRIES,
+    backoff: float = BACKOFF,
+    timeout: float = TIMEOUT,
+    deadline: float = DEADLINE,
+) -> Path:
     """Make sure `dest_dir/name` exists and verifies; return its path.
 
     Already there and verifies: nothing is fetched. Already there and does not verify: raise
@@ -392,9 +470,14 @@ def obtain(name: str, dest_dir: str | os.PathLike, *, base_url: str, mirror: str
             log.debug("%s already present and verified", dest)
             return dest
         if not replace_bad:
-            verify_file(dest, sha256=sha256, size=size, label=f"existing file {dest}",
-                        advice="It was left untouched. Delete it and re-run (or run with overwrite=true) "
-                               "to fetch a fresh copy.")
+            verify_file(
+                dest,
+                sha256=sha256,
+                size=size,
+                label=f"existing file {dest}",
+                advice="It was left untouched. Delete it and re-run (or run with overwrite=true) "
+                "to fetch a fresh copy.",
+            )
         log.warning("%s does not verify: replacing it", dest)
         dest.unlink()
     if mirror is not None:
@@ -402,21 +485,48 @@ def obtain(name: str, dest_dir: str | os.PathLike, *, base_url: str, mirror: str
         return copy_from_mirror(Path(mirror) / name, dest, sha256=sha256, size=size)
     url = url_for(base_url, name)
     log.info("downloading %s", url)
-    return fetch(url, dest, sha256=sha256, size=size, retries=retries, backoff=backoff,
-                 timeout=timeout, deadline=deadline, progress=progress)
+    return fetch(
+        url,
+        dest,
+        sha256=sha256,
+        size=size,
+        retries=retries,
+        backoff=backoff,
+        timeout=timeout,
+        deadline=deadline,
+        progress=progress,
+    )
 
 
-def obtain_all(files: dict[str, str], dest_dir: str | os.PathLike, *, base_url: str,
-               mirror: str | os.PathLike | None = None, replace_bad: bool = False,
-               progress: bool = True, **network) -> list[Path]:
+def obtain_all(
+    files: dict[str, str],
+    dest_dir: str | os.PathLike,
+    *,
+    base_url: str,
+    mirror: str | os.PathLike | None = None,
+    replace_bad: bool = False,
+    progress: bool = True,
+    **network,
+) -> list[Path]:
     """`obtain` every {name: sha256} in `files`; return their paths in the same order.
 
     `network`: retries, backoff, timeout, deadline, passed on to `fetch`."""
     names = tqdm(files, desc="files", unit="file", disable=None if progress else True)
     if mirror is not None:
         log.info("taking %d file(s) from mirror %s (missing ones copied, every one verified)", len(files), mirror)
-    paths = [obtain(name, dest_dir, base_url=base_url, mirror=mirror, sha256=files[name],
-                    replace_bad=replace_bad, progress=progress, **network) for name in names]
+    paths = [
+        obtain(
+            name,
+            dest_dir,
+            base_url=base_url,
+            mirror=mirror,
+            sha256=files[name],
+            replace_bad=replace_bad,
+            progress=progress,
+            **network,
+        )
+        for name in names
+    ]
     log.info("%d file(s) in %s, all verified", len(paths), dest_dir)
     return paths
 
@@ -451,7 +561,8 @@ def check_or_record_lock(files: Iterable[str | os.PathLike], lock_path: str | os
             f"files differ from the lock file {lock_path} (written after their first complete download):\n  "
             + "\n  ".join(changed)
             + "\nDelete the changed files and re-run to fetch them again; delete the lock file only if "
-              "the source really published new versions.")
+            "the source really published new versions."
+        )
     if added:
         write_text(lock_path, json.dumps(dict(sorted(lock.items())), indent=2) + "\n")
     return lock
@@ -503,13 +614,13 @@ def network_settings(cfg: DictConfig) -> dict:
 # The last line of a failed download's error: how to do without the network.
 LOCAL_COPY_HINT = {
     "vfdb": "No network? Use a local copy of the VFDB: make reproduce TASK=ecg VFDB_DIR=<folder with the "
-            "records' .hea/.dat/.atr files> (or the override paths.vfdb_mirror=<folder>).",
+    "records' .hea/.dat/.atr files> (or the override paths.vfdb_mirror=<folder>).",
     "published_logs": "No network? Use a local copy of the authors' logs: make table3 PUBLISHED_LOGS_DIR=<folder "
-                      "with <Model>/<arm>_set_fold_<k>_log.csv> (or paths.published_logs_mirror=<folder>).",
+    "with <Model>/<arm>_set_fold_<k>_log.csv> (or paths.published_logs_mirror=<folder>).",
     "sipakmed": "No network? Use a local copy of SiPaKMeD: make reproduce TASK=sipakmed SIPAKMED_DIR=<folder "
-                "with the five .7z archives or the extracted tree> (or paths.sipakmed_mirror=<folder>).",
+    "with the five .7z archives or the extracted tree> (or paths.sipakmed_mirror=<folder>).",
     "invalid_samples": "No network? Use a local copy of the authors' list: paths.invalid_samples_mirror=<path "
-                       "of invalid_samples.csv>, or task.data.fetch_authors_invalid=false to do without it.",
+    "of invalid_samples.csv>, or task.data.fetch_authors_invalid=false to do without it.",
 }
 
 
@@ -532,9 +643,14 @@ def published_logs_stage(cfg: DictConfig, out: Path) -> None:
     `cfg.sources.published_logs_url` or copied from the optional folder `paths.published_logs_mirror`.
     """
     with local_copy_hint("published_logs"):
-        paths = obtain_all(registry("published_logs"), out, base_url=cfg.sources.published_logs_url,
-                           mirror=mirror_setting(cfg, "paths.published_logs_mirror"),
-                           replace_bad=bool(cfg.overwrite), **network_settings(cfg))
+        paths = obtain_all(
+            registry("published_logs"),
+            out,
+            base_url=cfg.sources.published_logs_url,
+            mirror=mirror_setting(cfg, "paths.published_logs_mirror"),
+            replace_bad=bool(cfg.overwrite),
+            **network_settings(cfg),
+        )
     log.info("published logs: %d files verified in %s", len(paths), out)
 
 

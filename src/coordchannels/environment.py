@@ -11,8 +11,22 @@ from pathlib import Path
 
 import torch
 
-PACKAGES = ("torch", "numpy", "scipy", "pandas", "scikit-learn", "wfdb", "pillow", "hydra-core",
-            "omegaconf", "matplotlib", "py7zr", "requests", "tqdm", "coordchannels")
+PACKAGES = (
+    "torch",
+    "numpy",
+    "scipy",
+    "pandas",
+    "scikit-learn",
+    "wfdb",
+    "pillow",
+    "hydra-core",
+    "omegaconf",
+    "matplotlib",
+    "py7zr",
+    "requests",
+    "tqdm",
+    "coordchannels",
+)
 
 
 def package_versions() -> dict:
@@ -28,8 +42,9 @@ def package_versions() -> dict:
 def cpu_name() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
         if names:
             return names[0]
     return platform.processor() or platform.machine()
@@ -38,9 +53,14 @@ def cpu_name() -> str:
 def hardware(device: torch.device | str | None = None) -> dict:
     """CPU, cores, memory, torch threads; with CUDA, the GPU, its driver and the CUDA version.
     `device_name` names the device the numbers were measured on (the GPU, or the CPU)."""
-    info = {"platform": platform.platform(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.is_available()}
+    info = {
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
     try:
         info["memory_gib"] = round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)
     except (ValueError, OSError, AttributeError):

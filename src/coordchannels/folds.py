@@ -41,8 +41,9 @@ def kfold_groups(keys: Sequence[str], n_folds: int = 5, seed: int = 42) -> dict[
     return folds
 
 
-def ecg_folds(episode_names: Sequence[str], records: Sequence, n_folds: int = 5, seed: int = 42,
-              group_by: str = "episode") -> dict[str, int]:
+def ecg_folds(
+    episode_names: Sequence[str], records: Sequence, n_folds: int = 5, seed: int = 42, group_by: str = "episode"
+) -> dict[str, int]:
     """Episode name -> 1-based fold; `records[i]` is the record of `episode_names[i]`.
 
     episode: KFold over the names sorted as strings (episode10 before episode2, as the scripts).

@@ -221,8 +221,14 @@ def _list_paths(paths: Sequence[Path], limit: int = 10) -> str:
     return f"\n  {shown}{more}"
 
 
-def check_complete(logs_dir: Path, model: str, arms: dict[str, dict], wanted: Sequence[str],
-                   expected: Expected | None = None, allow_incomplete: bool = False) -> tuple[set, list[Path]]:
+def check_complete(
+    logs_dir: Path,
+    model: str,
+    arms: dict[str, dict],
+    wanted: Sequence[str],
+    expected: Expected | None = None,
+    allow_incomplete: bool = False,
+) -> tuple[set, list[Path]]:
     """Every wanted arm is present and has a log for every (seed, fold) of the model.
 
     Without `expected`, a complete set is every fold from the lowest to the highest seen, per
@@ -255,13 +261,18 @@ def check_complete(logs_dir: Path, model: str, arms: dict[str, dict], wanted: Se
         return units, []
     if not allow_incomplete:
         arm = next(a for a, gone in lacking.items() if gone)
-        expectation = (f"a complete run has {expected.describe()}" if expected
-                       else "every arm needs the same (seed, fold) logs")
+        expectation = (
+            f"a complete run has {expected.describe()}" if expected else "every arm needs the same (seed, fold) logs"
+        )
         raise LogError(
             f"missing per-fold log {missing[0]} ({len(lacking[arm])} missing for arm {arm!r}, {len(missing)} in all; "
             f"{expectation}). Missing:{_list_paths(missing)}"
-            + ("\nTo compare the units present in every arm anyway, flagged as incomplete in the tables, "
-               "set stats.allow_incomplete=true" if expected is not None else "")
+            + (
+                "\nTo compare the units present in every arm anyway, flagged as incomplete in the tables, "
+                "set stats.allow_incomplete=true"
+                if expected is not None
+                else ""
+            )
         )
     present = set.intersection(*(set(arms[a]) for a in wanted)) & units
     return present, missing
@@ -305,8 +316,9 @@ class Loaded(dict):
         self.expected = expected
 
 
-def load_logs(logs_dir: str | Path, compare=("study", "control"), expected: Expected | None = None,
-              allow_incomplete: bool = False) -> Loaded:
+def load_logs(
+    logs_dir: str | Path, compare=("study", "control"), expected: Expected | None = None, allow_incomplete: bool = False
+) -> Loaded:
     """Read and validate every log the comparison needs: {model: {arm: [FoldLog by (seed, fold)]}}.
 
     `compare` is [a, b] (those two arms must be present in every model) or 'all' (every arm
@@ -322,26 +334,27 @@ def load_logs(logs_dir: str | Path, compare=("study", "control"), expected: Expe
     if expected is not None and expected.seeds is None:
         # A folder does not say how many seeds its run had: expect every seed found in any of its
         # compared logs, so that a seed missing for one model or arm is still caught.
-        seeds = {seed for model, arms in found.items() for arm in wanted_arms[model] if arm in arms
-                 for seed, _ in arms[arm]}
-        expected = replace(expected, seeds=tuple(sorted(seeds, key=lambda s: unit_key((s, 0)))),
-                           source=f"{expected.source}; seeds as found in the logs".lstrip("; "))
+        seeds = {
+            seed for model, arms in found.items() for arm in wanted_arms[model] if arm in arms for seed, _ in arms[arm]
+        }
+        expected = replace(
+            expected,
+            seeds=tuple(sorted(seeds, key=lambda s: unit_key((s, 0)))),
+            source=f"{expected.source}; seeds as found in the logs".lstrip("; "),
+        )
     loaded = Loaded(expected=expected)
     for model, arms in found.items():
         wanted = wanted_arms[model]
         if len(wanted) < 2:
-            raise LogError(
-                f"{logs_dir / model}: only arm {wanted[0]!r} has logs; a comparison needs two arms"
-            )
+            raise LogError(f"{logs_dir / model}: only arm {wanted[0]!r} has logs; a comparison needs two arms")
         units, missing = check_complete(logs_dir, model, arms, wanted, expected, allow_incomplete)
         if not units:
-            raise LogError(f"{logs_dir / model}: no (seed, fold) unit has logs of every arm compared, "
-                           f"{', '.join(order_arms(wanted))}")
+            raise LogError(
+                f"{logs_dir / model}: no (seed, fold) unit has logs of every arm compared, "
+                f"{', '.join(order_arms(wanted))}"
+            )
         per_arm = {
-            arm: [
-                read_log(arms[arm][unit], model, arm, *unit)
-                for unit in sorted(units, key=unit_key)
-            ]
+            arm: [read_log(arms[arm][unit], model, arm, *unit) for unit in sorted(units, key=unit_key)]
             for arm in order_arms(wanted)
         }
         check_consistent(logs_dir / model, [log for logs in per_arm.values() for log in logs])

@@ -44,8 +44,6 @@ def data_checksums(raw_dir: Path) -> dict:
     return sums
 
 
-
-
 def training_jobs(cfg: DictConfig) -> dict | None:
     """Which launcher ran the training jobs and where each ran (host, pid, device), from the per-job
     records (coordchannels.train.record); None for a task that trains no models."""

@@ -65,8 +65,15 @@ def _check_size(name: str, size: int, n_halvings: int) -> None:
 class NimeshaNet(nn.Module):
     """1-D CNN for a scalar position in (0, out_scale): (B, in_channels, length) -> (B, 1)."""
 
-    def __init__(self, in_channels: int, reduced: bool = False, out_scale: float = 20.0,
-                 length: int = 500, coordgate: bool = False, coordgate_options: dict | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        reduced: bool = False,
+        out_scale: float = 20.0,
+        length: int = 500,
+        coordgate: bool = False,
+        coordgate_options: dict | None = None,
+    ):
         super().__init__()
         n_pools = 5 if reduced else 4
         _check_size("NimeshaNet", length, n_pools)
@@ -98,8 +105,15 @@ class LakshyaNet(nn.Module):
     the whole final feature map, size // 8 (size // 16 when reduced).
     """
 
-    def __init__(self, in_channels: int, reduced: bool = False, out_scale: float = 255.0,
-                 size: int = 256, coordgate: bool = False, coordgate_options: dict | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        reduced: bool = False,
+        out_scale: float = 255.0,
+        size: int = 256,
+        coordgate: bool = False,
+        coordgate_options: dict | None = None,
+    ):
         super().__init__()
         n_pools = 4 if reduced else 3
         _check_size("LakshyaNet", size, n_pools)

@@ -117,10 +117,18 @@ def _stage(name: str, node: DictConfig) -> Stage:
     if on_change not in ON_CHANGE:
         raise StageError(f"stage {name!r}: on_change must be one of {list(ON_CHANGE)}, got {on_change!r}")
     outputs = spec.get("outputs") or ()
-    return Stage(name=name, fn=str(spec["fn"]), out=Path(spec["out"]),
-                 outputs=outputs if isinstance(outputs, str) else tuple(outputs),
-                 settings=tuple(spec.get("settings") or ()), after=tuple(spec.get("after") or ()),
-                 inputs=tuple(spec.get("inputs") or ()), watch=tuple(spec.get("watch") or ()), on_change=on_change, check=spec.get("check"))
+    return Stage(
+        name=name,
+        fn=str(spec["fn"]),
+        out=Path(spec["out"]),
+        outputs=outputs if isinstance(outputs, str) else tuple(outputs),
+        settings=tuple(spec.get("settings") or ()),
+        after=tuple(spec.get("after") or ()),
+        inputs=tuple(spec.get("inputs") or ()),
+        watch=tuple(spec.get("watch") or ()),
+        on_change=on_change,
+        check=spec.get("check"),
+    )
 
 
 def stage_function(stage: Stage) -> Callable:
@@ -166,7 +174,9 @@ def read_record(stage: Stage) -> dict | None:
     try:
         return json.loads(stage.record_path.read_text())
     except (OSError, ValueError) as exc:
-        raise StageError(f"{stage.record_path}: unreadable stage record ({exc}); delete it or set overwrite=true") from exc
+        raise StageError(
+            f"{stage.record_path}: unreadable stage record ({exc}); delete it or set overwrite=true"
+        ) from exc
 
 
 def changes(stored: dict, wanted: dict) -> str:
@@ -190,18 +200,22 @@ def listing_digest(path: Path) -> str | None:
     if not path.exists():
         return None
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    lines = [f"{p.relative_to(path).as_posix() if p != path else p.name} {p.stat().st_size} {p.stat().st_mtime_ns}\n"
-             for p in files]
+    lines = [
+        f"{p.relative_to(path).as_posix() if p != path else p.name} {p.stat().st_size} {p.stat().st_mtime_ns}\n"
+        for p in files
+    ]
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def tree_sha256(folder: Path, pattern: str = "**/*") -> str:
     """One SHA-256 for a folder: of the lines `<relative path> <file SHA-256>` of its files that
     match `pattern`, sorted by path; hidden (temporary) files are left out."""
-    lines = sorted(f"{p.relative_to(folder).as_posix()} {file_sha256(p)}\n" for p in folder.glob(pattern)
-                   if p.is_file() and not p.name.startswith("."))
+    lines = sorted(
+        f"{p.relative_to(folder).as_posix()} {file_sha256(p)}\n"
+        for p in folder.glob(pattern)
+        if p.is_file() and not p.name.startswith(".")
+    )
     return hashlib.sha256("".join(lines).encode()).hexdigest()
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,8 +250,11 @@ def run_stages(cfg: DictConfig) -> list[str]:
 
 def output_sizes(cfg: DictConfig, stage: Stage) -> dict[str, int]:
     """{output: bytes} of the stage's declared outputs that are files (folders are not sized)."""
-    return {str(p.relative_to(stage.out) if p.is_relative_to(stage.out) else p): p.stat().st_size
-            for p in output_paths(cfg, stage) if p.is_file()}
+    return {
+        str(p.relative_to(stage.out) if p.is_relative_to(stage.out) else p): p.stat().st_size
+        for p in output_paths(cfg, stage)
+        if p.is_file()
+    }
 
 
 def produced(stage: Stage) -> dict:
@@ -256,8 +273,11 @@ def damaged_outputs(cfg: DictConfig, stage: Stage) -> list[str]:
         return []
     written = produced(stage).get("sizes", {})
     now = output_sizes(cfg, stage)
-    return [f"{stage.out / name}: {now.get(name, 'missing')} bytes, {size} written"
-            for name, size in written.items() if now.get(name) != size]
+    return [
+        f"{stage.out / name}: {now.get(name, 'missing')} bytes, {size} written"
+        for name, size in written.items()
+        if now.get(name) != size
+    ]
 
 
 def check_upstream(cfg: DictConfig, stage: Stage) -> None:
@@ -266,22 +286,30 @@ def check_upstream(cfg: DictConfig, stage: Stage) -> None:
         up = stage_spec(cfg, name)
         stored, wanted = read_record(up), stage_record(cfg, up)
         if stored is None or not all(p.exists() for p in output_paths(cfg, up)):
-            raise StageError(f"stage {stage.name!r} reads the outputs of stage {name!r} in {up.out}, which "
-                             f"has not finished there: run it first (`make data TASK={cfg.task.name}`)")
-        settings_changed = [k for k in set(stored) | set(wanted)
-                            if stored.get(k) != wanted.get(k) and not k.startswith(DIGEST_KEYS)]
+            raise StageError(
+                f"stage {stage.name!r} reads the outputs of stage {name!r} in {up.out}, which "
+                f"has not finished there: run it first (`make data TASK={cfg.task.name}`)"
+            )
+        settings_changed = [
+            k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k) and not k.startswith(DIGEST_KEYS)
+        ]
         if settings_changed:
             raise StageError(
                 f"stage {stage.name!r}: the outputs of stage {name!r} in {up.out} were made with other "
                 f"settings ({changes(stored, wanted)}); rebuild them (`make data TASK={cfg.task.name} "
-                f"ARGS='... overwrite=true'`) or point paths.data_dir elsewhere")
+                f"ARGS='... overwrite=true'`) or point paths.data_dir elsewhere"
+            )
         if stored != wanted:
-            raise StageError(f"stage {stage.name!r}: the inputs of stage {name!r} changed since it ran "
-                             f"({changes(stored, wanted)}): run it again first (`make data TASK={cfg.task.name}`)")
+            raise StageError(
+                f"stage {stage.name!r}: the inputs of stage {name!r} changed since it ran "
+                f"({changes(stored, wanted)}): run it again first (`make data TASK={cfg.task.name}`)"
+            )
         damaged = damaged_outputs(cfg, up)
         if damaged:
-            raise StageError(f"stage {stage.name!r}: outputs of stage {name!r} changed since they were written "
-                             f"({'; '.join(damaged)}); rebuild them (`make data TASK={cfg.task.name}`)")
+            raise StageError(
+                f"stage {stage.name!r}: outputs of stage {name!r} changed since they were written "
+                f"({'; '.join(damaged)}); rebuild them (`make data TASK={cfg.task.name}`)"
+            )
 
 
 def needs_run(cfg: DictConfig, stage: Stage, record: dict) -> bool:
@@ -295,22 +323,27 @@ def needs_run(cfg: DictConfig, stage: Stage, record: dict) -> bool:
         damaged = damaged_outputs(cfg, stage)
         if not damaged:
             return False
-        log.warning("stage %s: outputs changed since they were written (%s): redoing it", stage.name, "; ".join(damaged))
+        log.warning(
+            "stage %s: outputs changed since they were written (%s): redoing it", stage.name, "; ".join(damaged)
+        )
         return True
     changed = [k for k in set(stored or {}) | set(record) if (stored or {}).get(k) != record.get(k)]
     # Settings that differ are refused (a typo must not silently replace hours of work); inputs whose
     # content changed (a fixed file in a mirror, new logs) are simply taken again.
     settings_changed = [k for k in changed if not k.startswith(DIGEST_KEYS)]
     if stored is not None and not settings_changed and changed:
-        log.info("stage %s: its inputs changed since its outputs were made (%s): redoing it", stage.name,
-                 ", ".join(sorted(changed)))
-    if (stored is not None and settings_changed and stage.on_change == "refuse"
-            and any(p.exists() for p in outputs)):
+        log.info(
+            "stage %s: its inputs changed since its outputs were made (%s): redoing it",
+            stage.name,
+            ", ".join(sorted(changed)),
+        )
+    if stored is not None and settings_changed and stage.on_change == "refuse" and any(p.exists() for p in outputs):
         raise StageError(
             f"stage {stage.name!r}: the outputs in {stage.out} were made with other settings "
             f"({changes({k: stored.get(k) for k in settings_changed}, {k: record.get(k) for k in settings_changed})}); "
             "rerun with overwrite=true, or point paths.data_dir "
-            "(or train.run_name) elsewhere")
+            "(or train.run_name) elsewhere"
+        )
     return True
 
 
@@ -335,8 +368,9 @@ def run_stage(cfg: DictConfig, stage: Stage, commit: str | None = None) -> None:
         write_text(logs / f"{stage.name}.config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         record_timing(stage, seconds, commit)
     except BaseException as exc:
-        log.error("stage %s failed after %.1f s: %s", stage.name, time.perf_counter() - start,
-                  exc or type(exc).__name__)
+        log.error(
+            "stage %s failed after %.1f s: %s", stage.name, time.perf_counter() - start, exc or type(exc).__name__
+        )
         raise
     finally:
         root.removeHandler(handler)
@@ -358,8 +392,7 @@ def record_timing(stage: Stage, seconds: float, commit: str | None = None) -> No
     Locked: processes of a Hydra multirun may finish the same stage in one folder at once."""
     with FileLock(stage.timing_path.with_name(f".{stage.timing_path.name}.lock")):
         runs = read_timings(stage.timing_path)
-        runs.append({"seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                     "commit": commit})
+        runs.append({"seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": commit})
         write_text(stage.timing_path, json.dumps(runs, indent=1) + "\n")
 
 
@@ -383,10 +416,12 @@ def stage_timings(cfg: DictConfig) -> dict:
 
 def git_state(root: str | Path) -> dict:
     """Commit and whether tracked files had uncommitted changes (None outside a checkout)."""
+
     def git(*args: str) -> str | None:
         try:
-            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                                  check=True, timeout=30).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, check=True, timeout=30
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None
 

@@ -44,8 +44,18 @@ from coordchannels.stats import compare, fold_values, paired_differences, pooled
 
 log = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ["grouping", "model", "metric", "published_mean_diff", "published_conclusion", "n_replications",
-                   "n_agree", "pooled_mean_diff", "pooled_ci_low", "pooled_ci_high"]
+SUMMARY_COLUMNS = [
+    "grouping",
+    "model",
+    "metric",
+    "published_mean_diff",
+    "published_conclusion",
+    "n_replications",
+    "n_agree",
+    "pooled_mean_diff",
+    "pooled_ci_low",
+    "pooled_ci_high",
+]
 METRICS = ("train_r2", "test_r2", "instability")
 
 
@@ -60,10 +70,14 @@ def replication_config(cfg: DictConfig, grouping: str, r: int) -> DictConfig:
     """The config of replication r under `grouping`: its seeds, run folder and results folder."""
     seed = replication_seed(cfg, r)
     rep = copy.deepcopy(cfg)
-    for key, value in {"task.data.group_by": grouping, "task.data.fold_seed": seed, "train.seeds": [seed],
-                       "train.run_name": f"replication_{grouping}_{r}",
-                       "stats.out_dir": f"{cfg.replicate.out_dir}/{grouping}/replication_{r}",
-                       "stages": list(cfg.task.stages)}.items():
+    for key, value in {
+        "task.data.group_by": grouping,
+        "task.data.fold_seed": seed,
+        "train.seeds": [seed],
+        "train.run_name": f"replication_{grouping}_{r}",
+        "stats.out_dir": f"{cfg.replicate.out_dir}/{grouping}/replication_{r}",
+        "stages": list(cfg.task.stages),
+    }.items():
         OmegaConf.update(rep, key, value, merge=False)
     return rep
 
@@ -110,8 +124,15 @@ def replication_rows(folder: Path, final_epochs: int, cfg: DictConfig) -> tuple[
     for model in logs:
         for metric in [*METRICS, f"test_r2_last{final_epochs}"]:
             diffs = paired_differences(values, model, metric, "study", "control")
-            result = compare(diffs["diff"].to_numpy(), "study", "control", s.method, int(s.n_resamples), int(s.seed),
-                             float(s.confidence))
+            result = compare(
+                diffs["diff"].to_numpy(),
+                "study",
+                "control",
+                s.method,
+                int(s.n_resamples),
+                int(s.seed),
+                float(s.confidence),
+            )
             rows.append({"model": model, "metric": metric, "diffs": diffs["diff"].to_numpy(), **result})
     return pd.DataFrame(rows), values
 
@@ -141,20 +162,30 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
             rows, values = replication_rows(folder, k, cfg)
             results.append(rows.assign(replication=r))
             means = values[values.metric == "test_r2"].groupby(["model", "arm"])["value"].mean()
-            levels += [{"grouping": grouping, "replication": r, "model": m, "arm": a, "test_r2_mean": v}
-                       for (m, a), v in means.items()]
+            levels += [
+                {"grouping": grouping, "replication": r, "model": m, "arm": a, "test_r2_mean": v}
+                for (m, a), v in means.items()
+            ]
         results = pd.concat(results, ignore_index=True)
         per_rep.append(results.assign(grouping=grouping))
         for (model, metric), rows in results.groupby(["model", "metric"], sort=False):
             pub = published[(published.model == model) & (published.metric == metric.split("_last")[0])]
             pub_diff = float(pub.mean_diff.iloc[0]) if len(pub) else float("nan")
             pub_conclusion = str(pub.conclusion.iloc[0]) if len(pub) else ""
-            summary.append({
-                "grouping": grouping, "model": model, "metric": metric, "published_mean_diff": pub_diff,
-                "published_conclusion": pub_conclusion, "n_replications": len(rows),
-                "n_agree": int((rows.conclusion == pub_conclusion).sum()),
-                **pooled(list(rows.diffs), int(cfg.stats.n_resamples), int(cfg.stats.seed), float(cfg.stats.confidence)),
-            })
+            summary.append(
+                {
+                    "grouping": grouping,
+                    "model": model,
+                    "metric": metric,
+                    "published_mean_diff": pub_diff,
+                    "published_conclusion": pub_conclusion,
+                    "n_replications": len(rows),
+                    "n_agree": int((rows.conclusion == pub_conclusion).sum()),
+                    **pooled(
+                        list(rows.diffs), int(cfg.stats.n_resamples), int(cfg.stats.seed), float(cfg.stats.confidence)
+                    ),
+                }
+            )
     if not summary:
         raise FileNotFoundError(f"no finished replication under {out}: run `make replicate` first")
     table = pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
@@ -162,8 +193,10 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
     pub_levels = published_values[published_values.metric == "test_r2"].groupby(["model", "arm"])["value"].mean()
     levels = pd.DataFrame(levels)
     levels["published_test_r2_mean"] = [pub_levels.get((m, a), float("nan")) for m, a in zip(levels.model, levels.arm)]
-    figures = {f"forest_{g}.png": forest_figure(per_rep[per_rep.grouping == g], table[table.grouping == g], published, g)
-               for g in table.grouping.unique()}
+    figures = {
+        f"forest_{g}.png": forest_figure(per_rep[per_rep.grouping == g], table[table.grouping == g], published, g)
+        for g in table.grouping.unique()
+    }
     figures["arm_levels.png"] = levels_figure(levels)
     write_csv(table, out / "replication_summary.csv")
     write_csv(per_rep, out / "replications.csv")
@@ -171,8 +204,12 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
     write_text(out / "replication_summary.md", summary_markdown(table, cfg, k))
     for name, fig in figures.items():
         save_png(fig, out / name)
-    log.info("replication_summary: %d rows from %d replication(s) -> %s", len(table),
-             per_rep.groupby("grouping").replication.nunique().sum(), out)
+    log.info(
+        "replication_summary: %d rows from %d replication(s) -> %s",
+        len(table),
+        per_rep.groupby("grouping").replication.nunique().sum(),
+        out,
+    )
 
 
 def summary_outputs(cfg: DictConfig) -> list[str]:
@@ -181,19 +218,24 @@ def summary_outputs(cfg: DictConfig) -> list[str]:
 
 def summary_markdown(table: pd.DataFrame, cfg: DictConfig, k: int) -> str:
     lines = [
-        "# Does the published ECG result replicate?", "",
+        "# Does the published ECG result replicate?",
+        "",
         f"Each replication has its own training seed and fold split (seed = {cfg.replicate.base_seed} + r - 1; "
         "replication 1 is the published protocol). `n_agree`: replications whose conclusion (direction and "
         "significance of study - control, paired bootstrap over folds, 95% CI) equals the published one. Pooled: "
         "mean of all paired differences, with a 95% percentile CI from a hierarchical bootstrap (draw "
         f"replications with replacement, then folds within each; {cfg.stats.n_resamples} resamples). "
-        f"`test_r2_last{k}`: test R² as the mean of the last {k} epochs instead of the final one.", "",
-        "| grouping | model | metric | published | n_agree | pooled [95% CI] |", "|---|---|---|---|---|---|",
+        f"`test_r2_last{k}`: test R² as the mean of the last {k} epochs instead of the final one.",
+        "",
+        "| grouping | model | metric | published | n_agree | pooled [95% CI] |",
+        "|---|---|---|---|---|---|",
     ]
     for row in table.itertuples():
-        lines.append(f"| {row.grouping} | {row.model} | {row.metric} | {row.published_mean_diff:+.5f} "
-                     f"({row.published_conclusion}) | {row.n_agree}/{row.n_replications} | "
-                     f"{row.pooled_mean_diff:+.5f} [{row.pooled_ci_low:.5f}, {row.pooled_ci_high:.5f}] |")
+        lines.append(
+            f"| {row.grouping} | {row.model} | {row.metric} | {row.published_mean_diff:+.5f} "
+            f"({row.published_conclusion}) | {row.n_agree}/{row.n_replications} | "
+            f"{row.pooled_mean_diff:+.5f} [{row.pooled_ci_low:.5f}, {row.pooled_ci_high:.5f}] |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -202,8 +244,9 @@ def forest_figure(per_rep: pd.DataFrame, table: pd.DataFrame, published: pd.Data
     models = order_models(list(dict.fromkeys(per_rep.model)))
     metrics = list(dict.fromkeys(per_rep.metric))
     with rc_context(STYLE):
-        fig = Figure(figsize=(3.6 * len(metrics), 0.5 * per_rep.replication.nunique() * len(models) + 2.5),
-                     layout="constrained")
+        fig = Figure(
+            figsize=(3.6 * len(metrics), 0.5 * per_rep.replication.nunique() * len(models) + 2.5), layout="constrained"
+        )
         FigureCanvasAgg(fig)
         axes = fig.subplots(len(models), len(metrics), squeeze=False)
         for i, model in enumerate(models):
@@ -211,18 +254,38 @@ def forest_figure(per_rep: pd.DataFrame, table: pd.DataFrame, published: pd.Data
                 ax = axes[i][j]
                 rows = per_rep[(per_rep.model == model) & (per_rep.metric == metric)].sort_values("replication")
                 y = np.arange(len(rows))
-                ax.errorbar(rows.mean_diff, y, xerr=[rows.mean_diff - rows.ci_low, rows.ci_high - rows.mean_diff],
-                            fmt="o", color="tab:blue", capsize=3, label="replication (95% CI)")
+                ax.errorbar(
+                    rows.mean_diff,
+                    y,
+                    xerr=[rows.mean_diff - rows.ci_low, rows.ci_high - rows.mean_diff],
+                    fmt="o",
+                    color="tab:blue",
+                    capsize=3,
+                    label="replication (95% CI)",
+                )
                 pool = table[(table.model == model) & (table.metric == metric)].iloc[0]
                 yp = len(rows) + 0.5
-                ax.errorbar([pool.pooled_mean_diff], [yp], xerr=[[pool.pooled_mean_diff - pool.pooled_ci_low],
-                            [pool.pooled_ci_high - pool.pooled_mean_diff]], fmt="D", color="black", capsize=3,
-                            label="pooled (hierarchical)")
+                ax.errorbar(
+                    [pool.pooled_mean_diff],
+                    [yp],
+                    xerr=[[pool.pooled_mean_diff - pool.pooled_ci_low], [pool.pooled_ci_high - pool.pooled_mean_diff]],
+                    fmt="D",
+                    color="black",
+                    capsize=3,
+                    label="pooled (hierarchical)",
+                )
                 pub = published[(published.model == model) & (published.metric == metric.split("_last")[0])]
                 if len(pub):
                     p = pub.iloc[0]
-                    ax.errorbar([p.mean_diff], [yp + 1], xerr=[[p.mean_diff - p.ci_low], [p.ci_high - p.mean_diff]],
-                                fmt="s", color="tab:red", capsize=3, label="published")
+                    ax.errorbar(
+                        [p.mean_diff],
+                        [yp + 1],
+                        xerr=[[p.mean_diff - p.ci_low], [p.ci_high - p.mean_diff]],
+                        fmt="s",
+                        color="tab:red",
+                        capsize=3,
+                        label="published",
+                    )
                 ax.axvline(0, color="0.5", linewidth=0.8)
                 ax.set_yticks([*y, yp, yp + 1], [f"r{r}" for r in rows.replication] + ["pooled", "published"])
                 ax.set_title(f"{model}: {metric}", fontsize=9)
@@ -245,15 +308,25 @@ def levels_figure(levels: pd.DataFrame) -> Figure:
             arms = list(dict.fromkeys(sel.arm))
             for x, arm in enumerate(arms):
                 rows = sel[sel.arm == arm]
-                ax.scatter(np.full(len(rows), x), rows.test_r2_mean, color="tab:blue", zorder=3,
-                           label="replications" if x == 0 else None)
-                ax.hlines(rows.published_test_r2_mean.iloc[0], x - 0.3, x + 0.3, color="tab:red",
-                          label="published" if x == 0 else None)
+                ax.scatter(
+                    np.full(len(rows), x),
+                    rows.test_r2_mean,
+                    color="tab:blue",
+                    zorder=3,
+                    label="replications" if x == 0 else None,
+                )
+                ax.hlines(
+                    rows.published_test_r2_mean.iloc[0],
+                    x - 0.3,
+                    x + 0.3,
+                    color="tab:red",
+                    label="published" if x == 0 else None,
+                )
             ax.set_xticks(range(len(arms)), arms)
             ax.set_ylabel("mean final test R²")
             ax.set_title(f"{model} ({grouping})", fontsize=10)
             ax.legend(fontsize=8)
-        for ax in axes[len(panels):]:
+        for ax in axes[len(panels) :]:
             ax.set_visible(False)
     return fig
 

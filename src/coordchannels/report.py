@@ -53,8 +53,17 @@ def curve_summary(logs: dict[str, dict[str, list[FoldLog]]]) -> pd.DataFrame:
                 curves = np.stack([getattr(fl, split) for fl in fold_logs])
                 sd = curves.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros(curves.shape[1])
                 for epoch, mean, spread in zip(epochs, curves.mean(axis=0), sd):
-                    rows.append({"model": model, "arm": arm, "split": split, "epoch": int(epoch),
-                                 "mean": float(mean), "sd": float(spread), "n": len(curves)})
+                    rows.append(
+                        {
+                            "model": model,
+                            "arm": arm,
+                            "split": split,
+                            "epoch": int(epoch),
+                            "mean": float(mean),
+                            "sd": float(spread),
+                            "n": len(curves),
+                        }
+                    )
     return pd.DataFrame(rows, columns=["model", "arm", "split", "epoch", "mean", "sd", "n"])
 
 
@@ -72,15 +81,21 @@ def _epoch_axis(ax, epochs: pd.Series) -> None:
     ax.set_xlim(epochs.min(), epochs.max())
     ticks = np.unique(epochs)
     if len(ticks) > 10:
-        ticks = ticks[::math.ceil(len(ticks) / 8)]
+        ticks = ticks[:: math.ceil(len(ticks) / 8)]
     ax.set_xticks(ticks)
     ax.grid(True, linestyle="--", color="0.85", linewidth=0.7)
 
 
-def _curve(ax, sel: pd.DataFrame, colour: str, linestyle: str, label: str | None, band: bool = True,
-           **kwargs) -> None:
-    ax.plot(sel.epoch, sel["mean"], color=colour, linestyle=linestyle, linewidth=kwargs.pop("linewidth", 1.6),
-            label=label, **kwargs)
+def _curve(ax, sel: pd.DataFrame, colour: str, linestyle: str, label: str | None, band: bool = True, **kwargs) -> None:
+    ax.plot(
+        sel.epoch,
+        sel["mean"],
+        color=colour,
+        linestyle=linestyle,
+        linewidth=kwargs.pop("linewidth", 1.6),
+        label=label,
+        **kwargs,
+    )
     if band:
         ax.fill_between(sel.epoch, sel["mean"] - sel.sd, sel["mean"] + sel.sd, color=colour, alpha=0.15, linewidth=0)
 
@@ -90,7 +105,13 @@ def draw_panel(ax, summary: pd.DataFrame, model: str) -> None:
     rows = summary[summary.model == model]
     for arm, (label, colour) in _arm_styles(dict.fromkeys(rows.arm)).items():
         for split, split_label, linestyle in SPLITS:
-            _curve(ax, rows[(rows.arm == arm) & (rows.split == split)], colour, linestyle, f"{label}, {split_label.lower()}")
+            _curve(
+                ax,
+                rows[(rows.arm == arm) & (rows.split == split)],
+                colour,
+                linestyle,
+                f"{label}, {split_label.lower()}",
+            )
     _epoch_axis(ax, rows.epoch)
     ax.set_title(model, fontweight="bold", fontsize=12)
     ax.set_xlabel("Epoch", fontsize=11)
@@ -107,7 +128,7 @@ def _overlay_figure(summary: pd.DataFrame, models: list[str]) -> Figure:
     for ax, model in zip(axes, models):
         draw_panel(ax, summary, model)
         ax.yaxis.set_tick_params(labelleft=True)
-    for ax in axes[len(models):]:
+    for ax in axes[len(models) :]:
         ax.set_visible(False)
     return fig
 
@@ -134,8 +155,16 @@ def _small_multiples_figure(summary: pd.DataFrame, models: list[str]) -> Figure:
             label, colour = styles[arm]
             for other in arms:
                 if other != arm:
-                    _curve(ax, rows[(rows.arm == other) & (rows.split == "test")], "0.6", "--", None, band=False,
-                           linewidth=0.8, alpha=0.6)
+                    _curve(
+                        ax,
+                        rows[(rows.arm == other) & (rows.split == "test")],
+                        "0.6",
+                        "--",
+                        None,
+                        band=False,
+                        linewidth=0.8,
+                        alpha=0.6,
+                    )
             for split, split_label, linestyle in SPLITS:
                 _curve(ax, rows[(rows.arm == arm) & (rows.split == split)], colour, linestyle, split_label.lower())
             _epoch_axis(ax, rows.epoch)
@@ -190,30 +219,42 @@ def final_values_figure(values: pd.DataFrame, heading: str | None = None, confid
     arms = list(styles)
     rng = np.random.default_rng(0)  # jitter of the dots only
     with rc_context(STYLE):
-        fig = Figure(figsize=(max(3.2, 0.75 * len(arms) + 1.6) * len(metrics), 3.6 * len(models) + 0.8),
-                     layout="constrained")
+        fig = Figure(
+            figsize=(max(3.2, 0.75 * len(arms) + 1.6) * len(metrics), 3.6 * len(models) + 0.8), layout="constrained"
+        )
         FigureCanvasAgg(fig)
         axes = fig.subplots(len(models), len(metrics), squeeze=False, sharey="col", sharex=True)
         for r, model in enumerate(models):
             for c, metric in enumerate(metrics):
                 ax = axes[r, c]
                 for x, arm in enumerate(arms):
-                    v = values[(values.model == model) & (values.metric == metric) & (values.arm == arm)].value.to_numpy()
+                    v = values[
+                        (values.model == model) & (values.metric == metric) & (values.arm == arm)
+                    ].value.to_numpy()
                     v = v[np.isfinite(v)]
                     if not len(v):
                         continue
                     colour = styles[arm][1]
                     ax.scatter(x + rng.uniform(-0.12, 0.12, len(v)), v, s=14, color=colour, alpha=0.55, linewidths=0)
                     low, high = t_interval(v, confidence)
-                    ax.errorbar([x + 0.28], [v.mean()], yerr=[[low], [high]], fmt="o", color=colour, markersize=5,
-                                capsize=3, linewidth=1.4)
+                    ax.errorbar(
+                        [x + 0.28],
+                        [v.mean()],
+                        yerr=[[low], [high]],
+                        fmt="o",
+                        color=colour,
+                        markersize=5,
+                        capsize=3,
+                        linewidth=1.4,
+                    )
                 ax.set_xticks(range(len(arms)))
                 ax.set_xticklabels([styles[a][0] for a in arms], rotation=30, ha="right", fontsize=9)
                 ax.set_xlim(-0.5, len(arms) - 0.3)
                 ax.grid(True, axis="y", linestyle="--", color="0.85", linewidth=0.7)
-                ax.set_title(METRIC_LABELS[metric] if len(models) == 1 else f"{model}: {METRIC_LABELS[metric]}",
-                             fontsize=11)
-        title = (f"Final-epoch values per arm: folds (dots), mean with {confidence:.0%} t-interval (bar)")
+                ax.set_title(
+                    METRIC_LABELS[metric] if len(models) == 1 else f"{model}: {METRIC_LABELS[metric]}", fontsize=11
+                )
+        title = f"Final-epoch values per arm: folds (dots), mean with {confidence:.0%} t-interval (bar)"
         fig.suptitle(f"{heading}\n{title}" if heading else title, fontweight="bold", fontsize=12)
     return fig
 
@@ -271,8 +312,20 @@ def outputs(cfg: DictConfig) -> list[str]:
 # The training settings that make the per-fold logs; compared with a committed result's when the
 # statistics read this config's own training logs. Keys absent from the committed config (older
 # versions) are not compared.
-TRAIN_KEYS = ("seed", "task.name", "train.models", "train.arms", "train.folds", "train.seeds", "train.epochs",
-              "train.batch_size", "train.lr", "train.limit_train", "train.limit_test", "train.precision")
+TRAIN_KEYS = (
+    "seed",
+    "task.name",
+    "train.models",
+    "train.arms",
+    "train.folds",
+    "train.seeds",
+    "train.epochs",
+    "train.batch_size",
+    "train.lr",
+    "train.limit_train",
+    "train.limit_test",
+    "train.precision",
+)
 
 
 def committed_folder(cfg: DictConfig) -> Path | None:
@@ -320,7 +373,8 @@ def check_results_dir(cfg: DictConfig) -> None:
         raise SettingError(
             f"stats.out_dir={cfg.stats.out_dir} holds committed results made with other settings "
             f"({'; '.join(differ)}). Write elsewhere (leave stats.out_dir and paths.outputs_dir at their "
-            "defaults: data/results/), or set stats.replace_results=true to replace them on purpose.")
+            "defaults: data/results/), or set stats.replace_results=true to replace them on purpose."
+        )
 
 
 def check_committed_logs(cfg: DictConfig, out: Path) -> None:
@@ -338,4 +392,5 @@ def check_committed_logs(cfg: DictConfig, out: Path) -> None:
         raise SettingError(
             f"{out} holds committed results computed from other per-fold logs than those in "
             f"{cfg.stats.logs_dir}: its tables would change. Write elsewhere (the default "
-            "data/results/), or set stats.replace_results=true to replace them on purpose.")
+            "data/results/), or set stats.replace_results=true to replace them on purpose."
+        )

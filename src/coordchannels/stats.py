@@ -104,8 +104,11 @@ def fold_metrics(fold_log: FoldLog, how: str = "mean", final_epochs: int = 1) ->
     k = int(final_epochs)
     if not 1 <= k <= n:
         raise ValueError(f"stats.final_epochs={final_epochs}: must be between 1 and the {n} epochs of {fold_log.path}")
-    inst = float("nan") if MIN_SPLINE_POINTS <= n < MIN_INSTABILITY_EPOCHS else instability(
-        fold_log.epochs, fold_log.test, how)
+    inst = (
+        float("nan")
+        if MIN_SPLINE_POINTS <= n < MIN_INSTABILITY_EPOCHS
+        else instability(fold_log.epochs, fold_log.test, how)
+    )
     return {
         "instability": inst,
         "test_r2": float(np.mean(fold_log.test[-k:])),
@@ -222,8 +225,15 @@ def conclusion(ci_low: float, ci_high: float, arm_a: str, arm_b: str) -> str:
     return "not significant"
 
 
-def compare(d: np.ndarray, arm_a: str, arm_b: str, method: str = "montecarlo", n_resamples: int = 20000,
-            seed: int = 42, confidence: float = 0.95) -> dict:
+def compare(
+    d: np.ndarray,
+    arm_a: str,
+    arm_b: str,
+    method: str = "montecarlo",
+    n_resamples: int = 20000,
+    seed: int = 42,
+    confidence: float = 0.95,
+) -> dict:
     """Paired bootstrap summary of the differences d = a - b (one row of the table, plus extras)."""
     d = np.asarray(d, dtype=float)
     if len(d) < MIN_UNITS:
@@ -301,8 +311,11 @@ def pooled(groups: Sequence[np.ndarray], n_resamples: int = 20000, seed: int = 4
     means = hierarchical_means(groups, n_resamples, seed)
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
-    return {"pooled_mean_diff": float(np.mean(np.concatenate([np.asarray(g, float) for g in groups]))),
-            "pooled_ci_low": float(low), "pooled_ci_high": float(high)}
+    return {
+        "pooled_mean_diff": float(np.mean(np.concatenate([np.asarray(g, float) for g in groups]))),
+        "pooled_ci_low": float(low),
+        "pooled_ci_high": float(high),
+    }
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -342,9 +355,16 @@ def not_estimable(d: np.ndarray, n_epochs: int, n_resamples: int) -> dict:
     }
 
 
-def compare_all(values: pd.DataFrame, logs: dict[str, dict[str, list[FoldLog]]], compare_cfg,
-                method: str, n_resamples: int, seed: int, confidence: float,
-                evidence: dict[str, dict] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def compare_all(
+    values: pd.DataFrame,
+    logs: dict[str, dict[str, list[FoldLog]]],
+    compare_cfg,
+    method: str,
+    n_resamples: int,
+    seed: int,
+    confidence: float,
+    evidence: dict[str, dict] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every comparison: (results, one row per model x pair x metric; per-fold differences).
 
     `evidence`: per model, the columns EVIDENCE_COLUMNS except n_units, added to each row.
@@ -357,8 +377,9 @@ def compare_all(values: pd.DataFrame, logs: dict[str, dict[str, list[FoldLog]]],
                 diffs = paired_differences(values, model, metric, arm_a, arm_b)
                 d = diffs["diff"].to_numpy()
                 if len(d) < MIN_UNITS:
-                    units = ", ".join(f"fold {f}" + ("" if pd.isna(s) else f" seed {s}")
-                                      for s, f in zip(diffs.seed, diffs.fold))
+                    units = ", ".join(
+                        f"fold {f}" + ("" if pd.isna(s) else f" seed {s}") for s, f in zip(diffs.seed, diffs.fold)
+                    )
                     raise LogError(
                         f"{model}: {arm_a} - {arm_b} has {len(d)} paired unit(s) ({units}); a paired comparison "
                         f"needs at least {MIN_UNITS} (with one, every resample equals it: p = 0 and a zero-width CI)"
@@ -418,7 +439,9 @@ def _ci_cell(row) -> str:
 
 def describe(method: str, n_resamples: int, seed: int, how: str, confidence: float) -> str:
     """One sentence saying how the numbers were made, for the table captions."""
-    draw = f"{n_resamples} Monte-Carlo resamples (seed {seed})" if method == "montecarlo" else "all n^n resamples (exact)"
+    draw = (
+        f"{n_resamples} Monte-Carlo resamples (seed {seed})" if method == "montecarlo" else "all n^n resamples (exact)"
+    )
     return (
         f"Paired bootstrap over (seed, fold) units, {draw}; {confidence:.0%} percentile CI; "
         f"p = share of resampled means at or beyond 0 on the far side from the mean; "
@@ -591,8 +614,12 @@ def evidence(logs, limits: list[str], protocol_epochs: int) -> dict[str, dict]:
     for model, arms in logs.items():
         n_epochs = len(next(iter(arms.values()))[0].epochs)
         reasons = ([f"{n_epochs} epochs (protocol: {protocol_epochs})"] if n_epochs < protocol_epochs else []) + limits
-        out[model] = {"n_epochs": n_epochs, "limited": bool(reasons), "complete": model not in logs.missing,
-                      "_reasons": reasons}
+        out[model] = {
+            "n_epochs": n_epochs,
+            "limited": bool(reasons),
+            "complete": model not in logs.missing,
+            "_reasons": reasons,
+        }
     return out
 
 
@@ -611,18 +638,23 @@ def evidence_lines(results: pd.DataFrame, info: dict[str, dict], logs, expected:
     limited = {m: i["_reasons"] for m, i in info.items() if i["limited"]}
     if limited:
         reasons = sorted({r for rs in limited.values() for r in rs})
-        lines.append(f"LIMITED RUN ({', '.join(reasons)}): not the paper's protocol; do not compare with the "
-                     "published numbers.")
+        lines.append(
+            f"LIMITED RUN ({', '.join(reasons)}): not the paper's protocol; do not compare with the published numbers."
+        )
     if logs.missing:
         n_missing = sum(len(paths) for paths in logs.missing.values())
         names = ", ".join(f"{p.parent.name}/{p.name}" for paths in logs.missing.values() for p in paths[:3])
-        lines.append(f"INCOMPLETE: {n_missing} expected log(s) missing (e.g. {names}); compared on the units "
-                     "present in every arm (stats.allow_incomplete=true).")
+        lines.append(
+            f"INCOMPLETE: {n_missing} expected log(s) missing (e.g. {names}); compared on the units "
+            "present in every arm (stats.allow_incomplete=true)."
+        )
     thin = sorted({info[m]["n_epochs"] for m in info if not instability_estimable(info[m]["n_epochs"])})
     if thin:
-        lines.append(f"Instability NOT ESTIMABLE with {'/'.join(map(str, thin))} epochs: the spline is cubic (k = 3), "
-                     f"so through 4 points it interpolates and leaves no residual; it needs at least "
-                     f"{MIN_INSTABILITY_EPOCHS} epochs.")
+        lines.append(
+            f"Instability NOT ESTIMABLE with {'/'.join(map(str, thin))} epochs: the spline is cubic (k = 3), "
+            f"so through 4 points it interpolates and leaves no residual; it needs at least "
+            f"{MIN_INSTABILITY_EPOCHS} epochs."
+        )
     return lines
 
 
@@ -634,8 +666,13 @@ def load_checked_logs(cfg: DictConfig):
         raise ValueError(f"stats.allow_incomplete={allow!r}: expected true or false")
     logs = load_logs(cfg.stats.logs_dir, compare_setting(cfg), complete_run(cfg), allow)
     for model, paths in logs.missing.items():
-        log.warning("stats: INCOMPLETE logs of %s: %d missing (%s); comparing the units present in every arm "
-                    "because stats.allow_incomplete=true", model, len(paths), ", ".join(p.name for p in paths))
+        log.warning(
+            "stats: INCOMPLETE logs of %s: %d missing (%s); comparing the units present in every arm "
+            "because stats.allow_incomplete=true",
+            model,
+            len(paths),
+            ", ".join(p.name for p in paths),
+        )
     return logs
 
 
@@ -663,8 +700,24 @@ def build_outputs(cfg: DictConfig, logs=None) -> dict[str, pd.DataFrame | str]:
     if all_pairs:
         results = add_holm(results, float(s.confidence))
         note += " Holm correction over the arm pairs of each model and metric, on two-sided p = min(1, 2p)."
-        table = results[["model", "arm_a", "arm_b", "metric", "mean_diff", "ci_low", "ci_high", "p_value",
-                         "conclusion", "effect_size", "p_two_sided", "p_holm", "conclusion_holm", *EVIDENCE_COLUMNS]]
+        table = results[
+            [
+                "model",
+                "arm_a",
+                "arm_b",
+                "metric",
+                "mean_diff",
+                "ci_low",
+                "ci_high",
+                "p_value",
+                "conclusion",
+                "effect_size",
+                "p_two_sided",
+                "p_holm",
+                "conclusion_holm",
+                *EVIDENCE_COLUMNS,
+            ]
+        ]
     else:
         a, b = compare_cfg
         note = f"Difference = {a} − {b}. " + note

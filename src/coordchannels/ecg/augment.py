@@ -50,10 +50,16 @@ class AugmentSettings:
     def from_cfg(cls, data: DictConfig) -> AugmentSettings:
         pair = lambda key: (float(data[key][0]), float(data[key][1]))  # noqa: E731
         return cls(
-            n_variants=int(data.n_variants), shift_s=float(data.shift_s), dropout_s=pair("dropout_s"),
-            noise_frac=pair("noise_frac"), wander_frac=pair("wander_frac"), wander_hz=pair("wander_hz"),
-            lowpass_hz=pair("lowpass_hz"), highpass_hz=pair("highpass_hz"),
-            filter_order=int(data.filter_order), scale=pair("scale"),
+            n_variants=int(data.n_variants),
+            shift_s=float(data.shift_s),
+            dropout_s=pair("dropout_s"),
+            noise_frac=pair("noise_frac"),
+            wander_frac=pair("wander_frac"),
+            wander_hz=pair("wander_hz"),
+            lowpass_hz=pair("lowpass_hz"),
+            highpass_hz=pair("highpass_hz"),
+            filter_order=int(data.filter_order),
+            scale=pair("scale"),
         )
 
 
@@ -63,8 +69,9 @@ def episode_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(name.encode())])
 
 
-def draw_parameters(rng: np.random.Generator, n: int, length: int, changepoint: int, fs: float,
-                    aug: AugmentSettings) -> dict[str, np.ndarray]:
+def draw_parameters(
+    rng: np.random.Generator, n: int, length: int, changepoint: int, fs: float, aug: AugmentSettings
+) -> dict[str, np.ndarray]:
     """Every random parameter of `n` variants, drawn in a fixed order (vectorised over variants).
 
     f_low is the high-pass cut-off (also the band-pass lower edge), f_high the low-pass cut-off;
@@ -87,10 +94,20 @@ def draw_parameters(rng: np.random.Generator, n: int, length: int, changepoint: 
     scale = rng.uniform(*aug.scale, n)
     f_low[filter_type == FILTER_TYPES.index("low")] = np.nan
     f_high[filter_type == FILTER_TYPES.index("high")] = np.nan
-    return {"shift_s": shift_s, "shift": shift, "target": target, "dropout_start": dropout_start,
-            "dropout_len": dropout_len, "noise_frac": noise_frac, "wander_frac": wander_frac,
-            "wander_hz": wander_hz, "filter_type": filter_type, "f_low": f_low, "f_high": f_high,
-            "scale": scale}
+    return {
+        "shift_s": shift_s,
+        "shift": shift,
+        "target": target,
+        "dropout_start": dropout_start,
+        "dropout_len": dropout_len,
+        "noise_frac": noise_frac,
+        "wander_frac": wander_frac,
+        "wander_hz": wander_hz,
+        "filter_type": filter_type,
+        "f_low": f_low,
+        "f_high": f_high,
+        "scale": scale,
+    }
 
 
 def shift_windows(window: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -118,8 +135,9 @@ def butter_coefficients(kind: str, f_low: float, f_high: float, fs: float, order
     return sps.butter(order, [f_low, f_high], btype="bandpass", fs=fs)
 
 
-def augment_episode(window: np.ndarray, changepoint: int, fs: float, rng: np.random.Generator,
-                    aug: AugmentSettings) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def augment_episode(
+    window: np.ndarray, changepoint: int, fs: float, rng: np.random.Generator, aug: AugmentSettings
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """All variants of one episode window (leads, L): the (n, leads, L) float64 signals and params.
 
     The steps run in the scripts' order: shift, dropout, Gaussian noise, baseline wander, one
@@ -137,21 +155,39 @@ def augment_episode(window: np.ndarray, changepoint: int, fs: float, rng: np.ran
     t = np.arange(length) / fs
     x += (p["wander_amp"][:, None] * np.sin(2 * np.pi * p["wander_hz"][:, None] * t[None, :]))[:, None, :]
     for v in range(n):  # each variant has its own filter: filtfilt cannot batch them
-        b, a = butter_coefficients(FILTER_TYPES[p["filter_type"][v]], p["f_low"][v], p["f_high"][v],
-                                   fs, aug.filter_order)
+        b, a = butter_coefficients(
+            FILTER_TYPES[p["filter_type"][v]], p["f_low"][v], p["f_high"][v], fs, aug.filter_order
+        )
         x[v] = sps.filtfilt(b, a, x[v], axis=-1)
     x *= p["scale"][:, None, None]
     return x, p
 
 
-_PARAM_COLUMNS = ["shift_s", "dropout_start", "dropout_len", "amp", "noise_std", "wander_amp", "wander_hz",
-                  "filter_type", "f_low", "f_high", "scale"]
+_PARAM_COLUMNS = [
+    "shift_s",
+    "dropout_start",
+    "dropout_len",
+    "amp",
+    "noise_std",
+    "wander_amp",
+    "wander_hz",
+    "filter_type",
+    "f_low",
+    "f_high",
+    "scale",
+]
 
 
 def _variant_rows(episode: pd.Series, row: int, p: dict[str, np.ndarray], n: int) -> pd.DataFrame:
-    table = pd.DataFrame({"sample": row * n + np.arange(n), "episode": episode["episode"],
-                          "record": episode["record"], "variant": np.arange(n),
-                          "target_s": p["target"] / float(episode["fs"])})
+    table = pd.DataFrame(
+        {
+            "sample": row * n + np.arange(n),
+            "episode": episode["episode"],
+            "record": episode["record"],
+            "variant": np.arange(n),
+            "target_s": p["target"] / float(episode["fs"]),
+        }
+    )
     for col in _PARAM_COLUMNS:
         table[col] = p[col]
     table["filter_type"] = np.asarray(FILTER_TYPES)[p["filter_type"]]
@@ -166,15 +202,17 @@ def augment_stage(cfg: DictConfig, out: Path) -> None:
     tables = []
     with atomic_path(out / AUGMENTED_NPY) as tmp:
         # Written straight into a memory-mapped .npy: the full array is ~1 GB for the VFDB.
-        dest = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                         shape=(len(episodes) * n, *windows.shape[1:]))
+        dest = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.float32, shape=(len(episodes) * n, *windows.shape[1:])
+        )
         for row, episode in episodes.iterrows():
             # The integer changepoint, not int(relative_time_s * fs) as the scripts re-derived it:
             # that truncates 3 of the 242 VFDB episodes one sample low (4.076 * 250 = 1018.99...).
             rng = episode_rng(cfg.seed, episode["episode"])
-            x, p = augment_episode(np.asarray(windows[row]), int(episode["changepoint"]),
-                                   float(episode["fs"]), rng, aug)
-            dest[row * n:(row + 1) * n] = x
+            x, p = augment_episode(
+                np.asarray(windows[row]), int(episode["changepoint"]), float(episode["fs"]), rng, aug
+            )
+            dest[row * n : (row + 1) * n] = x
             tables.append(_variant_rows(episode, row, p, n))
         dest.flush()
         del dest

@@ -22,8 +22,10 @@ def vfdb_files(records: Iterable[int | str]) -> dict[str, str]:
     missing = sorted({name.rsplit(".", 1)[0] for name in wanted if name not in known})
     if missing:
         known_records = sorted({name.rsplit(".", 1)[0] for name in known})
-        raise ValueError(f"VFDB record(s) {missing} are not in the registry "
-                         f"(coordchannels/registry/vfdb.sha256); known records: {known_records}")
+        raise ValueError(
+            f"VFDB record(s) {missing} are not in the registry "
+            f"(coordchannels/registry/vfdb.sha256); known records: {known_records}"
+        )
     return {name: known[name] for name in wanted}
 
 
@@ -40,7 +42,12 @@ def download_stage(cfg: DictConfig, out: Path) -> None:
     """
     data = cfg.task.data
     with download.local_copy_hint("vfdb"):
-        paths = download.obtain_all(vfdb_files(data.records), out, base_url=data.url,
-                                    mirror=download.mirror_setting(cfg, "task.data.mirror"),
-                                    replace_bad=bool(cfg.overwrite), **download.network_settings(cfg))
+        paths = download.obtain_all(
+            vfdb_files(data.records),
+            out,
+            base_url=data.url,
+            mirror=download.mirror_setting(cfg, "task.data.mirror"),
+            replace_bad=bool(cfg.overwrite),
+            **download.network_settings(cfg),
+        )
     log.info("VFDB: %d files verified in %s", len(paths), out)

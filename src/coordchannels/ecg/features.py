@@ -94,8 +94,8 @@ def features_stage(cfg: DictConfig, out: Path, chunk: int = 1000) -> None:
             tmp = stack.enter_context(atomic_path(out / name))
             dests[name] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, k, out_len))
         for lo in range(0, n, chunk):
-            for name, values in chunk_features(aug[lo:lo + chunk], width, stride, float(data.window_s)).items():
-                dests[name][lo:lo + chunk] = values
+            for name, values in chunk_features(aug[lo : lo + chunk], width, stride, float(data.window_s)).items():
+                dests[name][lo : lo + chunk] = values
         for name in dests:
             dests[name].flush()
         dests.clear()  # release the memory maps before the temp files are renamed

@@ -34,5 +34,8 @@ def folds_stage(cfg: DictConfig, out: Path) -> None:
         folds = ecg_folds(table["episode"], table["record"], int(data.n_folds), int(data.fold_seed), group_by)
         table[f"fold_{group_by}"] = table["episode"].map(folds)
     write_csv(table, out / FOLDS_CSV)
-    log.info("folds: %d episodes, episodes per fold (by episode) %s", len(table),
-             table["fold_episode"].value_counts().sort_index().tolist())
+    log.info(
+        "folds: %d episodes, episodes per fold (by episode) %s",
+        len(table),
+        table["fold_episode"].value_counts().sort_index().tolist(),
+    )

@@ -23,7 +23,6 @@ from coordchannels.taskdata import folds_present
 log = logging.getLogger(__name__)
 
 
-
 # --------------------------------------------------------------------------------------------
 # Loader: the trainer's view of the ECG task
 # --------------------------------------------------------------------------------------------
@@ -55,7 +54,6 @@ class EcgTaskData:
         return self.x[idx.to(self.x.device)]
 
 
-
 def _sample_folds(folds_dir: Path, samples: pd.DataFrame, group_by: str) -> np.ndarray:
     """The fold of every sample, through its episode name, from folds.csv column fold_<group_by>."""
     folds_csv = require_input(Path(folds_dir) / FOLDS_CSV, "folds", "ecg")
@@ -81,8 +79,10 @@ def load_task_data(cfg: DictConfig, arm: DictConfig, device) -> EcgTaskData:
         arrays.append(np.load(require_input(out / extra_npy(arm.channels), "features", "ecg"), mmap_mode="r"))
     for arr in arrays:
         if len(arr) != len(samples):
-            raise ValueError(f"{out}: {len(arr)} preprocessed samples but {AUGMENTED_CSV} lists {len(samples)}: "
-                             "rerun `make data TASK=ecg ARGS=overwrite=true`")
+            raise ValueError(
+                f"{out}: {len(arr)} preprocessed samples but {AUGMENTED_CSV} lists {len(samples)}: "
+                "rerun `make data TASK=ecg ARGS=overwrite=true`"
+            )
     x = torch.from_numpy(np.concatenate(arrays, axis=1).astype(np.float32, copy=False)).to(device)
     y = torch.from_numpy(samples["target_s"].to_numpy(np.float32)[:, None]).to(device)
     return EcgTaskData(x=x, y=y, sample_fold=_sample_folds(Path(cfg.task.folds_dir), samples, cfg.task.data.group_by))

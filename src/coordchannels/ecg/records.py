@@ -109,8 +109,7 @@ def read_record(raw_dir: str | Path, record) -> Record:
     if rec.p_signal is None or rec.p_signal.shape != (header.sig_len, N_LEADS):
         got = None if rec.p_signal is None else rec.p_signal.shape
         raise ValueError(
-            f"ECG record {name!r}: read signal of shape {got} but {hea} announces "
-            f"({header.sig_len}, {N_LEADS})"
+            f"ECG record {name!r}: read signal of shape {got} but {hea} announces ({header.sig_len}, {N_LEADS})"
         )
     try:
         ann = wfdb.rdann(str(base), "atr")
@@ -185,9 +184,17 @@ def record_episodes(rec: Record, data: DictConfig) -> tuple[list[dict], np.ndarr
     for i, (start, end, offset) in enumerate(episode_windows(onsets, len(rec.signal), pre, post)):
         windows[i, :, : end - start] = rec.signal[start:end].T  # the rest stays zero (padding)
         rows.append(
-            {"record": rec.name, "episode_index": i, "label": labels[i], "onset_sample": int(onsets[i]),
-             "window_start": start, "relative_time_s": offset / rec.fs,
-             "episode": episode_name(rec.name, i), "changepoint": offset, "fs": rec.fs}
+            {
+                "record": rec.name,
+                "episode_index": i,
+                "label": labels[i],
+                "onset_sample": int(onsets[i]),
+                "window_start": start,
+                "relative_time_s": offset / rec.fs,
+                "episode": episode_name(rec.name, i),
+                "changepoint": offset,
+                "fs": rec.fs,
+            }
         )
     return rows, windows
 
@@ -219,8 +226,12 @@ def extract_stage(cfg: DictConfig, out: Path) -> None:
     episodes, windows = extract_episodes(cfg.task.data)
     save_npy(out / WINDOWS_NPY, windows)
     write_csv(episodes, out / EPISODES_CSV)
-    log.info("extract: %d episodes (label_match=%s) from %d records", len(episodes),
-             cfg.task.data.label_match, len(cfg.task.data.records))
+    log.info(
+        "extract: %d episodes (label_match=%s) from %d records",
+        len(episodes),
+        cfg.task.data.label_match,
+        len(cfg.task.data.records),
+    )
 
 
 def read_episodes(out: Path) -> tuple[pd.DataFrame, np.ndarray]:

@@ -87,8 +87,10 @@ def find_cropped_dirs(root: str | Path) -> dict[str, Path]:
         raise ValueError(f"{root}: more than one CROPPED folder for a class: {several}")
     missing = [c for c in CLASSES if c not in found]
     if missing:
-        raise FileNotFoundError(f"{root}: no CROPPED folder for class(es) {missing} "
-                                f"(found: {sorted(found)}); expected e.g. im_{missing[0]}/CROPPED/")
+        raise FileNotFoundError(
+            f"{root}: no CROPPED folder for class(es) {missing} "
+            f"(found: {sorted(found)}); expected e.g. im_{missing[0]}/CROPPED/"
+        )
     return {c: found[c][0] for c in CLASSES}
 
 
@@ -132,13 +134,19 @@ def extract_cropped(archive: str | Path, dest: str | Path) -> int:
     except py7zr.exceptions.UnsupportedCompressionMethodError as err:
         program = seven_zip_program()
         if program is None:
-            raise ValueError(f"{archive}: py7zr cannot decode its compression ({err}) and no 7-Zip program "
-                             f"({', '.join(SEVEN_ZIP_PROGRAMS)}) is on the PATH; install 7-Zip, or extract the "
-                             "archives yourself (`7z x <archive>`) and pass the extracted folder as "
-                             "SIPAKMED_DIR (paths.sipakmed_mirror)") from err
+            raise ValueError(
+                f"{archive}: py7zr cannot decode its compression ({err}) and no 7-Zip program "
+                f"({', '.join(SEVEN_ZIP_PROGRAMS)}) is on the PATH; install 7-Zip, or extract the "
+                "archives yourself (`7z x <archive>`) and pass the extracted folder as "
+                "SIPAKMED_DIR (paths.sipakmed_mirror)"
+            ) from err
         log.warning("%s: py7zr cannot decode it (%s); extracting with %s", archive, err, program)
-        return _extract_cropped_with(archive, dest, lambda a: _program_names(program, a),
-                                     lambda a, members, out: _program_extract(program, a, members, out))
+        return _extract_cropped_with(
+            archive,
+            dest,
+            lambda a: _program_names(program, a),
+            lambda a, members, out: _program_extract(program, a, members, out),
+        )
 
 
 def _extract_cropped_with(archive: Path, dest: Path, names_of, extract) -> int:
@@ -181,8 +189,10 @@ def seven_zip_program() -> str | None:
 def _run_program(cmd: list[str], archive: Path) -> str:
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise ValueError(f"{archive}: `{' '.join(cmd)}` failed (exit {result.returncode}): "
-                         f"{(result.stderr or result.stdout).strip()[-500:]}")
+        raise ValueError(
+            f"{archive}: `{' '.join(cmd)}` failed (exit {result.returncode}): "
+            f"{(result.stderr or result.stdout).strip()[-500:]}"
+        )
     return result.stdout
 
 
@@ -191,7 +201,7 @@ def _program_names(program: str, archive: Path) -> list[str]:
     one `Path = ...` per member."""
     listing = _run_program([program, "l", "-slt", str(archive)], archive)
     members = listing.split("\n----------\n", 1)[-1]
-    return [line[len("Path = "):] for line in members.splitlines() if line.startswith("Path = ")]
+    return [line[len("Path = ") :] for line in members.splitlines() if line.startswith("Path = ")]
 
 
 def _program_extract(program: str, archive: Path, members: list[str], out: Path) -> None:
@@ -260,16 +270,17 @@ def download_stage(cfg: DictConfig, out: Path) -> None:
         else:
             archives = sipakmed_archives(cfg)
             if not archives:
-                raise FileNotFoundError(f"SiPaKMeD mirror {mirror} holds neither the five archives "
-                                        f"im_<Class>.7z nor an extracted tree with CROPPED folders")
+                raise FileNotFoundError(
+                    f"SiPaKMeD mirror {mirror} holds neither the five archives "
+                    f"im_<Class>.7z nor an extracted tree with CROPPED folders"
+                )
             for archive in archives:
                 cls = archive_class(Path(archive))
                 n = extract_cropped(archive, tmp / cls)
                 sources[cls] = str(archive)
                 log.info("download: %s: %d files extracted from %s", cls, n, archive)
         if not cropped_ready(tmp):
-            raise FileNotFoundError(f"SiPaKMeD source lacks class(es) "
-                                    f"{[c for c in CLASSES if not (tmp / c).is_dir()]}")
+            raise FileNotFoundError(f"SiPaKMeD source lacks class(es) {[c for c in CLASSES if not (tmp / c).is_dir()]}")
         write_sources(tmp, sources)
         if archives:
             # Pinned only now that every archive extracted: a right-sized archive that is not a
@@ -295,8 +306,11 @@ def authors_list_stage(cfg: DictConfig, out: Path) -> None:
         path = invalid_samples(cfg)
         log.info("authors_list: the authors' invalid-sample list is %s", path)
     except (download.DownloadError, OSError) as err:
-        log.warning("authors_list: the authors' invalid-sample list is unavailable (%s); set "
-                    "paths.invalid_samples_mirror to a local copy to compare with it", err)
+        log.warning(
+            "authors_list: the authors' invalid-sample list is unavailable (%s); set "
+            "paths.invalid_samples_mirror to a local copy to compare with it",
+            err,
+        )
 
 
 def invalid_samples(cfg: DictConfig) -> Path:
@@ -307,15 +321,20 @@ def invalid_samples(cfg: DictConfig) -> Path:
     if dest.exists() and download._verifies(dest, sha256, None):
         return dest
     if dest.exists() and not cfg.overwrite:
-        download.verify_file(dest, sha256=sha256, label=f"existing file {dest}",
-                    advice="Delete it and re-run (or run with overwrite=true) to fetch a fresh copy.")
+        download.verify_file(
+            dest,
+            sha256=sha256,
+            label=f"existing file {dest}",
+            advice="Delete it and re-run (or run with overwrite=true) to fetch a fresh copy.",
+        )
     dest.unlink(missing_ok=True)
     mirror = OmegaConf.select(cfg, "paths.invalid_samples_mirror")
     if mirror:
         return download.copy_from_mirror(Path(mirror), dest, sha256=sha256)
     with download.local_copy_hint("invalid_samples"):
-        return download.fetch(cfg.sources.invalid_samples_url, dest, sha256=sha256, progress=False,
-                              **download.network_settings(cfg))
+        return download.fetch(
+            cfg.sources.invalid_samples_url, dest, sha256=sha256, progress=False, **download.network_settings(cfg)
+        )
 
 
 def sipakmed_archives(cfg: DictConfig) -> list[Path]:
@@ -339,10 +358,22 @@ def sipakmed_archives(cfg: DictConfig) -> list[Path]:
         paths = [download.mirror_file(mirror / name, size=size) for name, size in sizes.items()]
     else:
         with download.local_copy_hint("sipakmed"):
-            paths = [download.obtain(name, data.raw_dir, base_url=data.url, size=size, replace_bad=bool(cfg.overwrite),
-                                     **download.network_settings(cfg)) for name, size in sizes.items()]
-    log.info("SiPaKMeD: checking %d archives against the lock file (SHA-256 of %.1f GB)",
-             len(paths), sum(sizes.values()) / 1e9)
+            paths = [
+                download.obtain(
+                    name,
+                    data.raw_dir,
+                    base_url=data.url,
+                    size=size,
+                    replace_bad=bool(cfg.overwrite),
+                    **download.network_settings(cfg),
+                )
+                for name, size in sizes.items()
+            ]
+    log.info(
+        "SiPaKMeD: checking %d archives against the lock file (SHA-256 of %.1f GB)",
+        len(paths),
+        sum(sizes.values()) / 1e9,
+    )
     # The lock lives in raw_dir even for a mirror: a user's folder may be read-only or shared.
     # Checked against archives pinned earlier; new ones are pinned after they extract (download_stage).
     download.check_or_record_lock(paths, Path(data.raw_dir) / SIPAKMED_LOCK, record=False)

@@ -28,8 +28,7 @@ from coordchannels.settings import choice
 log = logging.getLogger(__name__)
 
 # Class name -> sample-id prefix (SPEC section 2). Archive `im_<Class>.7z`, folder `im_<Class>`.
-CLASS_PREFIX = {"Dyskeratotic": 1, "Koilocytotic": 2, "Metaplastic": 3, "Parabasal": 4,
-                "Superficial-Intermediate": 5}
+CLASS_PREFIX = {"Dyskeratotic": 1, "Koilocytotic": 2, "Metaplastic": 3, "Parabasal": 4, "Superficial-Intermediate": 5}
 CLASSES = tuple(CLASS_PREFIX)
 CENTRES = ("vertex_mean", "polygon_centroid")
 RESIZE_RULES = ("truncate", "round")
@@ -207,16 +206,22 @@ def pad_offsets(new_h: int, new_w: int, size: int = 256) -> tuple[int, int]:
 class FittedCell:
     """One cell in the model's frame: image, contour and the numbers to normalise it on the device."""
 
-    image: np.ndarray    # (3, size, size) uint8, resized, zero outside the box
-    points: np.ndarray   # (P, 2) contour in the size x size frame
-    box: tuple[int, int, int, int]   # top, left, height, width of the image inside the frame
+    image: np.ndarray  # (3, size, size) uint8, resized, zero outside the box
+    points: np.ndarray  # (P, 2) contour in the size x size frame
+    box: tuple[int, int, int, int]  # top, left, height, width of the image inside the frame
     scale: float
     mean: float
     std: float
 
 
-def fit_cell(image: np.ndarray, points: np.ndarray, size: int = 256, rule: str = "truncate",
-             norm_stats: str = "original", name: str = "image") -> FittedCell:
+def fit_cell(
+    image: np.ndarray,
+    points: np.ndarray,
+    size: int = 256,
+    rule: str = "truncate",
+    norm_stats: str = "original",
+    name: str = "image",
+) -> FittedCell:
     """Resize so the longer side is `size` (area), pad to size x size, move the contour with it.
 
     The normalisation (x - mean) / std over all pixels and channels is linear and the area
@@ -236,6 +241,8 @@ def fit_cell(image: np.ndarray, points: np.ndarray, size: int = 256, rule: str =
     if not std > 0:
         raise ValueError(f"{name}: constant image (std 0) cannot be normalised")
     canvas = np.zeros((3, size, size), dtype=np.uint8)
-    canvas[:, top:top + new_h, left:left + new_w] = np.clip(np.rint(resized), 0, 255).astype(np.uint8).transpose(2, 0, 1)
+    canvas[:, top : top + new_h, left : left + new_w] = (
+        np.clip(np.rint(resized), 0, 255).astype(np.uint8).transpose(2, 0, 1)
+    )
     moved = points * scale + np.array([left, top], dtype=np.float64)
     return FittedCell(canvas, moved, (top, left, new_h, new_w), scale, mean, std)

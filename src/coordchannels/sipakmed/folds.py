@@ -1,5 +1,4 @@
-"""The SiPaKMeD folds stage: both groupings of every valid sample in one folds.csv (SPEC sections 5, 9).
-"""
+"""The SiPaKMeD folds stage: both groupings of every valid sample in one folds.csv (SPEC sections 5, 9)."""
 
 from __future__ import annotations
 
@@ -27,7 +26,9 @@ def folds_stage(cfg: DictConfig, out: Path) -> None:
     target = out / FOLDS_CSV
     # The folds are a function of the whole sample set; the runner reruns this stage whenever the
     # preprocess settings (and so the sample set) change, as it chains their settings into ours.
-    samples = pd.read_csv(require_input(Path(cfg.task.processed_dir) / SAMPLES_CSV, "preprocess", "sipakmed"), dtype=str)
+    samples = pd.read_csv(
+        require_input(Path(cfg.task.processed_dir) / SAMPLES_CSV, "preprocess", "sipakmed"), dtype=str
+    )
     ids = sorted(samples["sample_id"])
     data = cfg.task.data
     table = pd.DataFrame({"sample_id": ids, "slide": [slide_of(i) for i in ids]})
@@ -35,6 +36,9 @@ def folds_stage(cfg: DictConfig, out: Path) -> None:
         folds = sipakmed_folds(ids, int(data.n_folds), int(data.fold_seed), group_by)
         table[f"fold_{group_by}"] = table["sample_id"].map(folds)
     write_csv(table, target)
-    log.info("folds: %d samples; per fold (by cell) %s, (by slide) %s", len(table),
-             table["fold_cell"].value_counts().sort_index().tolist(),
-             table["fold_slide"].value_counts().sort_index().tolist())
+    log.info(
+        "folds: %d samples; per fold (by cell) %s, (by slide) %s",
+        len(table),
+        table["fold_cell"].value_counts().sort_index().tolist(),
+        table["fold_slide"].value_counts().sort_index().tolist(),
+    )

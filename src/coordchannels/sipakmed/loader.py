@@ -27,7 +27,6 @@ from coordchannels.taskdata import folds_present
 log = logging.getLogger(__name__)
 
 
-
 # --------------------------------------------------------------------------------------------
 # Loader: the trainer's view of the task
 # --------------------------------------------------------------------------------------------
@@ -46,13 +45,13 @@ def box_mask(box: torch.Tensor, size: int) -> torch.Tensor:
 class SipakmedTaskData:
     """Base images on the device; each sample `image * n_variants + variant` is warped per batch."""
 
-    images: torch.Tensor       # (N, 3, S, S) uint8
-    mean: torch.Tensor         # (N,) float32
-    std: torch.Tensor          # (N,) float32
-    box: torch.Tensor          # (N, 4) int64: top, left, height, width
-    centres: torch.Tensor      # (N, 2) float64, in the S x S frame
-    params: torch.Tensor       # (N * n_variants, 4) float64: tx, ty, angle_deg, scale
-    image_fold: np.ndarray     # (N,) fold of each base image
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    mean: torch.Tensor  # (N,) float32
+    std: torch.Tensor  # (N,) float32
+    box: torch.Tensor  # (N, 4) int64: top, left, height, width
+    centres: torch.Tensor  # (N, 2) float64, in the S x S frame
+    params: torch.Tensor  # (N * n_variants, 4) float64: tx, ty, angle_deg, scale
+    image_fold: np.ndarray  # (N,) fold of each base image
     n_variants: int
     channels: str
     target_stats_samples: int | None = 10000
@@ -111,7 +110,7 @@ def read_cache(out: Path) -> dict[str, np.ndarray]:
 
 def contours_of(cache: dict[str, np.ndarray], i: int) -> np.ndarray:
     """Contour (P, 2) of image i in the model frame, from the ragged arrays of cache.npz."""
-    return cache["points"][cache["offsets"][i]:cache["offsets"][i + 1]]
+    return cache["points"][cache["offsets"][i] : cache["offsets"][i + 1]]
 
 
 def image_folds(folds_dir: Path, ids: np.ndarray, group_by: str) -> np.ndarray:
@@ -136,14 +135,17 @@ def load_task_data(cfg: DictConfig, arm: DictConfig, device) -> SipakmedTaskData
     cache = read_cache(out)
     ids = cache["sample_id"].astype(str)
     images = np.load(require_input(out / IMAGES_NPY, "preprocess", "sipakmed"), mmap_mode="r")
-    params = warp.table_params(pd.read_csv(require_input(out / VARIANTS_CSV, "preprocess", "sipakmed")), str(out / VARIANTS_CSV))
+    params = warp.table_params(
+        pd.read_csv(require_input(out / VARIANTS_CSV, "preprocess", "sipakmed")), str(out / VARIANTS_CSV)
+    )
     n_variants = int(data.n_variants)
-    stale = (len(images) != len(ids) or images.shape[-1] != int(data.image_size)
-             or len(params) != len(ids) * n_variants)
+    stale = len(images) != len(ids) or images.shape[-1] != int(data.image_size) or len(params) != len(ids) * n_variants
     if stale:
-        raise ValueError(f"{out}: cache ({len(images)} images of {images.shape[-1]} px, {len(params)} variants) "
-                         f"does not match {len(ids)} samples x task.data.n_variants={n_variants} at "
-                         f"image_size={data.image_size}: rerun `make data TASK=sipakmed ARGS=overwrite=true`")
+        raise ValueError(
+            f"{out}: cache ({len(images)} images of {images.shape[-1]} px, {len(params)} variants) "
+            f"does not match {len(ids)} samples x task.data.n_variants={n_variants} at "
+            f"image_size={data.image_size}: rerun `make data TASK=sipakmed ARGS=overwrite=true`"
+        )
     centres = cache[f"centre_{choice(str(data.centre), CENTRES, 'task.data.centre')}"]
     if not np.isfinite(centres).all():
         bad = ids[~np.isfinite(centres).all(axis=1)]
@@ -157,5 +159,7 @@ def load_task_data(cfg: DictConfig, arm: DictConfig, device) -> SipakmedTaskData
         centres=torch.from_numpy(centres).double().to(device),
         params=torch.from_numpy(params).to(device),
         image_fold=image_folds(Path(cfg.task.folds_dir), ids, str(data.group_by)),
-        n_variants=n_variants, channels=str(arm.channels),
-        target_stats_samples=None if stats is None else int(stats))
+        n_variants=n_variants,
+        channels=str(arm.channels),
+        target_stats_samples=None if stats is None else int(stats),
+    )

@@ -79,8 +79,10 @@ class Cell:
 def list_cells(cropped: Path) -> list[Cell]:
     """Every cell under `<raw_dir>/cropped/<Class>/`, sorted by sample id; a missing contour is an error."""
     if not cropped_ready(cropped):
-        raise FileNotFoundError(f"{cropped} lacks class folders {[c for c in CLASSES if not (cropped / c).is_dir()]}: "
-                                "run the download stage first (`make data TASK=sipakmed`)")
+        raise FileNotFoundError(
+            f"{cropped} lacks class folders {[c for c in CLASSES if not (cropped / c).is_dir()]}: "
+            "run the download stage first (`make data TASK=sipakmed`)"
+        )
     cells = []
     for cls in CLASSES:
         folder = cropped / cls
@@ -111,8 +113,14 @@ def authors_invalid_ids(path: Path) -> set[str]:
 def compare_invalid(ours: set[str], authors: set[str], present: set[str]) -> pd.DataFrame:
     """One row per id invalid by either rule: sample_id, in_data, ours, authors."""
     ids = sorted(ours | authors)
-    return pd.DataFrame({"sample_id": ids, "in_data": [i in present for i in ids],
-                         "ours": [i in ours for i in ids], "authors": [i in authors for i in ids]})
+    return pd.DataFrame(
+        {
+            "sample_id": ids,
+            "in_data": [i in present for i in ids],
+            "ours": [i in ours for i in ids],
+            "authors": [i in authors for i in ids],
+        }
+    )
 
 
 def contour_rule(cells: list[Cell]) -> tuple[dict[str, str], dict[str, str], dict[str, np.ndarray]]:
@@ -130,12 +138,15 @@ def contour_rule(cells: list[Cell]) -> tuple[dict[str, str], dict[str, str], dic
             h, w = image_size(cell.bmp)
         contours[cell.sample_id] = points
         if polygon_area(points) == 0:
-            degenerate[cell.sample_id] = (f"nucleus contour without area ({len(drop_closing_point(points))} "
-                                          "distinct point(s) or all on one line): no centre")
+            degenerate[cell.sample_id] = (
+                f"nucleus contour without area ({len(drop_closing_point(points))} "
+                "distinct point(s) or all on one line): no centre"
+            )
         if outside_image(points, h, w):
             lo, hi = points.min(axis=0), points.max(axis=0)
-            outside[cell.sample_id] = (f"nucleus contour outside the {w}x{h} image "
-                                       f"(x {lo[0]:.1f}..{hi[0]:.1f}, y {lo[1]:.1f}..{hi[1]:.1f})")
+            outside[cell.sample_id] = (
+                f"nucleus contour outside the {w}x{h} image (x {lo[0]:.1f}..{hi[0]:.1f}, y {lo[1]:.1f}..{hi[1]:.1f})"
+            )
     return outside, degenerate, contours
 
 
@@ -175,7 +186,8 @@ def read_authors_list(cfg: DictConfig, required: bool) -> set[str] | None:
         raise FileNotFoundError(
             f"task.data.invalid_rule={cfg.task.data.invalid_rule} needs the authors' list {path}: run the "
             "download stage with task.data.fetch_authors_invalid=true (or set paths.invalid_samples_mirror "
-            "to a local copy of invalid_samples.csv)")
+            "to a local copy of invalid_samples.csv)"
+        )
     log.warning("preprocess: %s not found: invalid samples not compared with the authors' list", path)
     return None
 
@@ -192,7 +204,9 @@ def exclusions(rule: str, outside: dict[str, str], authors: set[str] | None) -> 
         return dict(outside)
     if rule == "authors":
         return listed
-    return {i: "; ".join(r for r in (outside.get(i), listed.get(i)) if r) for i in sorted(outside.keys() | listed.keys())}
+    return {
+        i: "; ".join(r for r in (outside.get(i), listed.get(i)) if r) for i in sorted(outside.keys() | listed.keys())
+    }
 
 
 def report_invalid(outside: dict[str, str], authors: set[str] | None, all_ids: set[str], out: Path) -> None:
@@ -201,9 +215,16 @@ def report_invalid(outside: dict[str, str], authors: set[str] | None, all_ids: s
         return
     ours = set(outside)
     write_csv(compare_invalid(ours, authors, all_ids), out / INVALID_COMPARE_CSV)
-    log.info("preprocess: invalid samples: %d by the contour rule, %d in the authors' list (%d of them in "
-             "this data), %d in both; only the contour rule %s; only the authors' %s", len(ours), len(authors),
-             len(authors & all_ids), len(ours & authors), sorted(ours - authors), sorted((authors - ours) & all_ids))
+    log.info(
+        "preprocess: invalid samples: %d by the contour rule, %d in the authors' list (%d of them in "
+        "this data), %d in both; only the contour rule %s; only the authors' %s",
+        len(ours),
+        len(authors),
+        len(authors & all_ids),
+        len(ours & authors),
+        sorted(ours - authors),
+        sorted((authors - ours) & all_ids),
+    )
 
 
 def preprocess_stage(cfg: DictConfig, out: Path) -> None:
@@ -227,8 +248,13 @@ def preprocess_stage(cfg: DictConfig, out: Path) -> None:
     for i, reason in degenerate.items():  # no centre: excluded whatever the rule
         excluded[i] = "; ".join(r for r in (excluded.get(i), reason) if r)
     valid = [c for c in cells if c.sample_id not in excluded]
-    log.info("preprocess: %d cells, %d excluded (invalid_rule=%s), %d kept",
-             len(cells), len(excluded), invalid_rule, len(valid))
+    log.info(
+        "preprocess: %d cells, %d excluded (invalid_rule=%s), %d kept",
+        len(cells),
+        len(excluded),
+        invalid_rule,
+        len(valid),
+    )
     if not valid:
         raise ValueError("preprocess: every cell was excluded; nothing to train on")
     out.mkdir(parents=True, exist_ok=True)
@@ -259,23 +285,52 @@ def preprocess_stage(cfg: DictConfig, out: Path) -> None:
                 centres[how][i] = nucleus_centre(fitted.points, how)
             if not np.isfinite(centres[centre_how][i]).all():
                 raise ValueError(f"{cell.nuc}: the contour has no area, so no {centre_how} centre")
-            rows.append({"sample_id": cell.sample_id, "class": cell.cls, "slide": slide_of(cell.sample_id),
-                         "cell": cell.name.split("_")[1], "width": raw.shape[1], "height": raw.shape[0],
-                         "centre_x": centres[centre_how][i, 0], "centre_y": centres[centre_how][i, 1],
-                         "scale": fitted.scale, "top": fitted.box[0], "left": fitted.box[1]})
+            rows.append(
+                {
+                    "sample_id": cell.sample_id,
+                    "class": cell.cls,
+                    "slide": slide_of(cell.sample_id),
+                    "cell": cell.name.split("_")[1],
+                    "width": raw.shape[1],
+                    "height": raw.shape[0],
+                    "centre_x": centres[centre_how][i, 0],
+                    "centre_y": centres[centre_how][i, 1],
+                    "scale": fitted.scale,
+                    "top": fitted.box[0],
+                    "left": fitted.box[1],
+                }
+            )
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in points])]).astype(np.int64)
-    save_npz(out / CACHE_NPZ, sample_id=np.array([c.sample_id for c in valid]), mean=mean, std=std, box=box,
-             points=np.concatenate(points), offsets=offsets,
-             centre_vertex_mean=centres["vertex_mean"], centre_polygon_centroid=centres["polygon_centroid"])
+    save_npz(
+        out / CACHE_NPZ,
+        sample_id=np.array([c.sample_id for c in valid]),
+        mean=mean,
+        std=std,
+        box=box,
+        points=np.concatenate(points),
+        offsets=offsets,
+        centre_vertex_mean=centres["vertex_mean"],
+        centre_polygon_centroid=centres["polygon_centroid"],
+    )
     write_csv(variant_table(cfg, n), out / VARIANTS_CSV)
     write_csv(pd.DataFrame(rows), out / SAMPLES_CSV)
-    log.info("preprocess: %d images cached in %s (%.0f MB); %d variants each", n, out / IMAGES_NPY,
-             n * 3 * size * size / 1e6, int(data.n_variants))
+    log.info(
+        "preprocess: %d images cached in %s (%.0f MB); %d variants each",
+        n,
+        out / IMAGES_NPY,
+        n * 3 * size * size / 1e6,
+        int(data.n_variants),
+    )
 
 
 def variant_table(cfg: DictConfig, n_images: int) -> pd.DataFrame:
     """The augmentation parameters of every (image, variant) from task.data (SPEC section 2)."""
     data = cfg.task.data
-    return warp.variant_table(n_images, int(data.n_variants), int(data.variant_seed),
-                              max_shift=float(data.max_shift), max_angle=float(data.max_angle),
-                              scale=(float(data.scale_range[0]), float(data.scale_range[1])))
+    return warp.variant_table(
+        n_images,
+        int(data.n_variants),
+        int(data.variant_seed),
+        max_shift=float(data.max_shift),
+        max_angle=float(data.max_angle),
+        scale=(float(data.scale_range[0]), float(data.scale_range[1])),
+    )

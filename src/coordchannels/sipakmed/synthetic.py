@@ -57,10 +57,10 @@ class FakeCell:
     """One generated cell: its image and contours, and the truth the pipeline should recover."""
 
     cls: str
-    name: str               # NNN_MM
-    image: np.ndarray       # (H, W, 3) uint8
-    nucleus: np.ndarray     # (P, 2) contour points as written (closing point included if any)
-    cytoplasm: np.ndarray   # (Q, 2)
+    name: str  # NNN_MM
+    image: np.ndarray  # (H, W, 3) uint8
+    nucleus: np.ndarray  # (P, 2) contour points as written (closing point included if any)
+    cytoplasm: np.ndarray  # (Q, 2)
     invalid: bool
     integer_coords: bool
 
@@ -75,7 +75,7 @@ class FakeInfo:
 
     out_dir: Path
     paths: list[Path]
-    cells: pd.DataFrame     # sample_id, class, name, width, height, centre_x, centre_y, invalid, closed
+    cells: pd.DataFrame  # sample_id, class, name, width, height, centre_x, centre_y, invalid, closed
     invalid_ids: list[str] = field(default_factory=list)
 
 
@@ -104,8 +104,16 @@ def cell_names(n: int, rng: np.random.Generator) -> list[str]:
     return names[:n]
 
 
-def ellipse_polygon(cx: float, cy: float, a: float, b: float, angle: float, n_points: int,
-                    rng: np.random.Generator, jitter: float = 0.04) -> np.ndarray:
+def ellipse_polygon(
+    cx: float,
+    cy: float,
+    a: float,
+    b: float,
+    angle: float,
+    n_points: int,
+    rng: np.random.Generator,
+    jitter: float = 0.04,
+) -> np.ndarray:
     """(n_points, 2) vertices of a slightly irregular ellipse, like a hand-traced outline."""
     t = np.linspace(0.0, 2 * np.pi, n_points, endpoint=False) + rng.uniform(0, 2 * np.pi)
     r = 1.0 + rng.uniform(-jitter, jitter, n_points)
@@ -142,8 +150,16 @@ def make_cell(cls: str, name: str, invalid: bool, rng: np.random.Generator) -> F
     a = short * rng.uniform(0.08, 0.22)
     b = a * rng.uniform(0.6, 1.0)
     nucleus = ellipse_polygon(cx, cy, a, b, rng.uniform(0, np.pi), int(rng.integers(16, 49)), rng)
-    cytoplasm = ellipse_polygon(w / 2, h / 2, w * rng.uniform(0.38, 0.48), h * rng.uniform(0.38, 0.48),
-                                rng.uniform(-0.2, 0.2), int(rng.integers(30, 80)), rng, jitter=0.02)
+    cytoplasm = ellipse_polygon(
+        w / 2,
+        h / 2,
+        w * rng.uniform(0.38, 0.48),
+        h * rng.uniform(0.38, 0.48),
+        rng.uniform(-0.2, 0.2),
+        int(rng.integers(30, 80)),
+        rng,
+        jitter=0.02,
+    )
     image = draw_cell(h, w, nucleus, cytoplasm, rng)
     if invalid:
         # Contour in the wrong frame, as if traced on the full slide and not shifted to the
@@ -234,8 +250,9 @@ def _ellipse(xx, yy, centre, axes, angle, edge=1.5):
 def synthetic_cells(n: int, size: int, seed: int, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """n cell-like RGB images, uint8 (n, 3, size, size), and their nucleus centres (n, 2) = (x, y)."""
     gen = torch.Generator().manual_seed(seed)
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32),
-                            torch.arange(size, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
     images, centres = [], []
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
@@ -269,8 +286,9 @@ def default_invalid(n_cells: int) -> int:
     return max(int(n_cells >= 20), round(26 * n_cells / MAX_CELLS))
 
 
-def make_fake_sipakmed(out_dir: str | Path, n_cells: int = 100, seed: int = 0, archives: bool = True,
-                       n_invalid: int | None = None) -> FakeInfo:
+def make_fake_sipakmed(
+    out_dir: str | Path, n_cells: int = 100, seed: int = 0, archives: bool = True, n_invalid: int | None = None
+) -> FakeInfo:
     """Write a generated SiPaKMeD of `n_cells` cells (1..4049) into `out_dir`; same seed, same bytes.
 
     archives=True: the five `im_<Class>.7z`; False: the extracted tree `im_<Class>/im_<Class>/...`.
@@ -299,10 +317,19 @@ def make_fake_sipakmed(out_dir: str | Path, n_cells: int = 100, seed: int = 0, a
         paths.append(path)
         for c in cells:
             centre = vertex_mean_centre(c.nucleus)
-            rows.append({"sample_id": c.sample_id, "class": cls, "name": c.name,
-                         "width": c.image.shape[1], "height": c.image.shape[0],
-                         "centre_x": centre[0], "centre_y": centre[1], "invalid": c.invalid,
-                         "closed": bool(np.array_equal(c.nucleus[0], c.nucleus[-1]))})
+            rows.append(
+                {
+                    "sample_id": c.sample_id,
+                    "class": cls,
+                    "name": c.name,
+                    "width": c.image.shape[1],
+                    "height": c.image.shape[0],
+                    "centre_x": centre[0],
+                    "centre_y": centre[1],
+                    "invalid": c.invalid,
+                    "closed": bool(np.array_equal(c.nucleus[0], c.nucleus[-1])),
+                }
+            )
     table = pd.DataFrame(rows)
     invalid_ids = sorted(table.loc[table["invalid"], "sample_id"])
     log.info("fake SiPaKMeD: %d cells (%d invalid) written to %s", n_cells, len(invalid_ids), out_dir)

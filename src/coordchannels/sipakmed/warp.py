@@ -47,8 +47,15 @@ def _check_ranges(max_shift: float, max_angle: float, scale: tuple[float, float]
         raise ValueError(f"scale range must satisfy 0 < low <= high, got {scale}")
 
 
-def variant_params(n_images: int, n_variants: int = 20, seed: int = 42, *, max_shift: float = 20.0,
-                   max_angle: float = 20.0, scale: tuple[float, float] = (0.75, 1.25)) -> np.ndarray:
+def variant_params(
+    n_images: int,
+    n_variants: int = 20,
+    seed: int = 42,
+    *,
+    max_shift: float = 20.0,
+    max_angle: float = 20.0,
+    scale: tuple[float, float] = (0.75, 1.25),
+) -> np.ndarray:
     """Augmentation parameters, float64 (n_images * n_variants, 4): columns tx, ty, angle_deg, scale.
 
     Row `image * n_variants + variant`. Each image has its own generator seeded with
@@ -67,7 +74,7 @@ def variant_params(n_images: int, n_variants: int = 20, seed: int = 42, *, max_s
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), image]))
         # random() fills row-major: variant v uses draws 4v..4v+3 whatever n_variants is.
         u = rng.random((int(n_variants), 4))
-        out[image * n_variants:(image + 1) * n_variants] = low + (high - low) * u
+        out[image * n_variants : (image + 1) * n_variants] = low + (high - low) * u
     return out
 
 
@@ -96,11 +103,15 @@ def table_params(table: pd.DataFrame, source: str = "variant table") -> np.ndarr
     variant = table["variant"].to_numpy()
     n_variants = int(variant.max()) + 1 if len(variant) else 0
     n_images = len(table) // n_variants if n_variants else 0
-    if (n_images * n_variants != len(table)
-            or not np.array_equal(image, np.repeat(np.arange(n_images), n_variants))
-            or not np.array_equal(variant, np.tile(np.arange(n_variants), n_images))):
-        raise ValueError(f"{source}: rows must be every (image, variant) pair sorted by image, "
-                         "then variant, with the same number of variants per image")
+    if (
+        n_images * n_variants != len(table)
+        or not np.array_equal(image, np.repeat(np.arange(n_images), n_variants))
+        or not np.array_equal(variant, np.tile(np.arange(n_variants), n_images))
+    ):
+        raise ValueError(
+            f"{source}: rows must be every (image, variant) pair sorted by image, "
+            "then variant, with the same number of variants per image"
+        )
     params = table[list(PARAM_COLUMNS)].to_numpy(dtype=np.float64)
     if not np.isfinite(params).all():
         raise ValueError(f"{source}: non-finite augmentation parameters")
@@ -197,8 +208,11 @@ def _pixel_grid(h: int, w: int, device: torch.device) -> torch.Tensor:
     """(h * w, 2) float32 pixel centres (x, y), row-major; cached per size and device."""
     key = (h, w, device)
     if key not in _PIXEL_GRIDS:
-        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device),
-                                torch.arange(w, dtype=torch.float32, device=device), indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(h, dtype=torch.float32, device=device),
+            torch.arange(w, dtype=torch.float32, device=device),
+            indexing="ij",
+        )
         _PIXEL_GRIDS[key] = torch.stack([xs, ys], dim=-1).reshape(h * w, 2)
     return _PIXEL_GRIDS[key]
 
@@ -238,6 +252,7 @@ def warp_images(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     base = _pixel_grid(h, w, images.device).to(dtype)
     # grid[i, p] = theta_i [x_p, y_p, 1]: one batched matmul, (n, HW, 2).
     grid = torch.baddbmm(theta[:, None, :, 2], base.expand(n, -1, -1), theta[:, :, :2].transpose(1, 2))
-    out = F.grid_sample(images.to(dtype), grid.view(n, h, w, 2), mode="bilinear",
-                        padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(
+        images.to(dtype), grid.view(n, h, w, 2), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out

@@ -1,5 +1,4 @@
-"""Device, seeds and determinism of a training job.
-"""
+"""Device, seeds and determinism of a training job."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
-
 
 
 # --------------------------------------------------------------------------------------------

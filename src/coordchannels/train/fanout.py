@@ -87,8 +87,14 @@ class FanOut:
     sweep_dir: Path
 
     def job_overrides(self, job: Job) -> list[str]:
-        return [*self.overrides, "stages=[train]", f"train.models=[{job.model}]", f"train.arms=[{job.arm}]",
-                f"train.folds=[{job.fold}]", f"+fanout.seed={job.seed}"]
+        return [
+            *self.overrides,
+            "stages=[train]",
+            f"train.models=[{job.model}]",
+            f"train.arms=[{job.arm}]",
+            f"train.folds=[{job.fold}]",
+            f"+fanout.seed={job.seed}",
+        ]
 
     def run(self, jobs: list[Job]) -> list[Outcome]:
         """Submit `jobs` (one array of them on SLURM) and wait for every one."""
@@ -102,18 +108,27 @@ class FanOut:
                 job = jobs[submitted.index(done)]
                 outcomes[job] = outcome(job, done)
                 ended = outcomes[job]
-                log.info("[%d/%d] %s: %s", len(outcomes), len(jobs), job,
-                         f"FAILED ({ended.error}); logs {ended.stdout}, {ended.stderr}" if ended.error else
-                         f"finished on {ended.ran.get('host')} ({ended.ran.get('device')}) in "
-                         f"{ended.ran.get('seconds', float('nan')):.0f} s")
+                log.info(
+                    "[%d/%d] %s: %s",
+                    len(outcomes),
+                    len(jobs),
+                    job,
+                    f"FAILED ({ended.error}); logs {ended.stdout}, {ended.stderr}"
+                    if ended.error
+                    else f"finished on {ended.ran.get('host')} ({ended.ran.get('device')}) in "
+                    f"{ended.ran.get('seconds', float('nan')):.0f} s",
+                )
         except KeyboardInterrupt:
             if local:  # the processes would go on training beside a rerun
                 for s in submitted:
                     s.cancel(check=False)
                 log.warning("interrupted: the %d local jobs were stopped", len(submitted))
             else:
-                log.warning("interrupted: the jobs go on in the queue (array %s; `scancel` stops them); "
-                            "rerunning the command submits those still unfinished", submitted[0].job_id.split("_")[0])
+                log.warning(
+                    "interrupted: the jobs go on in the queue (array %s; `scancel` stops them); "
+                    "rerunning the command submits those still unfinished",
+                    submitted[0].job_id.split("_")[0],
+                )
             raise
         return [outcomes[job] for job in jobs]
 
@@ -122,8 +137,10 @@ class FanOut:
         executor = submitit_executor(self.launcher.params, self.launcher._EXECUTOR)
         # The arguments Hydra's submitit launcher gives its own jobs (see its `launch`): each runs
         # `launcher(overrides, ...)`, which composes its config and runs `train_one_job` as a Hydra job.
-        args = [(self.job_overrides(job), "hydra.sweep.dir", i, f"job_id_for_{i}", Singleton.get_state())
-                for i, job in enumerate(jobs)]
+        args = [
+            (self.job_overrides(job), "hydra.sweep.dir", i, f"job_id_for_{i}", Singleton.get_state())
+            for i, job in enumerate(jobs)
+        ]
         submitted = executor.map_array(self.launcher, *zip(*args))
         for i, (job, s) in enumerate(zip(jobs, submitted)):
             log.info("#%d %s: submitit job %s, output %s", i, job, s.job_id, s.paths.stdout)
@@ -164,7 +181,6 @@ def _state(submitted) -> str:
         return "unknown"
 
 
-
 # --------------------------------------------------------------------------------------------
 # The train stage, fanned out
 # --------------------------------------------------------------------------------------------
@@ -177,23 +193,31 @@ def unfinished(cfg: DictConfig, jobs: list[Job]) -> list[Job]:
     if cfg.overwrite:
         return list(jobs)
     epochs = int(cfg.train.epochs)
-    return [job for job in jobs
-            if finished_epochs(cfg, job, job_log_path(cfg, job), job_fingerprint(cfg, job)) != epochs]
+    return [
+        job for job in jobs if finished_epochs(cfg, job, job_log_path(cfg, job), job_fingerprint(cfg, job)) != epochs
+    ]
 
 
 def fanout_stage(cfg: DictConfig, out: Path | None = None) -> None:
     """The train stage's work under `main`: the unfinished jobs through the launcher, waited for."""
     fan = _ACTIVE
     if fan is None:
-        raise StageError(f"{__name__}.fanout_stage fans the train stage out for `python -m {__name__}`; "
-                         "run it from there")
+        raise StageError(
+            f"{__name__}.fanout_stage fans the train stage out for `python -m {__name__}`; run it from there"
+        )
     if not cfg.task.models:
         log.info("task %s trains no models (its experiment stage trains its own): nothing to do", cfg.task.name)
         return
     jobs = job_grid(cfg)
     todo = unfinished(cfg, jobs)
-    log.info("%d of %d jobs to run through hydra/launcher=%s (%d finished are kept); sweep folder %s",
-             len(todo), len(jobs), fan.name, len(jobs) - len(todo), fan.sweep_dir)
+    log.info(
+        "%d of %d jobs to run through hydra/launcher=%s (%d finished are kept); sweep folder %s",
+        len(todo),
+        len(jobs),
+        fan.name,
+        len(jobs) - len(todo),
+        fan.sweep_dir,
+    )
     if todo:
         start = time.perf_counter()
         outcomes = fan.run(todo)
@@ -202,20 +226,36 @@ def fanout_stage(cfg: DictConfig, out: Path | None = None) -> None:
         if failed:
             raise FanOutError(
                 f"{len(failed)} of {len(todo)} training jobs failed; rerun the same command to submit them again "
-                "(finished jobs are kept; each resumes from its last epoch checkpoint):\n" +
-                "\n".join(f"  {o.job} [submitit job {o.submitit_id}]: {o.error}\n    stdout {o.stdout}\n"
-                          f"    stderr {o.stderr}" for o in failed))
+                "(finished jobs are kept; each resumes from its last epoch checkpoint):\n"
+                + "\n".join(
+                    f"  {o.job} [submitit job {o.submitit_id}]: {o.error}\n    stdout {o.stdout}\n    stderr {o.stderr}"
+                    for o in failed
+                )
+            )
     left = unfinished(cfg, jobs)
     if left:
-        raise FanOutError(f"{len(left)} jobs reported success but left no finished log and record: "
-                          f"{', '.join(map(str, left))}")
+        raise FanOutError(
+            f"{len(left)} jobs reported success but left no finished log and record: {', '.join(map(str, left))}"
+        )
 
 
 def write_summary(fan: FanOut, outcomes: list[Outcome], seconds: float) -> None:
     """`<sweep dir>/fanout.json`: launcher, wall time, and per job its submitit id, logs and end."""
-    summary = {"launcher": fan.name, "seconds": round(seconds, 2),
-               "jobs": [{"job": str(o.job), "submitit_id": o.submitit_id, "stdout": o.stdout, "stderr": o.stderr,
-                         "error": o.error, **(o.ran or {})} for o in outcomes]}
+    summary = {
+        "launcher": fan.name,
+        "seconds": round(seconds, 2),
+        "jobs": [
+            {
+                "job": str(o.job),
+                "submitit_id": o.submitit_id,
+                "stdout": o.stdout,
+                "stderr": o.stderr,
+                "error": o.error,
+                **(o.ran or {}),
+            }
+            for o in outcomes
+        ],
+    }
     write_text(fan.sweep_dir / "fanout.json", json.dumps(summary, indent=1, default=str) + "\n")
 
 
@@ -239,7 +279,9 @@ def train_one_job(cfg: DictConfig) -> dict:
             path = run_job(cfg, job.model, job.arm, job.seed, job.fold)
         return {"log": str(path), **where_it_ran(), "seconds": round(time.perf_counter() - start, 2)}
     except Exception:
-        log.exception("the job failed")  # Hydra keeps the exception for the submitter; the traceback goes to the job's logs
+        log.exception(
+            "the job failed"
+        )  # Hydra keeps the exception for the submitter; the traceback goes to the job's logs
         raise
 
 
@@ -270,12 +312,13 @@ def setup(cfg: DictConfig) -> FanOut:
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 
     context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks(full))
-    launcher = Plugins.instance().instantiate_launcher(hydra_context=context, task_function=train_one_job,
-                                                       config=full)
+    launcher = Plugins.instance().instantiate_launcher(hydra_context=context, task_function=train_one_job, config=full)
     if not isinstance(launcher, BaseSubmititLauncher):
-        raise SettingError(f"hydra/launcher={name}: the fan-out submits through Hydra's submitit launchers "
-                           "(slurm, submitit_slurm, submitit_local); for another launcher use "
-                           "`python -m coordchannels -m ...`")
+        raise SettingError(
+            f"hydra/launcher={name}: the fan-out submits through Hydra's submitit launchers "
+            "(slurm, submitit_slurm, submitit_local); for another launcher use "
+            "`python -m coordchannels -m ...`"
+        )
     return FanOut(launcher, name, repeated_overrides(hydra_cfg.overrides.task), Path(full.hydra.sweep.dir))
 
 
@@ -288,17 +331,21 @@ def repeated_overrides(given) -> list[str]:
 def check_launcher(name: str, launcher: DictConfig) -> None:
     """Refuse, before any stage runs, a launcher config with a required value (`???`) not given, and
     SLURM where it cannot be reached."""
-    missing = sorted(k if k.startswith("hydra.launcher.") else f"hydra.launcher.{k}"
-                     for k in OmegaConf.missing_keys(launcher))
+    missing = sorted(
+        k if k.startswith("hydra.launcher.") else f"hydra.launcher.{k}" for k in OmegaConf.missing_keys(launcher)
+    )
     if missing:
         raise SettingError(
             f"hydra/launcher={name} needs {', '.join(missing)}: add "
             f"{' '.join(f'{k}=<value>' for k in missing)} to the command (to ARGS with make), "
-            "e.g. hydra.launcher.partition=gpu (`sinfo` lists the partitions)")
+            "e.g. hydra.launcher.partition=gpu (`sinfo` lists the partitions)"
+        )
     if str(launcher.get("_target_", "")).endswith(".SlurmLauncher") and shutil.which("sbatch") is None:
-        raise SettingError(f"hydra/launcher={name} submits with SLURM's sbatch, which this machine does not have "
-                           "on its PATH: run the command on the cluster's login node (LAUNCHER=submitit_local runs "
-                           "the same fan-out on this machine)")
+        raise SettingError(
+            f"hydra/launcher={name} submits with SLURM's sbatch, which this machine does not have "
+            "on its PATH: run the command on the cluster's login node (LAUNCHER=submitit_local runs "
+            "the same fan-out on this machine)"
+        )
 
 
 @hydra.main(version_base="1.3", config_path="pkg://coordchannels.conf", config_name="config")

@@ -53,11 +53,15 @@ def check_settings(cfg: DictConfig) -> None:
         _int_at_least(t.n_jobs, 1, "train.n_jobs")
     device = str(t.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SettingError(f"train.device={device}: this machine has no CUDA GPU usable by torch "
-                           f"{torch.__version__}; use train.device=cpu (or auto)")
+        raise SettingError(
+            f"train.device={device}: this machine has no CUDA GPU usable by torch "
+            f"{torch.__version__}; use train.device=cpu (or auto)"
+        )
     if "stats" in cfg.get("stages", []) and int(t.epochs) < MIN_EPOCHS:
-        raise SettingError(f"train.epochs={t.epochs}: the statistics need at least {MIN_EPOCHS} epochs (the "
-                           "instability spline is cubic); train more epochs or leave `stats` out of `stages`")
+        raise SettingError(
+            f"train.epochs={t.epochs}: the statistics need at least {MIN_EPOCHS} epochs (the "
+            "instability spline is cubic); train more epochs or leave `stats` out of `stages`"
+        )
     if cfg.task.models:
         job_grid(cfg)  # unknown models or arms, folds out of range
 

@@ -82,15 +82,17 @@ def run_job(cfg: DictConfig, model_name: str, arm_name: str, seed: int, fold: in
             raise RunConfigError(
                 f"{job}: its checkpoint {ckpt_path} is past epoch {epochs} ({len(state['rows'])} epochs done): "
                 "fewer epochs than a run already trained cannot be had from it; pick another train.run_name "
-                "or set overwrite=true to retrain")
+                "or set overwrite=true to retrain"
+            )
         if done:
             log.info("%s: finished with %d epochs; continuing to %d", job, done, epochs)
         # Retraining or continuing: drop the old log and record first, so that an interrupted run can
         # never leave them beside the new checkpoint and be mistaken for finished.
         record_path.unlink(missing_ok=True)
         out_log.unlink(missing_ok=True)
-        rows, columns = train_job(cfg, job, state, lambda model, opt, rows: save_checkpoint(
-            ckpt_path, fingerprint, model, opt, rows))
+        rows, columns = train_job(
+            cfg, job, state, lambda model, opt, rows: save_checkpoint(ckpt_path, fingerprint, model, opt, rows)
+        )
         write_csv(log_frame(rows, columns), out_log)
         write_job_record(record_path, fingerprint, epochs)
     log.info("%s: finished, log %s", job, out_log)
@@ -130,7 +132,17 @@ def train_job(cfg: DictConfig, job: Job, state: dict | None, checkpoint) -> tupl
             start = time.perf_counter()
             generator = epoch_generator(job.seed, job.fold, epoch)
             train_pred, train_true = train_one_epoch(
-                forward, optimizer, data, train_idx, mean, std, int(cfg.train.batch_size), generator, f"{job} e{epoch}", run)
+                forward,
+                optimizer,
+                data,
+                train_idx,
+                mean,
+                std,
+                int(cfg.train.batch_size),
+                generator,
+                f"{job} e{epoch}",
+                run,
+            )
             test_pred, test_true = predict(forward, data, test_idx, int(cfg.train.eval_batch_size), run)
             rows.append([epoch, *r2_per_target(train_true, train_pred), *r2_per_target(test_true, test_pred)])
             checkpoint(model, optimizer, rows)
@@ -238,8 +250,9 @@ class Execution:
     def from_config(cls, train_cfg: DictConfig, device: torch.device) -> Execution:
         precision = str(train_cfg.get("precision", "fp32"))
         choice(precision, PRECISIONS, "train.precision")
-        return cls(device.type, precision, bool(train_cfg.get("channels_last", False)),
-                   bool(train_cfg.get("compile", False)))
+        return cls(
+            device.type, precision, bool(train_cfg.get("channels_last", False)), bool(train_cfg.get("compile", False))
+        )
 
     def autocast(self):
         if self.precision == "fp32":
@@ -264,9 +277,18 @@ def epoch_generator(seed: int, fold: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: TaskData,
-                    train_idx: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, batch_size: int,
-                    generator: torch.Generator, desc: str = "", run: Execution | None = None) -> tuple[np.ndarray, np.ndarray]:
+def train_one_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: TaskData,
+    train_idx: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    desc: str = "",
+    run: Execution | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """One pass over shuffled training batches; returns (predictions, targets) as made in training.
 
     The loss is the MSE of prediction and target after standardising both with the training
@@ -280,7 +302,7 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, da
     n_batches = (len(order) + batch_size - 1) // batch_size
     with _progress(n_batches, desc) as bar:
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             y = data.targets(idx)
             preds.append(train_step(model, optimizer, data.inputs(idx), y, mean, std, run)[1])
             trues.append(y)
@@ -288,8 +310,15 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, da
     return _numpy(preds), _numpy(trues)
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               mean: torch.Tensor, std: torch.Tensor, run: Execution) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    run: Execution,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One Adam step on the MSE of standardised prediction and target; returns (loss, predictions),
     detached, float32. The loss is computed in float32 whatever the forward precision."""
     with run.autocast():
@@ -301,15 +330,16 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torc
     return loss.detach(), pred.detach()
 
 
-def predict(model: torch.nn.Module, data: TaskData, idx: torch.Tensor, batch_size: int,
-            run: Execution | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: torch.nn.Module, data: TaskData, idx: torch.Tensor, batch_size: int, run: Execution | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(predictions, targets) of samples `idx` in eval mode, in order."""
     run = run or Execution()
     model.eval()
     preds, trues = [], []
     with torch.inference_mode(), run.autocast():
         for start in range(0, len(idx), batch_size):
-            batch = idx[start:start + batch_size]
+            batch = idx[start : start + batch_size]
             preds.append(model(run.prepare(data.inputs(batch))).float())
             trues.append(data.targets(batch))
     return _numpy(preds), _numpy(trues)

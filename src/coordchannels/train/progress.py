@@ -29,8 +29,10 @@ from coordchannels.train.record import RunConfigError, job_fingerprint, job_reco
 log = logging.getLogger(__name__)
 
 EPOCH_LINE = re.compile(r": epoch \d+ .*\(([0-9.]+) s\)\s*$")
-GPU_HELP = ("install a CUDA build of PyTorch (see the README, 'Installation') on a machine with an NVIDIA GPU "
-            "and run with train.device=cuda (optionally train.precision=bf16 train.channels_last=true)")
+GPU_HELP = (
+    "install a CUDA build of PyTorch (see the README, 'Installation') on a machine with an NVIDIA GPU "
+    "and run with train.device=cuda (optionally train.precision=bf16 train.channels_last=true)"
+)
 
 
 def duration(seconds: float) -> str:
@@ -105,8 +107,11 @@ def recorded_epoch_seconds(cfg: DictConfig) -> float | None:
     for key in ("device", "batch_size", "limit_train", "limit_test"):
         if str(before.get(key)) != str(cfg.train.get(key)):
             return None
-    seconds = [float(m.group(1)) for line in log_file.read_text(errors="replace").splitlines()[-2000:]
-               if (m := EPOCH_LINE.search(line))]
+    seconds = [
+        float(m.group(1))
+        for line in log_file.read_text(errors="replace").splitlines()[-2000:]
+        if (m := EPOCH_LINE.search(line))
+    ]
     return statistics.median(seconds) if seconds else None
 
 
@@ -134,8 +139,15 @@ def make_plan(cfg: DictConfig) -> Plan:
         epoch_s, source = recorded, f"median epoch time in {Path(str(cfg.train.run_dir)) / 'logs' / 'train.log'}"
     else:
         epoch_s, source = configured_epoch_seconds(cfg, device)
-    return Plan(jobs, {j: done_epochs(cfg, j) for j in jobs}, int(cfg.train.epochs), device,
-                jobs_side_by_side(cfg, len(jobs)), epoch_s, source)
+    return Plan(
+        jobs,
+        {j: done_epochs(cfg, j) for j in jobs},
+        int(cfg.train.epochs),
+        device,
+        jobs_side_by_side(cfg, len(jobs)),
+        epoch_s,
+        source,
+    )
 
 
 def plan_lines(cfg: DictConfig, plan: Plan | None = None) -> list[str]:
@@ -144,19 +156,23 @@ def plan_lines(cfg: DictConfig, plan: Plan | None = None) -> list[str]:
     n, finished = len(plan.jobs), plan.finished
     models = sorted({j.model for j in plan.jobs})
     arms = list(dict.fromkeys(j.arm for j in plan.jobs))
-    lines = [f"plan: {n} training jobs ({len(models)} model(s) x {len(arms)} arm(s) x "
-             f"{len({j.seed for j in plan.jobs})} seed(s) x {len({j.fold for j in plan.jobs})} fold(s)), "
-             f"{plan.epochs} epochs each, in {cfg.train.run_dir}",
-             f"plan: {finished} already finished, {n - finished} to train "
-             f"({plan.remaining_epochs} job-epochs); device {plan.device}, {plan.side_by_side} job(s) side by side"]
+    lines = [
+        f"plan: {n} training jobs ({len(models)} model(s) x {len(arms)} arm(s) x "
+        f"{len({j.seed for j in plan.jobs})} seed(s) x {len({j.fold for j in plan.jobs})} fold(s)), "
+        f"{plan.epochs} epochs each, in {cfg.train.run_dir}",
+        f"plan: {finished} already finished, {n - finished} to train "
+        f"({plan.remaining_epochs} job-epochs); device {plan.device}, {plan.side_by_side} job(s) side by side",
+    ]
     estimate = plan.estimate_s
     if n == finished:
         lines.append("plan: nothing to train")
     elif estimate is None:
         lines.append(f"plan: no time estimate ({plan.source}); the progress lines give one once jobs finish")
     else:
-        lines.append(f"plan: estimated training time {duration(estimate)} "
-                     f"({plan.epoch_s:.1f} s per epoch per job; from {plan.source})")
+        lines.append(
+            f"plan: estimated training time {duration(estimate)} "
+            f"({plan.epoch_s:.1f} s per epoch per job; from {plan.source})"
+        )
     if cfg.task.name == "sipakmed" and plan.device == "cpu" and n > finished and not cfg.train.get("limit_train"):
         lines.append(f"plan: SiPaKMeD at full size on a CPU takes days; to run it on a GPU, {GPU_HELP}")
     return lines
@@ -219,8 +235,11 @@ def dry_run_lines(cfg: DictConfig) -> list[str]:
     for stage in stages:
         try:
             names = get_method(stage.outputs)(cfg) if isinstance(stage.outputs, str) else stage.outputs
-            done = (not cfg.overwrite and read_record(stage) == stage_record(cfg, stage)
-                    and all((stage.out / n).exists() or Path(n).exists() for n in names))
+            done = (
+                not cfg.overwrite
+                and read_record(stage) == stage_record(cfg, stage)
+                and all((stage.out / n).exists() or Path(n).exists() for n in names)
+            )
         except Exception as exc:  # an unreadable record or missing input: it would run (or say why)
             done, why = False, f" ({exc})"
         else:
@@ -257,8 +276,10 @@ def check_tracker(cfg: DictConfig) -> None:
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError as exc:
-        raise SettingError("train.tracker=tensorboard needs the `tensorboard` package: "
-                           "`.venv/bin/pip install tensorboard` (then `tensorboard --logdir <run_dir>/tensorboard`)") from exc
+        raise SettingError(
+            "train.tracker=tensorboard needs the `tensorboard` package: "
+            "`.venv/bin/pip install tensorboard` (then `tensorboard --logdir <run_dir>/tensorboard`)"
+        ) from exc
 
 
 def tracker_dir(cfg: DictConfig, job: Job) -> Path:

@@ -49,8 +49,9 @@ class RunConfigError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------
-def save_checkpoint(path: Path, fingerprint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    rows: list[list[float]]) -> None:
+def save_checkpoint(
+    path: Path, fingerprint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows: list[list[float]]
+) -> None:
     """Everything needed to continue after the last finished epoch, written atomically."""
     state = {
         "fingerprint": canonical(fingerprint),
@@ -75,7 +76,8 @@ def load_checkpoint(path: Path, fingerprint: dict) -> dict | None:
     if stored != json.loads(canonical(fingerprint)):
         raise RunConfigError(
             f"{path} was written by a job with another configuration ({_differences(stored, fingerprint)}); "
-            "pick another train.run_name or set overwrite=true to retrain")
+            "pick another train.run_name or set overwrite=true to retrain"
+        )
     return state
 
 
@@ -103,13 +105,17 @@ def train_fingerprint(cfg: DictConfig) -> dict:
 def job_fingerprint(cfg: DictConfig, job: Job) -> dict:
     """Everything that changes a job's numbers: data, model, arm, hyper-parameters and seed."""
     model, arm = plain(cfg.task.models[job.model]), plain(cfg.arms[job.arm])
-    return json.loads(canonical({
-        "task": data_fingerprint(cfg),
-        "train": train_fingerprint(cfg),
-        "model": {k: model.get(k) for k in MODEL_KEYS},
-        "arm": {k: arm.get(k) for k in ARM_KEYS},
-        "seed": job.seed,
-    }))
+    return json.loads(
+        canonical(
+            {
+                "task": data_fingerprint(cfg),
+                "train": train_fingerprint(cfg),
+                "model": {k: model.get(k) for k in MODEL_KEYS},
+                "arm": {k: arm.get(k) for k in ARM_KEYS},
+                "seed": job.seed,
+            }
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,8 +137,9 @@ def read_job_record(path: Path) -> dict | None:
         record = json.loads(path.read_text())
         return {"fingerprint": record["fingerprint"], "epochs": int(record["epochs"])}
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RunConfigError(f"{path}: unreadable job record ({exc}); delete it with its log, or set "
-                             "overwrite=true to retrain") from exc
+        raise RunConfigError(
+            f"{path}: unreadable job record ({exc}); delete it with its log, or set overwrite=true to retrain"
+        ) from exc
 
 
 def write_job_record(path: Path, fingerprint: dict, epochs: int) -> None:
@@ -180,11 +187,13 @@ def finished_epochs(cfg: DictConfig, job: Job, log_path: Path, fingerprint: dict
     if record is None:
         raise RunConfigError(
             f"{log_path} has no job record ({job_record_path(cfg, job)}): it cannot be shown to come from this "
-            "configuration; pick another train.run_name or set overwrite=true to retrain")
+            "configuration; pick another train.run_name or set overwrite=true to retrain"
+        )
     if record["fingerprint"] != fingerprint:
         raise RunConfigError(
             f"{log_path} was made with another configuration ({_differences(record['fingerprint'], fingerprint)}); "
-            "pick another train.run_name or set overwrite=true to retrain")
+            "pick another train.run_name or set overwrite=true to retrain"
+        )
     return record["epochs"]
 
 
@@ -199,8 +208,9 @@ def job_lock(cfg: DictConfig, job: Job) -> Iterator[None]:
         lock.acquire()
     except Timeout:
         who = holder.read_text().strip() if holder.exists() else "another process"
-        raise RunConfigError(f"{job} is being trained in {cfg.train.run_dir} by {who} (lock {path}); wait for it, "
-                             "or stop that process") from None
+        raise RunConfigError(
+            f"{job} is being trained in {cfg.train.run_dir} by {who} (lock {path}); wait for it, or stop that process"
+        ) from None
     try:
         holder.write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
         yield

@@ -24,7 +24,6 @@ from coordchannels.train.progress import Progress
 log = logging.getLogger(__name__)
 
 
-
 # --------------------------------------------------------------------------------------------
 # The stage: the job grid, run serially or side by side
 # --------------------------------------------------------------------------------------------
@@ -39,14 +38,18 @@ def train_stage(cfg: DictConfig, out: Path | None = None) -> None:
     """Run every job of the grid (models x arms x seeds x folds) in `out` = train.run_dir,
     skipping finished ones and resuming interrupted ones."""
     if not cfg.task.models:
-        log.info("task %s trains no models (its experiment stage trains its own): nothing to do",
-                 cfg.task.name)
+        log.info("task %s trains no models (its experiment stage trains its own): nothing to do", cfg.task.name)
         return
     jobs = job_grid(cfg)
     n_jobs = jobs_side_by_side(cfg, len(jobs))
     threads = threads_per_job(cfg, n_jobs)
-    log.info("%d training jobs in %s (%d side by side, %d torch thread(s) each)",
-             len(jobs), cfg.train.run_dir, n_jobs, threads)
+    log.info(
+        "%d training jobs in %s (%d side by side, %d torch thread(s) each)",
+        len(jobs),
+        cfg.train.run_dir,
+        n_jobs,
+        threads,
+    )
     start = time.perf_counter()
     progress = Progress(cfg, jobs)  # the plan now, a line per finished job
     if n_jobs == 1:
@@ -63,9 +66,13 @@ def train_stage(cfg: DictConfig, out: Path | None = None) -> None:
         root = logging.getLogger()
         # Workers append their progress lines to the stage's log files too (and print to stderr).
         files = [h.baseFilename for h in root.handlers if isinstance(h, logging.FileHandler)]
-        paths = [progress.done(path) for path in Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")(
-            delayed(_run_job_in_worker)(plain, job, threads, root.getEffectiveLevel(), files, os.getpid())
-            for job in jobs)]
+        paths = [
+            progress.done(path)
+            for path in Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")(
+                delayed(_run_job_in_worker)(plain, job, threads, root.getEffectiveLevel(), files, os.getpid())
+                for job in jobs
+            )
+        ]
     log.info("%d per-fold logs under %s (%.1f s)", len(paths), cfg.train.logs_dir, time.perf_counter() - start)
 
 
@@ -93,8 +100,7 @@ def _job_args(job: Job) -> tuple[str, str, int, int]:
     return job.model, job.arm, job.seed, job.fold
 
 
-def _run_job_in_worker(cfg: DictConfig, job: Job, threads: int, level: int, log_files: list[str],
-                       parent: int) -> Path:
+def _run_job_in_worker(cfg: DictConfig, job: Job, threads: int, level: int, log_files: list[str], parent: int) -> Path:
     """Entry point of a joblib worker process: its own threads, logging like the parent's, and it
     dies with the process that started the run."""
     _die_with(parent)
