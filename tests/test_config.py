@@ -107,3 +107,20 @@ def test_a_bad_choice_names_its_setting(override, key):
     cfg = compose_config([override])
     with pytest.raises(SettingError, match=rf"{key} must be one of"):
         validate_choices(cfg)
+
+
+def test_the_installed_app_runs_from_any_folder(tmp_path):
+    """The config ships inside the package: the app composes from a folder that is not a checkout,
+    and its paths default to that folder."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "coordchannels", "task=coordgate", "--cfg", "job", "--resolve"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "results_dir: ./results" in done.stdout and "name: coordgate" in done.stdout
