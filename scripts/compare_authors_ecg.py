@@ -220,7 +220,7 @@ def compare_augmentation(theirs: Theirs, ours_dir: Path, w_th: np.ndarray, out: 
     rel = d_s / float(np.abs(sig).max())
     add(st, "their signals rebuilt by OUR shift/dropout/wander/butter/filtfilt/scale from the replayed draws",
         verdict_close(d_s, 1e-9), f"max |diff| {d_s:.3g} mV (relative {rel:.2g})", "all 24,200 signals")
-    params.to_csv(out / "their_augmentation_params_replayed.csv.gz", index=False, float_format="%.9g")
+    params.to_csv(theirs.work / "their_augmentation_params_replayed.csv.gz", index=False, float_format="%.9g")
 
     ours = pd.read_csv(ours_dir / "augmented.csv", dtype={"record": str})
     for col in ["shift_s", "dropout_start", "noise_std", "wander_amp", "wander_hz", "scale", "target_s"]:
