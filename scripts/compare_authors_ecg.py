@@ -407,6 +407,19 @@ def compare_network(theirs: Theirs, fold_of: dict):
         "ours: a fresh generator per (seed, fold, epoch). Both uniform random permutations; the orders differ.")
 
 
+def compare_replay(pairs):
+    st = "6 whole training job"
+    for pair in pairs:
+        ours, theirs = pair.split("=", 1)
+        o, t = pd.read_csv(ours), pd.read_csv(theirs)
+        same_len = len(o) == len(t)
+        d = max(float(np.abs(o[c] - t[c]).max()) for c in ("train_r2", "test_r2")) if same_len else float("nan")
+        add(st, f"our trainer fed their DataLoader batch order, on their data: {Path(ours).stem} vs their script's log",
+            verdict_close(d, 1e-6) if same_len else "different", f"max |diff| of train/test R2 over {len(t)} epochs {d:.3g}",
+            "our model, loss, Adam step, evaluation and R2 (scripts/replay_authors_batches_ecg.py); "
+            "their r2_score runs on float32 arrays, ours on float64")
+
+
 # --------------------------------------------------------------------------------------------
 def export_processed(theirs: Theirs, fold_of: dict, out: Path):
     """Their augmented data in our processed layout, for our trainer."""
@@ -458,7 +471,17 @@ def main(argv=None):
     p.add_argument("--n-inputs", type=int, default=500, help="samples of their fold 1 for the model-input check")
     p.add_argument("--export", default=None, help="write their data in our processed layout here")
     p.add_argument("--only-export", action="store_true")
+    p.add_argument("--replay", nargs="*", default=[], metavar="OURS=THEIRS",
+                   help="per-fold logs of scripts/replay_authors_batches_ecg.py = their script's log of the same job")
+    p.add_argument("--replay-only", action="store_true",
+                   help="keep the rows of an existing stages.csv and (re)compute only the replay rows")
     a = p.parse_args(argv)
+    if a.replay_only:
+        ROWS.extend(r for r in pd.read_csv(Path(a.out) / "stages.csv", keep_default_na=False).to_dict("records")
+                    if not str(r["stage"]).startswith("6 "))
+        compare_replay(a.replay)
+        write_report(Path(a.out))
+        return
     torch.set_num_threads(1)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -478,6 +501,7 @@ def main(argv=None):
     compare_inputs(theirs, fold_of, a.n_inputs)
     write_report(out)
     compare_network(theirs, fold_of)
+    compare_replay(a.replay)
     write_report(out)
 
 
