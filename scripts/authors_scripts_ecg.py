@@ -21,6 +21,7 @@ Example (from the repository root)::
 
 Wall times of every stage and job are appended to ``<work>/timings.csv``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 
 DEFAULT_REPO = "https://github.com/vittal2026/Signal_Intensity-Weighted_Coordinate_Channels"
-DATASET_COMMIT = "da2ce6e6935d93217949de132f366a027d645940"   # branch ECG-dataset
+DATASET_COMMIT = "da2ce6e6935d93217949de132f366a027d645940"  # branch ECG-dataset
 TRAINING_COMMIT = "6511dcbaeee4b4eef35892ed36b7735883d49488"  # branch ECG-changepoint-localisation-task-training
 
 SCRIPTS = {  # file -> commit it is taken from
@@ -64,53 +65,107 @@ def patches(vfdb: str) -> dict[str, list[tuple[str, str, int, str]]]:
     Strings are matched literally. ``new`` may contain the placeholders above.
     """
     train_common = [
-        ('num_workers=4', 'num_workers=0', 1, "train DataLoader: no worker processes"),
-        ('num_workers=2', 'num_workers=0', 1, "test DataLoader: no worker processes"),
+        ("num_workers=4", "num_workers=0", 1, "train DataLoader: no worker processes"),
+        ("num_workers=2", "num_workers=0", 1, "test DataLoader: no worker processes"),
     ]
     return {
         "ecg_signal_extraction.py": [
-            ('data_dir = r"C:\\Users\\User\\Desktop\\mit-bih-malignant-ventricular-ectopy-database-1.0.0'
-             '\\mit-bih-malignant-ventricular-ectopy-database-1.0.0"',
-             f'data_dir = {vfdb!r}', 1, "hard-coded path: VFDB input"),
-            ('output_dir = r"C:\\Users\\User\\Desktop\\danger_windows_refined_padded"',
-             f'output_dir = {WIN!r}', 1, "hard-coded path: episode windows output"),
+            (
+                'data_dir = r"C:\\Users\\User\\Desktop\\mit-bih-malignant-ventricular-ectopy-database-1.0.0'
+                '\\mit-bih-malignant-ventricular-ectopy-database-1.0.0"',
+                f"data_dir = {vfdb!r}",
+                1,
+                "hard-coded path: VFDB input",
+            ),
+            (
+                'output_dir = r"C:\\Users\\User\\Desktop\\danger_windows_refined_padded"',
+                f"output_dir = {WIN!r}",
+                1,
+                "hard-coded path: episode windows output",
+            ),
         ],
         "augmentation.py": [
-            ('from scipy import signal\n',
-             'from scipy import signal\nnp.random.seed(42)\n', 1,
-             "seed the (otherwise unseeded) global NumPy stream right after the imports"),
-            ('input_dir = r"C:\\Users\\User\\Desktop\\danger_windows_refined_padded"',
-             f'input_dir = {WIN!r}', 1, "hard-coded path: episode windows input"),
-            ('output_dir = r"C:\\Users\\User\\Desktop\\danger_windows_augmented"',
-             f'output_dir = {AUG!r}', 1, "hard-coded path: augmented output"),
+            (
+                "from scipy import signal\n",
+                "from scipy import signal\nnp.random.seed(42)\n",
+                1,
+                "seed the (otherwise unseeded) global NumPy stream right after the imports",
+            ),
+            (
+                'input_dir = r"C:\\Users\\User\\Desktop\\danger_windows_refined_padded"',
+                f"input_dir = {WIN!r}",
+                1,
+                "hard-coded path: episode windows input",
+            ),
+            (
+                'output_dir = r"C:\\Users\\User\\Desktop\\danger_windows_augmented"',
+                f"output_dir = {AUG!r}",
+                1,
+                "hard-coded path: augmented output",
+            ),
         ],
         "Dataset_structuring.py": [
-            ('aug_dir = r"C:\\Users\\User\\Desktop\\danger_windows_augmented"',
-             f'aug_dir = {AUG!r}', 1, "hard-coded path: augmented input"),
-            ('output_dir = r"C:\\Users\\User\\Desktop\\ECG_5fold_dataset"',
-             f'output_dir = {DS!r}', 1, "hard-coded path: fold dataset output"),
+            (
+                'aug_dir = r"C:\\Users\\User\\Desktop\\danger_windows_augmented"',
+                f"aug_dir = {AUG!r}",
+                1,
+                "hard-coded path: augmented input",
+            ),
+            (
+                'output_dir = r"C:\\Users\\User\\Desktop\\ECG_5fold_dataset"',
+                f"output_dir = {DS!r}",
+                1,
+                "hard-coded path: fold dataset output",
+            ),
         ],
         "training_ecg_2.py": [
-            ('Path("/home/bsmse2/CNN_project/data/ecg_data")', f'Path({DS!r})', 1,
-             "hard-coded path: fold dataset input"),
-            ('Path("/home/bsmse2/CNN_project/logs/ecg_logs/model_2")', f'Path({TLOG + "/model_2"!r})', 1,
-             "hard-coded path: log output"),
-            ('Path("/home/bsmse2/CNN_project/models/ecg/model_2")', f'Path({TMOD + "/model_2"!r})', 1,
-             "hard-coded path: model output"),
-        ] + train_common,
+            (
+                'Path("/home/bsmse2/CNN_project/data/ecg_data")',
+                f"Path({DS!r})",
+                1,
+                "hard-coded path: fold dataset input",
+            ),
+            (
+                'Path("/home/bsmse2/CNN_project/logs/ecg_logs/model_2")',
+                f"Path({TLOG + '/model_2'!r})",
+                1,
+                "hard-coded path: log output",
+            ),
+            (
+                'Path("/home/bsmse2/CNN_project/models/ecg/model_2")',
+                f"Path({TMOD + '/model_2'!r})",
+                1,
+                "hard-coded path: model output",
+            ),
+        ]
+        + train_common,
         "training_ecg_1.py": [
-            ('Path("/home/bsmse2/CNN_project/data/ecg_data")', f'Path({DS!r})', 1,
-             "hard-coded path: fold dataset input"),
-            ('Path("/home/bsmse2/CNN_project/logs/ecg_logs/model_1")', f'Path({TLOG + "/model_1"!r})', 1,
-             "hard-coded path: log output"),
-            ('Path("/home/bsmse2/CNN_project/models/ecg/model_1")', f'Path({TMOD + "/model_1"!r})', 1,
-             "hard-coded path: model output"),
-        ] + train_common,
+            (
+                'Path("/home/bsmse2/CNN_project/data/ecg_data")',
+                f"Path({DS!r})",
+                1,
+                "hard-coded path: fold dataset input",
+            ),
+            (
+                'Path("/home/bsmse2/CNN_project/logs/ecg_logs/model_1")',
+                f"Path({TLOG + '/model_1'!r})",
+                1,
+                "hard-coded path: log output",
+            ),
+            (
+                'Path("/home/bsmse2/CNN_project/models/ecg/model_1")',
+                f"Path({TMOD + '/model_1'!r})",
+                1,
+                "hard-coded path: model output",
+            ),
+        ]
+        + train_common,
     }
 
 
-def apply_patches(text: str, subs: list[tuple[str, str, int, str]], fill: dict[str, str] | None = None,
-                  name: str = "") -> str:
+def apply_patches(
+    text: str, subs: list[tuple[str, str, int, str]], fill: dict[str, str] | None = None, name: str = ""
+) -> str:
     """Apply literal substitutions; raise PatchError unless each matches exactly `count` times."""
     for old, new, count, why in subs:
         found = text.count(old)
@@ -150,13 +205,22 @@ class Runner:
         self.a = args
         self.work = Path(args.work).resolve()
         self.src = self.work / "scripts"
-        self.dirs = {WIN: self.work / "danger_windows_refined_padded",
-                     AUG: self.work / "danger_windows_augmented",
-                     DS: self.work / "ECG_5fold_dataset",
-                     TLOG: self.work / "train_logs", TMOD: self.work / "train_models"}
+        self.dirs = {
+            WIN: self.work / "danger_windows_refined_padded",
+            AUG: self.work / "danger_windows_augmented",
+            DS: self.work / "ECG_5fold_dataset",
+            TLOG: self.work / "train_logs",
+            TMOD: self.work / "train_models",
+        }
         self.fill = {k: str(v) for k, v in self.dirs.items()}
-        self.env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                        OPENBLAS_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
+        self.env = dict(
+            os.environ,
+            OMP_NUM_THREADS="1",
+            MKL_NUM_THREADS="1",
+            OPENBLAS_NUM_THREADS="1",
+            TQDM_DISABLE="1",
+            PYTHONUNBUFFERED="1",
+        )
 
     def log(self, msg):
         print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}", flush=True)
@@ -176,8 +240,9 @@ class Runner:
         t0 = time.time()
         out = open(logfile, "w") if logfile else None
         try:
-            rc = subprocess.call(cmd, cwd=self.src, env=self.env, stdout=out or None,
-                                 stderr=subprocess.STDOUT if out else None)
+            rc = subprocess.call(
+                cmd, cwd=self.src, env=self.env, stdout=out or None, stderr=subprocess.STDOUT if out else None
+            )
         finally:
             if out:
                 out.close()
@@ -232,9 +297,12 @@ class Runner:
                 self.log(f"train {model} {arm} fold {fold}: done before, skipped")
                 continue
             (self.work / "job_logs").mkdir(exist_ok=True)
-            self.run_py(script, f"train {model} {arm} fold_{fold}",
-                        ["--dataset", ARMS[arm], "--test_fold", f"fold_{fold}"],
-                        logfile=self.work / "job_logs" / f"{model}_{arm}_fold_{fold}.log")
+            self.run_py(
+                script,
+                f"train {model} {arm} fold_{fold}",
+                ["--dataset", ARMS[arm], "--test_fold", f"fold_{fold}"],
+                logfile=self.work / "job_logs" / f"{model}_{arm}_fold_{fold}.log",
+            )
             if self.a.logs_out:
                 self.convert()
 
@@ -262,8 +330,12 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", default=["nimeshanet"], choices=list(MODELS))
     p.add_argument("--arms", nargs="+", default=["control", "study"], choices=list(ARMS))
     p.add_argument("--folds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
-    p.add_argument("--stages", nargs="+", default=["fetch", "extract", "augment", "structure", "train", "convert"],
-                   choices=["fetch", "extract", "augment", "structure", "train", "convert"])
+    p.add_argument(
+        "--stages",
+        nargs="+",
+        default=["fetch", "extract", "augment", "structure", "train", "convert"],
+        choices=["fetch", "extract", "augment", "structure", "train", "convert"],
+    )
     args = p.parse_args(argv)
     r = Runner(args)
     r.work.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ equals the log their script wrote for the same job.
       --arm control --fold 1 --out scratch/replay/control_fold_1.csv \
       --theirs scratch/authors_ecg/train_logs/model_2/Baseline_fold_1_log.csv
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from coordchannels.ecg import EcgTaskData
+from coordchannels.ecg.loader import EcgTaskData
 from coordchannels.models import NimeshaNet
 from coordchannels.train import Execution, predict, r2_per_target, target_standardisation, train_step
 
@@ -33,10 +34,20 @@ def their_index_stream(n_train: int, n_test: int, epochs: int, batch_size: int =
     """Per epoch, the train batches (indices into their train dataset) their loaders produce."""
     g = torch.Generator()
     g.manual_seed(seed)
-    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(n_train)),
-                                        batch_size=batch_size, shuffle=True, num_workers=0, generator=g)
-    test = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(n_test)),
-                                       batch_size=batch_size, shuffle=False, num_workers=0, generator=g)
+    train = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.arange(n_train)),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=0,
+        generator=g,
+    )
+    test = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.arange(n_test)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=0,
+        generator=g,
+    )
     for _ in range(epochs):
         batches = [b[0] for b in train]
         for _ in test:  # the test loader's iterator draws from the shared generator too
@@ -84,7 +95,10 @@ def main(argv=None):
         tp, tt = torch.cat(preds).numpy(), torch.cat(trues).numpy()
         ep, et = predict(model, data, test_idx, 32, run)
         rows.append([epoch, r2_per_target(tt, tp)[0], r2_per_target(et, ep)[0]])
-        print(f"epoch {epoch}: train_r2 {rows[-1][1]:.6f} test_r2 {rows[-1][2]:.6f} ({time.time() - t0:.0f} s)", flush=True)
+        print(
+            f"epoch {epoch}: train_r2 {rows[-1][1]:.6f} test_r2 {rows[-1][2]:.6f} ({time.time() - t0:.0f} s)",
+            flush=True,
+        )
     out = pd.DataFrame(rows, columns=["epoch", "train_r2", "test_r2"])
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(a.out, index=False)
@@ -93,7 +107,9 @@ def main(argv=None):
         n = min(len(th), len(out))
         for col in ("train_r2", "test_r2"):
             diff = np.abs(th[col].to_numpy()[:n] - out[col].to_numpy()[:n])
-            print(f"{col}: max |ours - theirs| over {n} epochs = {diff.max():.3g} (epoch of max {int(diff.argmax()) + 1})")
+            print(
+                f"{col}: max |ours - theirs| over {n} epochs = {diff.max():.3g} (epoch of max {int(diff.argmax()) + 1})"
+            )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ here: partial arms get means only, clearly labelled with their fold count.
   .venv/bin/python scripts/summarise_authors_ecg.py --out results/authors_scripts_ecg \
       published=<published logs> theirs=results/authors_scripts_ecg/fold_logs ours=results/ecg/fold_logs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,10 @@ def collect(label: str, root: Path, models: list[str]) -> list[dict]:
                     m = fold_metrics(fl)
                     # The level of the test curve, less sensitive to where the last epoch lands.
                     m["test_r2_mean_last5"] = float(fl.test[-5:].mean())
-                    rows += [{"source": label, "model": model, "arm": arm, "fold": fold, "metric": k, "value": v}
-                             for k, v in m.items()]
+                    rows += [
+                        {"source": label, "model": model, "arm": arm, "fold": fold, "metric": k, "value": v}
+                        for k, v in m.items()
+                    ]
     return rows
 
 
@@ -53,19 +56,30 @@ def main(argv=None):
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "fold_table.csv", index=False)
-    lines = ["# Final-epoch values per fold", "",
-             "Written by `scripts/summarise_authors_ecg.py`. Sources: "
-             + ", ".join(f"`{s}`" for s in labels) + ". A blank cell: that job has no log (not run or not finished).", ""]
+    lines = [
+        "# Final-epoch values per fold",
+        "",
+        "Written by `scripts/summarise_authors_ecg.py`. Sources: "
+        + ", ".join(f"`{s}`" for s in labels)
+        + ". A blank cell: that job has no log (not run or not finished).",
+        "",
+    ]
     for model in a.models:
         for metric in METRICS:
             sel = df[(df.model == model) & (df.metric == metric)]
             if sel.empty:
                 continue
             wide = sel.pivot_table(index=["arm", "fold"], columns="source", values="value").reindex(columns=labels)
-            lines += [f"## {model}: {metric}", "", "| arm | fold | " + " | ".join(labels) + " |",
-                      "|---|---|" + "---|" * len(labels)]
+            lines += [
+                f"## {model}: {metric}",
+                "",
+                "| arm | fold | " + " | ".join(labels) + " |",
+                "|---|---|" + "---|" * len(labels),
+            ]
             for (arm, fold), r in wide.iterrows():
-                lines.append(f"| {arm} | {fold} | " + " | ".join("" if pd.isna(r[c]) else f"{r[c]:.4f}" for c in labels) + " |")
+                lines.append(
+                    f"| {arm} | {fold} | " + " | ".join("" if pd.isna(r[c]) else f"{r[c]:.4f}" for c in labels) + " |"
+                )
             for arm in ("control", "study"):
                 cells = []
                 for c in labels:

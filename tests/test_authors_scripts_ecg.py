@@ -1,4 +1,5 @@
 """Pure logic of scripts/authors_scripts_ecg.py: literal patches that fail loudly, log conversion."""
+
 import importlib.util
 from pathlib import Path
 
@@ -18,8 +19,7 @@ def mod():
 
 def test_patch_applies_and_fills_placeholders(mod):
     text = 'a = 1\nout = "X:\\\\old"\nworkers=4\n'
-    subs = [('out = "X:\\\\old"', "out = '{windows}'", 1, "path"),
-            ("workers=4", "workers=0", 1, "workers")]
+    subs = [('out = "X:\\\\old"', "out = '{windows}'", 1, "path"), ("workers=4", "workers=0", 1, "workers")]
     got = mod.apply_patches(text, subs, {"{windows}": "/tmp/w"}, "f.py")
     assert got == "a = 1\nout = '/tmp/w'\nworkers=0\n"
 
