@@ -44,6 +44,15 @@ L = 5000
 N_VAR = 100
 ROWS: list[dict] = []
 
+# The project's default fold split lives in <processed_dir>/<this>/folds.csv (task.folds_dir).
+DEFAULT_FOLDS_DIR = "folds_5_seed_42"
+
+
+def folds_csv(processed: Path) -> Path:
+    """folds.csv of the default split in a processed folder (older layouts kept it at the top)."""
+    inside = processed / DEFAULT_FOLDS_DIR / "folds.csv"
+    return inside if inside.is_file() else processed / "folds.csv"
+
 
 def add(stage, item, verdict, size="", detail=""):
     ROWS.append({"stage": stage, "item": item, "verdict": verdict, "size": size, "detail": detail})
@@ -246,7 +255,7 @@ def compare_folds(theirs: Theirs, ours_dir: Path):
     fm["episode"] = fm["aug_file"].str.replace(r"_aug\d+\.npy$", "", regex=True)
     per_ep = fm.groupby("episode")["fold"].agg(["nunique", "first"])
     add(st, "their variants of one episode share a fold", "equal" if (per_ep["nunique"] == 1).all() else "different")
-    ours = pd.read_csv(ours_dir / "folds.csv", dtype={"record": str}).set_index("episode")
+    ours = pd.read_csv(folds_csv(ours_dir), dtype={"record": str}).set_index("episode")
     j = per_ep.join(ours, how="outer")
     diff = int((j["first"] != j["fold_episode"]).sum())
     add(
@@ -583,7 +592,9 @@ def export_processed(theirs: Theirs, fold_of: dict, out: Path):
     )
     aug.to_csv(out / "augmented.csv", index=False)
     folds = pd.DataFrame({"episode": ep["episode"], "record": ep["record"], "fold_episode": ep["episode"].map(fold_of)})
-    folds.to_csv(out / "folds.csv", index=False)
+    # Where the project's folds stage keeps the default split (task.folds_dir: n_folds 5, fold_seed 42).
+    (out / DEFAULT_FOLDS_DIR).mkdir(parents=True, exist_ok=True)
+    folds.to_csv(out / DEFAULT_FOLDS_DIR / "folds.csv", index=False)
     sig = theirs.signals()
     names = ["leads.npy", "extra_coords.npy", "extra_intensity_weighted_coords.npy"]
     arrays = {

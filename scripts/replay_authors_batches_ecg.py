@@ -67,7 +67,8 @@ def main(argv=None):
     torch.set_num_threads(1)
     d = Path(a.data)
     samples = pd.read_csv(d / "augmented.csv")
-    folds = pd.read_csv(d / "folds.csv").set_index("episode")["fold_episode"]
+    folds_csv = d / "folds_5_seed_42" / "folds.csv"  # task.folds_dir of the default split
+    folds = pd.read_csv(folds_csv if folds_csv.is_file() else d / "folds.csv").set_index("episode")["fold_episode"]
     fold = samples["episode"].map(folds).to_numpy()
     # Their train dataset: the other folds in increasing order, each in their log's row order.
     train_rows = np.concatenate([np.flatnonzero(fold == k) for k in range(1, 6) if k != a.fold])
