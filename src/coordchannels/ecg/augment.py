@@ -194,6 +194,27 @@ def _variant_rows(episode: pd.Series, row: int, p: dict[str, np.ndarray], n: int
     return table
 
 
+CHANGEPOINT_RULES = ("exact", "scripts")
+
+
+def episode_changepoint(episode: pd.Series, rule: str = "exact") -> int:
+    """The changepoint sample the augmentation starts from (task.data.changepoint).
+
+    exact: the onset's own sample offset in the window. scripts: int(relative_time_s * fs), as the
+    authors' augmentation re-derived it from the logged seconds; floating point puts 3 of the 242
+    VFDB episodes one sample (4 ms) low (4.076 * 250 = 1018.99...).
+
+    >>> ep = pd.Series({"changepoint": 1019, "relative_time_s": 1019 / 250, "fs": 250.0})
+    >>> episode_changepoint(ep, "exact"), episode_changepoint(ep, "scripts")
+    (1019, 1018)
+    """
+    if rule == "exact":
+        return int(episode["changepoint"])
+    if rule == "scripts":
+        return int(float(episode["relative_time_s"]) * float(episode["fs"]))
+    raise ValueError(f"task.data.changepoint must be one of {list(CHANGEPOINT_RULES)}, got {rule!r}")
+
+
 def augment_stage(cfg: DictConfig, out: Path) -> None:
     """Write augmented.npy (E * n, leads, L) float32 and augmented.csv (one row per sample)."""
     episodes, windows = read_episodes(out)
@@ -205,12 +226,11 @@ def augment_stage(cfg: DictConfig, out: Path) -> None:
         dest = np.lib.format.open_memmap(
             tmp, mode="w+", dtype=np.float32, shape=(len(episodes) * n, *windows.shape[1:])
         )
+        rule = str(cfg.task.data.get("changepoint", "exact"))
         for row, episode in episodes.iterrows():
-            # The integer changepoint, not int(relative_time_s * fs) as the scripts re-derived it:
-            # that truncates 3 of the 242 VFDB episodes one sample low (4.076 * 250 = 1018.99...).
             rng = episode_rng(cfg.seed, episode["episode"])
             x, p = augment_episode(
-                np.asarray(windows[row]), int(episode["changepoint"]), float(episode["fs"]), rng, aug
+                np.asarray(windows[row]), episode_changepoint(episode, rule), float(episode["fs"]), rng, aug
             )
             dest[row * n : (row + 1) * n] = x
             tables.append(_variant_rows(episode, row, p, n))
