@@ -179,8 +179,15 @@ def read_record(stage: Stage) -> dict | None:
         ) from exc
 
 
-def changes(stored: dict, wanted: dict) -> str:
+def differing(stored: dict, wanted: dict, settings_only: bool = False) -> list[str]:
+    """The record keys whose values differ, sorted; with `settings_only`, not the content digests."""
     keys = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+    return [k for k in keys if not k.startswith(DIGEST_KEYS)] if settings_only else keys
+
+
+def changes(stored: dict, wanted: dict, keys: list[str] | None = None) -> str:
+    """'key: stored -> wanted' for `keys` (default: every key that differs)."""
+    keys = differing(stored, wanted) if keys is None else keys
     return ", ".join(f"{k}: {stored.get(k, '<absent>')!r} -> {wanted.get(k, '<absent>')!r}" for k in keys)
 
 
@@ -290,10 +297,7 @@ def check_upstream(cfg: DictConfig, stage: Stage) -> None:
                 f"stage {stage.name!r} reads the outputs of stage {name!r} in {up.out}, which "
                 f"has not finished there: run it first (`make data TASK={cfg.task.name}`)"
             )
-        settings_changed = [
-            k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k) and not k.startswith(DIGEST_KEYS)
-        ]
-        if settings_changed:
+        if differing(stored, wanted, settings_only=True):
             raise StageError(
                 f"stage {stage.name!r}: the outputs of stage {name!r} in {up.out} were made with other "
                 f"settings ({changes(stored, wanted)}); rebuild them (`make data TASK={cfg.task.name} "
@@ -327,20 +331,20 @@ def needs_run(cfg: DictConfig, stage: Stage, record: dict) -> bool:
             "stage %s: outputs changed since they were written (%s): redoing it", stage.name, "; ".join(damaged)
         )
         return True
-    changed = [k for k in set(stored or {}) | set(record) if (stored or {}).get(k) != record.get(k)]
+    changed = differing(stored or {}, record)
     # Settings that differ are refused (a typo must not silently replace hours of work); inputs whose
     # content changed (a fixed file in a mirror, new logs) are simply taken again.
-    settings_changed = [k for k in changed if not k.startswith(DIGEST_KEYS)]
+    settings_changed = differing(stored or {}, record, settings_only=True)
     if stored is not None and not settings_changed and changed:
         log.info(
             "stage %s: its inputs changed since its outputs were made (%s): redoing it",
             stage.name,
-            ", ".join(sorted(changed)),
+            ", ".join(changed),
         )
     if stored is not None and settings_changed and stage.on_change == "refuse" and any(p.exists() for p in outputs):
         raise StageError(
             f"stage {stage.name!r}: the outputs in {stage.out} were made with other settings "
-            f"({changes({k: stored.get(k) for k in settings_changed}, {k: record.get(k) for k in settings_changed})}); "
+            f"({changes(stored, record, settings_changed)}); "
             "rerun with overwrite=true, or point paths.data_dir "
             "(or train.run_name) elsewhere"
         )
