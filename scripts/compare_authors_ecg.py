@@ -17,6 +17,12 @@ compared with two-sample Kolmogorov-Smirnov tests (chi-square for categorical on
 augmented.csv, leads.npy, extra_*.npy, folds.csv with their fold of each episode), so that our
 trainer can run on their data: `python -m coordchannels task=ecg stages=[train]
 task.processed_dir=DIR train.run_name=...`.
+
+`--export-theirs DIR` writes the other direction: our augmented signals, targets and folds in
+their fold format (`DIR/{Baseline,Study}/fold_k.pt`, built as their `Dataset_structuring.py`
+builds it), so that their training script can run on our data (the second crossed run):
+`scripts/authors_scripts_ecg.py --work W --stages fetch train convert` with DIR =
+`W/ECG_5fold_dataset`.
 """
 
 from __future__ import annotations
@@ -612,6 +618,48 @@ def export_processed(theirs: Theirs, fold_of: dict, out: Path):
     print(f"exported their data in our layout to {out}", flush=True)
 
 
+def export_theirs(ours: Path, out: Path, n_folds: int = 5):
+    """Our augmented data in their fold format: per arm and fold, a list of
+    {'input': (5000, 3) float32, 'output': target seconds}, as their structuring script writes it.
+
+    Their coordinate channels are computed as their script does (float64 from the stored signal,
+    cast to float32 at the end); the sample order inside a fold is our sample order (episode,
+    then variant), as theirs is their log order.
+    """
+    aug = pd.read_csv(ours / "augmented.csv")
+    fold_of = pd.read_csv(folds_csv(ours)).set_index("episode")["fold_episode"]
+    fold = aug["episode"].map(fold_of).to_numpy()
+    if np.isnan(fold.astype(float)).any():
+        raise SystemExit(f"{folds_csv(ours)}: some augmented episodes have no fold")
+    sig = np.load(ours / "augmented.npy", mmap_mode="r")  # (n, 2 leads, L) float32
+    ramp = np.linspace(0, 20, L)[:, None]
+    for k in range(1, n_folds + 1):
+        study, base = [], []
+        for i in np.flatnonzero(fold == k):
+            seg = np.asarray(sig[i], dtype=np.float64).T  # (L, 2), float64 like their np.load of a float64 file
+            target = torch.tensor(float(aug["target_s"].iat[i]), dtype=torch.float32)
+            study.append(
+                {
+                    "input": torch.tensor(
+                        np.concatenate([seg, seg.mean(1, keepdims=True) * ramp], 1), dtype=torch.float32
+                    ),
+                    "output": target,
+                }
+            )
+            base.append({"input": torch.tensor(np.concatenate([seg, ramp], 1), dtype=torch.float32), "output": target})
+        for name, items in (("Study", study), ("Baseline", base)):
+            (out / name).mkdir(parents=True, exist_ok=True)
+            tmp = out / name / f".fold_{k}.pt.part"
+            torch.save(items, tmp)
+            tmp.rename(out / name / f"fold_{k}.pt")
+        print(f"fold {k}: {len(study)} samples", flush=True)
+    pd.DataFrame({"aug_file": aug["episode"] + "_v" + aug["variant"].astype(str), "fold": fold}).to_csv(
+        out / "fold_mapping.csv", index=False
+    )
+    (out / "structure.done").write_text("ours\n")
+    print(f"exported our data in their fold format to {out}", flush=True)
+
+
 def write_report(out: Path):
     df = pd.DataFrame(ROWS)
     df.to_csv(out / "stages.csv", index=False)
@@ -640,6 +688,7 @@ def main(argv=None):
     p.add_argument("--n-inputs", type=int, default=500, help="samples of their fold 1 for the model-input check")
     p.add_argument("--export", default=None, help="write their data in our processed layout here")
     p.add_argument("--only-export", action="store_true")
+    p.add_argument("--export-theirs", default=None, help="write our data in their fold format (.pt) here, then stop")
     p.add_argument(
         "--replay",
         nargs="*",
@@ -662,6 +711,8 @@ def main(argv=None):
         compare_replay(a.replay)
         write_report(Path(a.out))
         return
+    if a.export_theirs:
+        return export_theirs(Path(a.ours), Path(a.export_theirs))
     torch.set_num_threads(1)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

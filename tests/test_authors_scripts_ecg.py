@@ -63,3 +63,72 @@ def test_convert_log_rejects_other_columns(mod, tmp_path):
     pd.DataFrame({"epoch": [1], "loss": [0.1]}).to_csv(src, index=False)
     with pytest.raises(ValueError, match="unexpected columns"):
         mod.convert_log(src, tmp_path / "y.csv")
+
+
+@pytest.fixture(scope="module")
+def compare():
+    path = SCRIPT.parent / "compare_authors_ecg.py"
+    spec = importlib.util.spec_from_file_location("compare_authors_ecg", path)
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    return m
+
+
+def test_export_in_their_fold_format(compare, tmp_path):
+    """Our augmented data written as their structuring script writes its folds: per arm and fold,
+    (5000, 3) float32 inputs with their coordinate channels, the target in seconds, our folds."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    n, length = 6, compare.L
+    episodes = ["418_episode0", "418_episode1", "419_episode0"]
+    aug = pd.DataFrame(
+        {
+            "sample": range(n),
+            "episode": [episodes[i // 2] for i in range(n)],
+            "variant": [0, 1] * 3,
+            "target_s": rng.uniform(0, 20, n),
+        }
+    )
+    ours = tmp_path / "ours"
+    (ours / compare.DEFAULT_FOLDS_DIR).mkdir(parents=True)
+    aug.to_csv(ours / "augmented.csv", index=False)
+    sig = rng.normal(size=(n, 2, length)).astype(np.float32)
+    np.save(ours / "augmented.npy", sig)
+    pd.DataFrame({"episode": episodes, "fold_episode": [2, 1, 2]}).to_csv(
+        ours / compare.DEFAULT_FOLDS_DIR / "folds.csv", index=False
+    )
+    out = tmp_path / "theirs"
+    compare.export_theirs(ours, out, n_folds=2)
+
+    ramp = np.linspace(0, 20, length)
+    for k, samples in ((1, [2, 3]), (2, [0, 1, 4, 5])):
+        study = torch.load(out / "Study" / f"fold_{k}.pt")
+        base = torch.load(out / "Baseline" / f"fold_{k}.pt")
+        assert len(study) == len(base) == len(samples)
+        for item_s, item_b, i in zip(study, base, samples):
+            x = sig[i].T.astype(np.float64)
+            assert item_s["input"].shape == (length, 3) and item_s["input"].dtype == torch.float32
+            np.testing.assert_array_equal(item_s["input"][:, :2].numpy(), sig[i].T)
+            np.testing.assert_allclose(item_s["input"][:, 2].numpy(), x.mean(1) * ramp, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(item_b["input"][:, 2].numpy(), ramp, rtol=1e-7)
+            assert item_s["output"].item() == pytest.approx(aug.target_s[i], rel=1e-6)
+            assert item_b["output"].item() == item_s["output"].item()
+    assert not list(out.rglob("*.part"))
+
+
+def test_export_refuses_samples_without_a_fold(compare, tmp_path):
+    import numpy as np
+
+    ours = tmp_path / "ours"
+    (ours / compare.DEFAULT_FOLDS_DIR).mkdir(parents=True)
+    pd.DataFrame({"sample": [0], "episode": ["418_episode0"], "variant": [0], "target_s": [1.0]}).to_csv(
+        ours / "augmented.csv", index=False
+    )
+    np.save(ours / "augmented.npy", np.zeros((1, 2, compare.L), np.float32))
+    pd.DataFrame({"episode": ["419_episode0"], "fold_episode": [1]}).to_csv(
+        ours / compare.DEFAULT_FOLDS_DIR / "folds.csv", index=False
+    )
+    with pytest.raises(SystemExit, match="no fold"):
+        compare.export_theirs(ours, tmp_path / "theirs")

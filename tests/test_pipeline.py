@@ -109,6 +109,23 @@ def test_a_downstream_stage_refuses_to_run_before_its_inputs_exist(tmp_path):
     assert not (tmp_path / "use").exists()
 
 
+def test_external_data_are_read_without_a_record_and_say_so(tmp_path):
+    """Data made outside the pipeline (no stage record) are refused unless external_data=true."""
+    from coordchannels.train.record import data_fingerprint
+
+    (tmp_path / "make").mkdir()
+    (tmp_path / "make" / "made.txt").write_text("from elsewhere")
+    cfg = with_probes(tmp_path, "stages=[use]")
+    with pytest.raises(StageError, match="has not finished"):
+        run_stages(cfg)
+    cfg.external_data = True
+    assert run_stages(cfg) == ["use"]
+    assert (tmp_path / "use" / "used.txt").read_text() == "from elsewhere"
+    assert data_fingerprint(cfg)["data_runs"] == "external"
+    cfg.external_data = False
+    assert data_fingerprint(cfg).get("data_runs") != "external"
+
+
 def test_rerun_stages_are_redone_when_their_inputs_change(tmp_path):
     cfg = with_probes(tmp_path, "stages=[make]")
     logs = tmp_path / "logs_in"

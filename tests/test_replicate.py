@@ -109,3 +109,16 @@ def test_the_summary_comes_from_the_replications_logs_alone(tmp_path):
     shutil.rmtree(out / "logs")
     assert run_stages(cfg) == ["replication_summary"]
     assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_a_dry_run_of_the_replications_trains_nothing_and_writes_nothing(tmp_path, capsys):
+    """dry_run=true is honoured by the runner itself, so `make replicate ARGS=dry_run=true` only
+    prints each replication's plan (it used to start training)."""
+    from coordchannels.replicate import run_replications
+
+    cfg = compose_config(["experiment=ecg_replications", f"paths.root_dir={tmp_path}", "replicate.n=2", "dry_run=true"])
+    run_replications(cfg)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+    printed = capsys.readouterr().out
+    assert printed.count("dry run (task ecg)") == 2 * 2 + 1  # 2 groupings x 2 replications, then the summary
+    assert "replication_episode_2" in printed and "replication_record_1" in printed

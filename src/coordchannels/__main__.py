@@ -28,13 +28,9 @@ log = logging.getLogger("coordchannels")
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
+        run_stages(cfg)  # prints the plan and writes nothing under dry_run=true
         if cfg.get("dry_run"):
-            from coordchannels.train.progress import dry_run_lines
-
-            print("\n".join(dry_run_lines(cfg)), flush=True)
             _forget_hydra_output(cfg)
-            return
-        run_stages(cfg)
     except (SettingError, StageError, RunConfigError) as exc:  # a setting to change: its message, no traceback
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)

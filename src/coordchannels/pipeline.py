@@ -229,7 +229,15 @@ def tree_sha256(folder: Path, pattern: str = "**/*") -> str:
 # Running
 # --------------------------------------------------------------------------------------------
 def run_stages(cfg: DictConfig) -> list[str]:
-    """Run `cfg.stages` in order; return the names of the stages that ran (the rest were done)."""
+    """Run `cfg.stages` in order; return the names of the stages that ran (the rest were done).
+
+    With `dry_run=true` print what would run and the training plan instead, writing nothing: here,
+    so that every entry point (the app, replications, launchers) honours it."""
+    if cfg.get("dry_run"):
+        from coordchannels.train.progress import dry_run_lines
+
+        print("\n".join(dry_run_lines(cfg)), flush=True)
+        return []
     complete_arms(cfg)  # every conf/arm/ file is an arm, listed in config.yaml or not
     validate_choices(cfg)  # every setting checked before anything is written
     stages = [stage_spec(cfg, name) for name in cfg.stages]
@@ -289,6 +297,9 @@ def damaged_outputs(cfg: DictConfig, stage: Stage) -> list[str]:
 
 def check_upstream(cfg: DictConfig, stage: Stage) -> None:
     """Every stage `stage` reads from must have finished with the settings asked for now."""
+    if stage.after and cfg.get("external_data"):
+        log.warning("external_data=true: stage %s reads data made outside the pipeline, unchecked", stage.name)
+        return
     for name in stage.after:
         up = stage_spec(cfg, name)
         stored, wanted = read_record(up), stage_record(cfg, up)

@@ -87,11 +87,15 @@ def load_checkpoint(path: Path, fingerprint: dict) -> dict | None:
 def data_fingerprint(cfg: DictConfig) -> dict:
     """task name and task.data without the keys that say only where the data come from, and the
     run ids of the data stages the trainer reads (when they ran through the runner): data rebuilt
-    since a log was made, even with the same settings, are other data."""
+    since a log was made, even with the same settings, are other data. Data made outside the
+    pipeline (`external_data=true`) have no run ids and are marked as such."""
     data = plain(cfg.task.data)
     for key in cfg.train.get("fingerprint_ignore") or []:
         data.pop(key, None)
     fingerprint = {"name": str(cfg.task.name), "data": data}
+    if cfg.get("external_data"):
+        fingerprint["data_runs"] = "external"
+        return fingerprint
     built = {k: v for k, v in upstream_run_ids(cfg, "train").items() if v} if cfg.task.get("train_after") else {}
     if built:
         fingerprint["data_runs"] = built
