@@ -19,6 +19,11 @@ Example (from the repository root)::
   .venv/bin/python scripts/authors_scripts_ecg.py --vfdb <VFDB folder> \
       --work scratch/authors_ecg --logs-out scratch/authors_ecg/fold_logs
 
+Their training script on OUR data (the crossed run of issue 16): ``--our-data data/processed/ecg
+--work scratch/authors_ecg_ourdata --stages fetch structure train convert``; the structure stage
+then writes our augmented signals, targets and folds in their fold format instead of running
+their structuring script.
+
 Wall times of every stage and job are appended to ``<work>/timings.csv``.
 """
 
@@ -177,6 +182,18 @@ def apply_patches(
     return text
 
 
+def our_data_in_their_format(processed: Path, out: Path) -> None:
+    """scripts/compare_authors_ecg.py's export of our data in their fold format (the crossed run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "compare_authors_ecg", Path(__file__).with_name("compare_authors_ecg.py")
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.export_theirs(processed, out)
+
+
 def convert_log(src: Path, dst: Path) -> None:
     """Their per-job log (epoch,train_r2,test_r2) -> the published layout (same columns)."""
     with open(src, newline="") as f:
@@ -280,6 +297,10 @@ class Runner:
         done = all((self.dirs[DS] / d / f"fold_{k}.pt").exists() for d in ARMS.values() for k in range(1, 6))
         if done and (self.dirs[DS] / "structure.done").exists():
             return self.log("structure: done before, skipped")
+        if self.a.our_data:  # the crossed run: our augmented data and folds in their fold format
+            t0 = time.time()
+            our_data_in_their_format(Path(self.a.our_data), self.dirs[DS])
+            return self.timing("structure (our data, exported)", time.time() - t0)
         self.run_py("Dataset_structuring.py", "structure", logfile=self.work / "structure.log")
         (self.dirs[DS] / "structure.done").write_text("ok\n")
 
@@ -327,6 +348,12 @@ def main(argv=None):
     p.add_argument("--work", default="scratch/authors_ecg", help="scratch folder (never commit it)")
     p.add_argument("--logs-out", default=None, help="root of the converted per-fold logs (published layout)")
     p.add_argument("--python", default=sys.executable, help="interpreter that runs their scripts")
+    p.add_argument(
+        "--our-data",
+        default=None,
+        help="train their script on OUR processed ECG data (e.g. data/processed/ecg) instead of theirs: the "
+        "structure stage exports it in their fold format; use its own --work folder",
+    )
     p.add_argument("--models", nargs="+", default=["nimeshanet"], choices=list(MODELS))
     p.add_argument("--arms", nargs="+", default=["control", "study"], choices=list(ARMS))
     p.add_argument("--folds", nargs="+", type=int, default=[1, 2, 3, 4, 5])

@@ -74,31 +74,56 @@ def compare():
     return m
 
 
+def tiny_processed(folder: Path, n_samples: int = 6, length: int = 5000):
+    """A processed ECG folder with 3 episodes in folds 2, 1, 2 (default split's folds.csv)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    episodes = ["418_episode0", "418_episode1", "419_episode0"]
+    aug = pd.DataFrame(
+        {
+            "sample": range(n_samples),
+            "episode": [episodes[i // 2] for i in range(n_samples)],
+            "variant": [0, 1] * (n_samples // 2),
+            "target_s": rng.uniform(0, 20, n_samples),
+        }
+    )
+    (folder / "folds_5_seed_42").mkdir(parents=True)
+    aug.to_csv(folder / "augmented.csv", index=False)
+    sig = rng.normal(size=(n_samples, 2, length)).astype(np.float32)
+    np.save(folder / "augmented.npy", sig)
+    pd.DataFrame({"episode": episodes, "fold_episode": [2, 1, 2]}).to_csv(
+        folder / "folds_5_seed_42" / "folds.csv", index=False
+    )
+    return aug, sig
+
+
+def test_the_runner_trains_their_script_on_our_data_via_the_export(mod, tmp_path):
+    """--our-data: the structure stage writes our data in their format (no script of theirs runs)."""
+    import torch
+
+    aug, _ = tiny_processed(tmp_path / "ours")
+    args = mod.main.__globals__["argparse"].Namespace(
+        work=str(tmp_path / "work"), our_data=str(tmp_path / "ours"), python="python", logs_out=None
+    )
+    runner = mod.Runner(args)
+    runner.work.mkdir()
+    runner.structure()
+    ds = tmp_path / "work" / "ECG_5fold_dataset"
+    assert [len(torch.load(ds / "Study" / f"fold_{k}.pt")) for k in range(1, 6)] == [2, 4, 0, 0, 0]
+    assert "structure (our data, exported)" in (tmp_path / "work" / "timings.csv").read_text()
+    runner.structure()  # done: skipped, nothing redone
+    assert (tmp_path / "work" / "timings.csv").read_text().count("exported") == 1
+
+
 def test_export_in_their_fold_format(compare, tmp_path):
     """Our augmented data written as their structuring script writes its folds: per arm and fold,
     (5000, 3) float32 inputs with their coordinate channels, the target in seconds, our folds."""
     import numpy as np
     import torch
 
-    rng = np.random.default_rng(0)
-    n, length = 6, compare.L
-    episodes = ["418_episode0", "418_episode1", "419_episode0"]
-    aug = pd.DataFrame(
-        {
-            "sample": range(n),
-            "episode": [episodes[i // 2] for i in range(n)],
-            "variant": [0, 1] * 3,
-            "target_s": rng.uniform(0, 20, n),
-        }
-    )
-    ours = tmp_path / "ours"
-    (ours / compare.DEFAULT_FOLDS_DIR).mkdir(parents=True)
-    aug.to_csv(ours / "augmented.csv", index=False)
-    sig = rng.normal(size=(n, 2, length)).astype(np.float32)
-    np.save(ours / "augmented.npy", sig)
-    pd.DataFrame({"episode": episodes, "fold_episode": [2, 1, 2]}).to_csv(
-        ours / compare.DEFAULT_FOLDS_DIR / "folds.csv", index=False
-    )
+    ours, length = tmp_path / "ours", compare.L
+    aug, sig = tiny_processed(ours, length=length)
     out = tmp_path / "theirs"
     compare.export_theirs(ours, out, n_folds=2)
 
