@@ -16,13 +16,13 @@ compared with two-sample Kolmogorov-Smirnov tests (chi-square for categorical on
 `--export DIR` also writes their augmented data in our processed layout (episodes.csv,
 augmented.csv, leads.npy, extra_*.npy, folds.csv with their fold of each episode), so that our
 trainer can run on their data: `python -m coordchannels task=ecg stages=[train]
-task.processed_dir=DIR train.run_name=...`.
+task.processed_dir=DIR external_data=true train.run_name=...` (their data have no record of
+our data stages, hence `external_data`).
 
 `--export-theirs DIR` writes the other direction: our augmented signals, targets and folds in
 their fold format (`DIR/{Baseline,Study}/fold_k.pt`, built as their `Dataset_structuring.py`
 builds it), so that their training script can run on our data (the second crossed run):
-`scripts/authors_scripts_ecg.py --work W --stages fetch train convert` with DIR =
-`W/ECG_5fold_dataset`.
+`scripts/authors_scripts_ecg.py --our-data <our processed folder> --work W` does both steps.
 """
 
 from __future__ import annotations
