@@ -122,3 +122,26 @@ def test_a_dry_run_of_the_replications_trains_nothing_and_writes_nothing(tmp_pat
     printed = capsys.readouterr().out
     assert printed.count("dry run (task ecg)") == 2 * 2 + 1  # 2 groupings x 2 replications, then the summary
     assert "replication_episode_2" in printed and "replication_record_1" in printed
+
+
+def test_a_committed_replication_with_other_settings_is_refused_before_any_training(tmp_path):
+    """Every replication's checks run before the first one trains: finding a committed replication
+    made with other settings (here one model instead of two) after hours of training is too late."""
+    from omegaconf import OmegaConf
+
+    from coordchannels.replicate import run_replications
+    from coordchannels.settings import SettingError
+
+    cfg = compose_config(["experiment=ecg_replications", f"paths.root_dir={tmp_path}", "replicate.n=2"])
+    committed = replication_config(cfg, "record", 2)
+    OmegaConf.update(committed, "train.models", ["nimeshanet"], merge=False)
+    logs = Path(str(committed.stats.out_dir)) / "logs"
+    logs.mkdir(parents=True)
+    OmegaConf.save(committed, logs / "stats.config.yaml")
+    planted = {p for p in tmp_path.rglob("*") if p.is_file()}
+
+    with pytest.raises(
+        SettingError, match=r"replication_2 holds committed results made with other settings.*train\.models"
+    ):
+        run_replications(cfg)
+    assert {p for p in tmp_path.rglob("*") if p.is_file()} == planted  # replication 1 did not start

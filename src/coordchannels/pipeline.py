@@ -238,12 +238,7 @@ def run_stages(cfg: DictConfig) -> list[str]:
 
         print("\n".join(dry_run_lines(cfg)), flush=True)
         return []
-    complete_arms(cfg)  # every conf/arm/ file is an arm, listed in config.yaml or not
-    validate_choices(cfg)  # every setting checked before anything is written
-    stages = [stage_spec(cfg, name) for name in cfg.stages]
-    for stage in stages:
-        if stage.check:
-            get_method(stage.check)(cfg)
+    stages = preflight(cfg)
     # The code a run used is the commit it started from, whatever is committed while it runs.
     commit = git_state(cfg.paths.root_dir)["commit"]
     ran = []
@@ -261,6 +256,19 @@ def run_stages(cfg: DictConfig) -> list[str]:
         write_text(stage.record_path, json.dumps(record, indent=1) + "\n")
         ran.append(stage.name)
     return ran
+
+
+def preflight(cfg: DictConfig) -> list[Stage]:
+    """Every setting and every stage's `check` of one run, before anything is written; returns its
+    stages. A runner of several runs (the replications) calls it on all of them first, so a refusal
+    comes before hours of training, not after."""
+    complete_arms(cfg)  # every conf/arm/ file is an arm, listed in config.yaml or not
+    validate_choices(cfg)  # every setting checked before anything is written
+    stages = [stage_spec(cfg, name) for name in cfg.stages]
+    for stage in stages:
+        if stage.check:
+            get_method(stage.check)(cfg)
+    return stages
 
 
 def output_sizes(cfg: DictConfig, stage: Stage) -> dict[str, int]:

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.io import write_csv, write_text
 from coordchannels.logs import load_logs, order_models
-from coordchannels.pipeline import run_stages
+from coordchannels.pipeline import preflight, run_stages
 from coordchannels.report import STYLE, save_png
 from coordchannels.stats import compare, fold_values, paired_differences, pooled
 
@@ -86,10 +86,13 @@ def run_replications(cfg: DictConfig) -> None:
     n, groupings = int(cfg.replicate.n), list(cfg.replicate.groupings)
     if n < 1:
         raise ValueError(f"replicate.n={n}: give at least one replication")
-    for grouping in groupings:
-        for r in range(1, n + 1):
-            log.info("replication %d/%d, %s grouping (seed and fold seed %d)", r, n, grouping, replication_seed(cfg, r))
-            run_stages(replication_config(cfg, grouping, r))
+    runs = [(grouping, r, replication_config(cfg, grouping, r)) for grouping in groupings for r in range(1, n + 1)]
+    if not cfg.get("dry_run"):
+        for _, _, rep in runs:
+            preflight(rep)  # e.g. a committed replication made with other settings: refuse before training
+    for grouping, r, rep in runs:
+        log.info("replication %d/%d, %s grouping (seed and fold seed %d)", r, n, grouping, replication_seed(cfg, r))
+        run_stages(rep)
     summary = copy.deepcopy(cfg)
     OmegaConf.update(summary, "stages", ["replication_summary"], merge=False)
     run_stages(summary)
