@@ -145,3 +145,27 @@ def test_a_committed_replication_with_other_settings_is_refused_before_any_train
     ):
         run_replications(cfg)
     assert {p for p in tmp_path.rglob("*") if p.is_file()} == planted  # replication 1 did not start
+
+
+def test_replicate_first_runs_only_the_later_replications(tmp_path, capsys):
+    """replicate.first=k adds replications k..n without touching 1..k-1 (committed ones whose run
+    folders are on another machine would otherwise be trained again)."""
+    from coordchannels.replicate import run_replications
+
+    cfg = compose_config(
+        [
+            "experiment=ecg_replications",
+            f"paths.root_dir={tmp_path}",
+            "replicate.n=3",
+            "replicate.first=3",
+            "replicate.groupings=[episode]",
+            "dry_run=true",
+        ]
+    )
+    run_replications(cfg)
+    printed = capsys.readouterr().out
+    assert "replication_episode_3" in printed
+    assert "replication_episode_1" not in printed and "replication_episode_2" not in printed
+    cfg.replicate.first = 4
+    with pytest.raises(ValueError, match=r"replicate\.first=4"):
+        run_replications(cfg)

@@ -84,9 +84,14 @@ def replication_config(cfg: DictConfig, grouping: str, r: int) -> DictConfig:
 
 def run_replications(cfg: DictConfig) -> None:
     n, groupings = int(cfg.replicate.n), list(cfg.replicate.groupings)
+    first = int(cfg.replicate.get("first", 1))
     if n < 1:
         raise ValueError(f"replicate.n={n}: give at least one replication")
-    runs = [(grouping, r, replication_config(cfg, grouping, r)) for grouping in groupings for r in range(1, n + 1)]
+    if not 1 <= first <= n:
+        raise ValueError(f"replicate.first={first}: give a replication between 1 and replicate.n={n}")
+    # Replications before `first` are left as they are (e.g. committed ones trained on another machine,
+    # whose run folders are not here); the summary still reads every replication's committed logs.
+    runs = [(grouping, r, replication_config(cfg, grouping, r)) for grouping in groupings for r in range(first, n + 1)]
     if not cfg.get("dry_run"):
         for _, _, rep in runs:
             preflight(rep)  # e.g. a committed replication made with other settings: refuse before training
