@@ -42,7 +42,7 @@ PUBLISH := 'paths.outputs_dir=$${paths.results_dir}'
 SMOKE_DIR := data/smoke
 
 .PHONY: help setup lint format test test-slow reproduce data train stats table3 ecg-record ecg-arms \
-  ecg-arms-episode ecg-arms-record ecg-seeds-record smoke plan results-index replicate demo gpu-check bench-gpu clean-runs
+  ecg-arms-episode ecg-arms-record ecg-seeds-record smoke plan restats results-index replicate demo gpu-check bench-gpu clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -136,6 +136,10 @@ smoke: setup ## every ECG stage with tiny settings into data/smoke (from scratch
 plan: setup ## print the training plan of TASK (jobs, device, estimated time) and stop; writes nothing
 	@for t in $(TASKS); do $(APP) task=$$t dry_run=true hydra.run.dir=. hydra.output_subdir=null \
 	  hydra/job_logging=stdout $(MIRRORS) $(ARGS) || exit 1; done
+
+restats: setup ## recompute every committed table from its committed per-fold logs (per-fold values must not change)
+	$(PY) -m coordchannels.restats
+	$(PY) -m coordchannels.index
 
 results-index: setup ## regenerate results/README.md, the index of every committed result
 	$(PY) -m coordchannels.index
