@@ -41,7 +41,7 @@ RUN := $(if $(filter local,$(LAUNCHER)),$(APP),$(PY) -m coordchannels.train.fano
 PUBLISH := 'paths.outputs_dir=$${paths.results_dir}'
 SMOKE_DIR := data/smoke
 
-.PHONY: help setup lint format test test-slow reproduce data train stats table3 ecg-record ecg-arms \
+.PHONY: help setup lint format docs test test-slow reproduce data train stats table3 ecg-record ecg-arms \
   ecg-arms-episode ecg-arms-record ecg-seeds-record smoke plan restats results-index replicate demo gpu-check bench-gpu clean-runs
 
 help: ## list the targets
@@ -71,6 +71,9 @@ lint: setup ## check style, formatting and common mistakes (ruff), as CI does
 format: setup ## apply the project's formatting and import order (ruff)
 	$(PY) -m ruff check --fix --select I src tests scripts
 	$(PY) -m ruff format src tests scripts
+
+docs: setup ## build the documentation site from docs/ into site/ (strict: a broken link or anchor fails)
+	$(PY) -m mkdocs build --strict --quiet
 
 test: setup ## run the default test suite (no network, no GPU, no slow tests)
 	$(PY) -m pytest
