@@ -42,7 +42,7 @@ PUBLISH := 'paths.outputs_dir=$${paths.results_dir}'
 SMOKE_DIR := data/smoke
 
 .PHONY: help setup lint format docs test test-slow reproduce data train stats table3 ecg-record ecg-arms \
-  ecg-arms-episode ecg-arms-record ecg-seeds-record smoke plan restats results-index replicate demo gpu-check bench-gpu clean-runs
+  ecg-arms-episode ecg-arms-record ecg-seeds-record coordgate smoke plan restats results-index replicate demo gpu-check bench-gpu clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -129,6 +129,10 @@ ecg-arms-record: setup ## regenerate NimeshaNet with every arm, record grouping 
 
 ecg-seeds-record: setup ## regenerate study vs control over 3 seeds, record grouping -> results/ecg_arms/record_3seeds
 	$(APP) experiment=ecg_seeds_record $(PUBLISH) $(MIRRORS) $(ARGS)
+	$(PY) -m coordchannels.index
+
+coordgate: setup ## regenerate the committed CoordGate 1-D experiment -> results/coordgate (about 40 min on 2 CPU cores)
+	$(APP) task=coordgate $(PUBLISH) $(ARGS)
 	$(PY) -m coordchannels.index
 
 smoke: setup ## every ECG stage with tiny settings into data/smoke (from scratch, ~1 min; its numbers mean nothing)

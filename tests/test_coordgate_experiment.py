@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -282,7 +284,7 @@ def test_stage_writes_outputs_and_coordgate_beats_a_plain_layer(make_cfg):
 def test_stage_is_deterministic_and_skips_finished_work(make_cfg, tmp_path):
     _, out, first = run_tiny(make_cfg)
     # Same config in another folder: identical numbers (timings aside).
-    cfg2, out2, second = run_tiny(make_cfg, f"paths.results_dir={tmp_path}/again")
+    cfg2, out2, second = run_tiny(make_cfg, f"paths.outputs_dir={tmp_path}/again")
     assert out2 != out
     pd.testing.assert_frame_equal(first[DETERMINISTIC], second[DETERMINISTIC])
     np.testing.assert_array_equal(np.load(out / "operator.npy"), np.load(out2 / "operator.npy"))
@@ -358,3 +360,14 @@ def test_extra_conditions_run_into_their_folders_and_the_summary_compares_them(m
     assert "(d) The random-map control does not converge" in summary
     # Same draws, affinely mapped, and PSNR's peak follows: the two conditions differ, but not wildly.
     assert not np.allclose(df.psnr_db, other.psnr_db)
+
+
+def test_the_experiment_writes_to_data_unless_asked_to_publish(make_cfg):
+    """Only `make coordgate` (paths.outputs_dir = the committed results/) writes into results/."""
+    from coordchannels.pipeline import stage_spec
+
+    cfg = make_cfg("task=coordgate")
+    for name in ("experiment", "manifest"):
+        out = stage_spec(cfg, name).out
+        assert out == Path(str(cfg.paths.outputs_dir)) / "coordgate"
+        assert not out.resolve().is_relative_to(Path(str(cfg.paths.results_dir)).resolve())
