@@ -309,23 +309,11 @@ def outputs(cfg: DictConfig) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Committed results are replaced only on purpose
 # --------------------------------------------------------------------------------------------
-# The training settings that make the per-fold logs; compared with a committed result's when the
-# statistics read this config's own training logs. Keys absent from the committed config (older
-# versions) are not compared.
-TRAIN_KEYS = (
-    "seed",
-    "task.name",
-    "train.models",
-    "train.arms",
-    "train.folds",
-    "train.seeds",
-    "train.epochs",
-    "train.batch_size",
-    "train.lr",
-    "train.limit_train",
-    "train.limit_test",
-    "train.precision",
-)
+# The settings that choose which per-fold logs are made (the training settings that make them are
+# the train stage's declared `settings`); compared with a committed result's when the statistics
+# read this config's own training logs. Keys absent from the committed config (older versions) are
+# not compared.
+GRID_KEYS = ("seed", "task.name", "train.models", "train.arms", "train.folds", "train.seeds")
 
 
 def committed_folder(cfg: DictConfig) -> Path | None:
@@ -348,7 +336,8 @@ def _compared_keys(cfg: DictConfig) -> list[str]:
     keys = [k for k in stage_spec(cfg, "stats").settings]
     if Path(str(cfg.stats.logs_dir)).resolve() == Path(str(cfg.train.logs_dir)).resolve():
         ignore = set(cfg.train.get("fingerprint_ignore") or ())
-        keys += [*TRAIN_KEYS, *(f"task.data.{k}" for k in (cfg.task.get("data") or {}) if k not in ignore)]
+        train = stage_spec(cfg, "train").settings
+        keys += [*GRID_KEYS, *train, *(f"task.data.{k}" for k in (cfg.task.get("data") or {}) if k not in ignore)]
     return keys
 
 

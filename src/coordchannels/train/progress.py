@@ -257,11 +257,15 @@ TRACKERS = ("tensorboard",)
 
 
 def check_train_settings(cfg: DictConfig) -> None:
-    """The train stage's `check`, run before any stage: the training settings and the tracker."""
+    """The train stage's `check`, run before any stage: the training settings, the tracker, and
+    that the grid's finished jobs were made with these settings (or fewer epochs)."""
     from coordchannels.train.grid import check_settings
+    from coordchannels.train.record import check_finished_jobs
 
     check_settings(cfg)
     check_tracker(cfg)
+    if cfg.task.get("models"):
+        check_finished_jobs(cfg, job_grid(cfg))
 
 
 def check_tracker(cfg: DictConfig) -> None:

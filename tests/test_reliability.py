@@ -1,0 +1,165 @@
+"""Probes a user (or an adversary) tries on a finished run: each ends in the right result or one
+clear refusal, never a silently wrong number (docs/reliability.md lists them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import open_dict
+
+from coordchannels import train
+from coordchannels.pipeline import StageError, produced, run_stages, stage_spec
+from coordchannels.settings import SettingError
+from tests.test_pipeline import with_probes
+from tests.test_train import job_log, read, tiny_cfg  # noqa: F401 (tiny_cfg is a fixture)
+
+ONE_JOB = ("ecg", "train.models=[nimeshanet]", "train.arms=[study]", "stages=[train]", "external_data=true")
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def count_epochs(monkeypatch) -> list[int]:
+    """Each epoch trained from now on appends 1."""
+    trained: list[int] = []
+    real = train.job.train_one_epoch
+    monkeypatch.setattr(train.job, "train_one_epoch", lambda *a, **k: trained.append(1) or real(*a, **k))
+    return trained
+
+
+# 1 ------------------------------------------------------------------------------------------
+def test_changed_training_settings_on_an_existing_run_are_continued_or_refused(tiny_cfg, monkeypatch):  # noqa: F811
+    run_stages(tiny_cfg(*ONE_JOB, "train.epochs=3"))
+    trained = count_epochs(monkeypatch)
+
+    # More epochs of the same job continue from its checkpoint.
+    cfg = tiny_cfg(*ONE_JOB, "train.epochs=4")
+    assert run_stages(cfg) == ["train"]
+    assert len(trained) == 1 and read(job_log(cfg)).epoch.tolist() == [1, 2, 3, 4]
+
+    # Fewer epochs, or any other setting, are refused before anything runs, naming each key.
+    before = files(cfg.train.run_dir)
+    refusals = {
+        "train.epochs=2": r"train\.epochs: stored 4, now 2",
+        "train.lr=0.01": r"train\.lr: stored 0\.001, now 0\.01",
+        "train.batch_size=8": r"train\.batch_size: stored 32, now 8",
+        "task.models.nimeshanet.net.out_scale=10": r"model\.net\.out_scale: stored 20\.0, now 10",
+    }
+    for override, message in refusals.items():
+        with pytest.raises(train.RunConfigError, match=message + r".*train\.run_name.*overwrite=true"):
+            run_stages(tiny_cfg(*ONE_JOB, "train.epochs=4", override))
+    two = tiny_cfg(*ONE_JOB, "train.epochs=2", "train.lr=0.01")
+    with pytest.raises(train.RunConfigError, match=r"train\.epochs: stored 4.*; train\.lr: stored"):
+        run_stages(two)
+    assert files(cfg.train.run_dir) == before and not trained[1:]
+
+    # A new fold or seed adds only its own jobs.
+    assert run_stages(tiny_cfg(*ONE_JOB, "train.epochs=4", "train.folds=[1,2]")) == ["train"]
+    assert len(trained) == 1 + 4
+    # ...and the finished grid is then skipped.
+    assert run_stages(tiny_cfg(*ONE_JOB, "train.epochs=4", "train.folds=[1,2]")) == []
+
+
+# 3 ------------------------------------------------------------------------------------------
+def flip_a_byte(path: Path, offset: int = -2) -> None:
+    """Change one byte in place, keeping the size (a digit of the last value of a log)."""
+    data = bytearray(path.read_bytes())
+    data[offset] = ord("7") if data[offset] != ord("7") else ord("3")
+    path.write_bytes(bytes(data))
+
+
+def test_same_size_corruption_of_a_stage_output_is_detected(tmp_path):
+    cfg = with_probes(tmp_path, "stages=[make,use]")
+    run_stages(cfg)
+    made = tmp_path / "make" / "made.txt"
+    assert produced(stage_spec(cfg, "make"))["sha256"]["made.txt"]
+    size = made.stat().st_size
+    flip_a_byte(made, 0)
+    assert made.stat().st_size == size
+    cfg.stages = ["use"]  # a reader refuses it, naming the file
+    with pytest.raises(StageError, match=r"made\.txt: content changed since written"):
+        run_stages(cfg)
+    cfg.stages = ["make", "use"]  # its own stage redoes it
+    assert run_stages(cfg) == ["make"]
+    assert made.read_text() == "substring 42"
+
+
+def test_same_size_corruption_of_a_training_log_is_redone(tiny_cfg, monkeypatch):  # noqa: F811
+    cfg = tiny_cfg(*ONE_JOB)
+    run_stages(cfg)
+    path, good = job_log(cfg), job_log(cfg).read_bytes()
+    flip_a_byte(path)
+    trained = count_epochs(monkeypatch)
+    assert run_stages(cfg) == ["train"]
+    assert path.read_bytes() == good and not trained  # rewritten from its checkpoint
+
+
+# 4 ------------------------------------------------------------------------------------------
+def test_a_truncated_training_log_is_replaced_when_redone(tiny_cfg, monkeypatch):  # noqa: F811
+    cfg = tiny_cfg(*ONE_JOB)
+    run_stages(cfg)
+    path, good = job_log(cfg), job_log(cfg).read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    trained = count_epochs(monkeypatch)
+    assert run_stages(cfg) == ["train"]
+    assert path.read_bytes() == good and not trained
+    sizes = produced(stage_spec(cfg, "train"))["sizes"]
+    assert sizes == {str(path.relative_to(cfg.train.run_dir)): len(good)}
+    assert run_stages(cfg) == []  # and it is done
+
+
+# 6 ------------------------------------------------------------------------------------------
+def test_a_byte_identical_data_rebuild_keeps_its_trained_runs(tiny_cfg, tmp_path, monkeypatch):  # noqa: F811
+    probes = with_probes(tmp_path)
+    cfg = tiny_cfg("ecg", "train.models=[nimeshanet]", "train.arms=[study]", "stages=[make,train]")
+    with open_dict(cfg):
+        cfg.stage_defs.make = probes.stage_defs.make
+        cfg.task.train_after = ["make"]
+    run_stages(cfg)
+    cfg.stages, cfg.overwrite = ["make"], True
+    assert run_stages(cfg) == ["make"]  # rebuilt: the same bytes
+    cfg.stages, cfg.overwrite = ["make", "train"], False
+    trained = count_epochs(monkeypatch)
+    assert run_stages(cfg) == []  # its runs are found, not orphaned
+    assert not trained
+
+
+# 7 ------------------------------------------------------------------------------------------
+class RecordData:
+    """60 samples of 6 records (10 each, in record order); folds group records in pairs."""
+
+    sample_group = np.repeat(np.array(["418", "419", "420", "421", "422", "423"]), 10)
+
+    def split(self, fold):
+        fold_of = np.repeat([1, 1, 2, 2, 3, 3], 10)
+        return np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+
+
+def test_limit_train_takes_a_seeded_subset_stratified_over_records(tiny_cfg):  # noqa: F811
+    cfg = tiny_cfg("ecg", "train.limit_train=8", "train.limit_test=4")
+    data = RecordData()
+    train2, test2 = train.job_indices(cfg, data, 2, 42)
+    train3, _ = train.job_indices(cfg, data, 3, 42)
+    groups = data.sample_group
+    # every training record has its share (8 of 40 samples: 2 from each of 4 records), not the first 8
+    assert sorted(pd.Series(groups[train2.numpy()]).value_counts().tolist()) == [2, 2, 2, 2]
+    assert set(groups[test2.numpy()]) == {"420", "421"} and len(test2) == 4
+    # folds sharing a training record do not train on the same samples (the first N did)
+    assert set(train2.tolist()) != set(train3.tolist())
+    # seeded: the same seed draws the same subset, another seed another one
+    assert train.job_indices(cfg, data, 2, 42)[0].tolist() == train2.tolist()
+    assert train.job_indices(cfg, data, 2, 7)[0].tolist() != train2.tolist()
+    assert torch.equal(train2, train2.sort().values)
+
+
+# 8 ------------------------------------------------------------------------------------------
+def test_a_fold_listed_twice_is_refused_before_anything_is_written(tiny_cfg):  # noqa: F811
+    cfg = tiny_cfg(*ONE_JOB, "train.folds=[1,1]")
+    with pytest.raises(SettingError, match=r"train\.folds=\[1, 1\]: \[1\] listed more than once"):
+        run_stages(cfg)
+    assert not Path(cfg.train.run_dir).exists()
