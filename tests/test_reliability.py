@@ -3,6 +3,7 @@ clear refusal, never a silently wrong number (docs/reliability.md lists them).""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,10 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from coordchannels import train
+from coordchannels import train, verify
 from coordchannels.pipeline import StageError, produced, run_stages, stage_spec
 from coordchannels.settings import SettingError
+from tests.conftest import REPO
 from tests.test_pipeline import with_probes
 from tests.test_train import job_log, read, tiny_cfg  # noqa: F401 (tiny_cfg is a fixture)
 
@@ -97,6 +99,28 @@ def test_same_size_corruption_of_a_training_log_is_redone(tiny_cfg, monkeypatch)
     trained = count_epochs(monkeypatch)
     assert run_stages(cfg) == ["train"]
     assert path.read_bytes() == good and not trained  # rewritten from its checkpoint
+
+
+def test_make_verify_names_a_committed_result_changed_in_place(tmp_path, capsys, make_cfg):
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results" / "ecg", results / "ecg")
+    assert verify.main([str(results)]) == 0
+    changed = results / "ecg" / "fold_logs" / "NimeshaNet" / "study_set_fold_3_log.csv"
+    flip_a_byte(changed)
+    assert verify.main([str(results)]) == 1
+    assert f"{changed}: changed" in capsys.readouterr().err
+    # and the statistics refuse to read it
+    cfg = make_cfg(
+        "stages=[stats]", f"stats.logs_dir={results / 'ecg' / 'fold_logs'}", f"stats.out_dir={tmp_path / 'out'}"
+    )
+    with pytest.raises(StageError, match=r"study_set_fold_3_log\.csv: changed"):
+        run_stages(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_committed_result_matches_its_manifest():
+    problems, checked, _ = verify.verify_results(REPO / "results")
+    assert not problems and checked > 500
 
 
 # 4 ------------------------------------------------------------------------------------------

@@ -274,6 +274,7 @@ def stats_stage(cfg: DictConfig, out: Path) -> None:
     an old figure.
     """
     check_committed_logs(cfg, out)
+    check_run_logs_intact(cfg)
     heading = cfg.stats.get("heading")
     logs = load_checked_logs(cfg)
     outputs = with_heading(build_outputs(cfg, logs), heading)
@@ -382,4 +383,45 @@ def check_committed_logs(cfg: DictConfig, out: Path) -> None:
             f"{out} holds committed results computed from other per-fold logs than those in "
             f"{cfg.stats.logs_dir}: its tables would change. Write elsewhere (the default "
             "data/results/), or set stats.replace_results=true to replace them on purpose."
+        )
+
+
+def check_stats_stage(cfg: DictConfig) -> None:
+    """The stats stage's `check`, before any stage runs: the committed result it would replace, and
+    the logs of a result folder it would read (`committed_logs_damage`)."""
+    from coordchannels.pipeline import StageError
+
+    check_results_dir(cfg)
+    damaged = committed_logs_damage(cfg)
+    if damaged:
+        raise StageError(
+            f"stats: per-fold logs changed since their manifest was written ({'; '.join(damaged)}); restore "
+            f"them (git checkout -- {cfg.stats.logs_dir}) or point stats.logs_dir at intact logs"
+        )
+
+
+def committed_logs_damage(cfg: DictConfig) -> list[str]:
+    """The logs under stats.logs_dir that differ from the SHA-256 in the manifest of the result
+    folder holding them (none outside such a folder)."""
+    from coordchannels.verify import check_files, manifest_folder, recorded_files
+
+    logs_dir = Path(str(cfg.stats.logs_dir))
+    folder = manifest_folder(logs_dir, Path(str(cfg.paths.root_dir)))
+    return check_files(folder, recorded_files(folder), logs_dir.resolve()) if folder else []
+
+
+def check_run_logs_intact(cfg: DictConfig) -> None:
+    """In the stats stage, after training: this config's own training logs are those its train
+    stage recorded (a log changed since is refused, naming it, not turned into tables)."""
+    from coordchannels.pipeline import StageError, damaged_outputs, stage_spec
+
+    if not cfg.task.get("models"):
+        return
+    if Path(str(cfg.stats.logs_dir)).resolve() != Path(str(cfg.train.logs_dir)).resolve():
+        return
+    damaged = damaged_outputs(cfg, stage_spec(cfg, "train"))
+    if damaged:
+        raise StageError(
+            f"stats: per-fold logs changed since they were written ({'; '.join(damaged)}); "
+            "run the train stage again to redo them"
         )
