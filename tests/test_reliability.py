@@ -3,7 +3,10 @@ clear refusal, never a silently wrong number (docs/reliability.md lists them).""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +15,10 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from coordchannels import train, verify
+from coordchannels import report, train, verify
 from coordchannels.pipeline import StageError, produced, run_stages, stage_spec
-from coordchannels.settings import SettingError
-from tests.conftest import REPO
+from coordchannels.settings import SettingError, check_added_keys
+from tests.conftest import REPO, compose_config
 from tests.test_pipeline import with_probes
 from tests.test_train import job_log, read, tiny_cfg  # noqa: F401 (tiny_cfg is a fixture)
 
@@ -65,6 +68,30 @@ def test_changed_training_settings_on_an_existing_run_are_continued_or_refused(t
     assert len(trained) == 1 + 4
     # ...and the finished grid is then skipped.
     assert run_stages(tiny_cfg(*ONE_JOB, "train.epochs=4", "train.folds=[1,2]")) == []
+
+
+# 2 ------------------------------------------------------------------------------------------
+def test_unknown_keys_added_with_plus_are_refused_naming_the_nearest(tmp_path):
+    for override, nearest in {
+        "+train.epoch=3": "train.epochs",
+        "+task.data.label_mach=exact": "task.data.label_match",
+    }.items():
+        with pytest.raises(SettingError, match=rf"no setting .*did you mean {nearest}="):
+            check_added_keys([override], compose_config)
+    check_added_keys(["++train.epochs=3", "task=ecg", "train.lr=0.01"], compose_config)  # known keys pass
+    # ...and the app says so in one line, before anything runs
+    run = subprocess.run(
+        [sys.executable, "-m", "coordchannels", "+train.epoch=3", "stages=[train]", "dry_run=true"],
+        cwd=tmp_path,
+        env={**os.environ, "COORDCHANNELS_ROOT": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == (
+        "error: +train.epoch=3: the config has no setting 'train.epoch' (did you mean train.epochs=...?)"
+    )
 
 
 # 3 ------------------------------------------------------------------------------------------
@@ -135,6 +162,29 @@ def test_a_truncated_training_log_is_replaced_when_redone(tiny_cfg, monkeypatch)
     sizes = produced(stage_spec(cfg, "train"))["sizes"]
     assert sizes == {str(path.relative_to(cfg.train.run_dir)): len(good)}
     assert run_stages(cfg) == []  # and it is done
+
+
+# 5 ------------------------------------------------------------------------------------------
+def test_the_reduced_scale_mark_travels_with_copied_logs(tiny_cfg, tmp_path, monkeypatch):  # noqa: F811
+    cfg = tiny_cfg("ecg", "train.models=[nimeshanet]", "train.folds=[1,2]", "train.epochs=15", "train.limit_train=20")
+    with open_dict(cfg):
+        cfg.task.data.n_folds = 2
+    train.train_stage(cfg)
+    copy = tmp_path / "handed_over"
+    shutil.copytree(cfg.train.logs_dir, copy)
+    titles = []
+    real = report.learning_curves_figure
+    monkeypatch.setattr(report, "learning_curves_figure", lambda s, h=None: titles.append(h) or real(s, h))
+    out = tmp_path / "tables"
+    stats_cfg = tiny_cfg("ecg", "stages=[stats]", f"stats.logs_dir={copy}", f"stats.out_dir={out}")
+    with open_dict(stats_cfg):
+        stats_cfg.task.data.n_folds = 2
+    run_stages(stats_cfg)
+    mark = "LIMITED RUN (train.limit_train=20)"
+    assert mark in (out / "comparison_table.md").read_text()
+    assert mark.replace("_", r"\_") in (out / "comparison_table.tex").read_text()
+    assert pd.read_csv(out / "comparison_table.csv").limited.all()
+    assert mark in titles[0]
 
 
 # 6 ------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from coordchannels.download import file_sha256
 from coordchannels.environment import hardware, package_versions
 from coordchannels.io import atomic_dir, write_text
 from coordchannels.pipeline import git_state, read_record, stage_spec, stage_timings, tree_sha256
+from coordchannels.stats import SCALE_MARK
 from coordchannels.train.grid import job_grid
 from coordchannels.train.record import job_record_path
 from coordchannels.verify import MANIFEST, file_sums
@@ -62,12 +63,13 @@ def training_jobs(cfg: DictConfig) -> dict | None:
 
 
 def copy_logs(src: Path, dest: Path) -> int:
-    """Copy the per-fold CSV logs (not checkpoints) into the results folder; return how many."""
+    """Copy the per-fold CSV logs (not checkpoints) into the results folder, with the trainer's
+    reduced-scale mark beside them; return how many logs."""
     if not src.is_dir() or src.resolve() == dest.resolve():
         return 0
     files = sorted(src.rglob("*_log.csv"))
     with atomic_dir(dest) as tmp:
-        for f in files:
+        for f in [*files, *sorted(src.rglob(SCALE_MARK))]:
             target = tmp / f.relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, target)

@@ -32,7 +32,7 @@ from coordchannels.components import arm_style
 from coordchannels.io import atomic_path, write_csv
 from coordchannels.logs import FoldLog
 from coordchannels.settings import SettingError, plain
-from coordchannels.stats import build_outputs, load_checked_logs, table_names, write_outputs
+from coordchannels.stats import build_outputs, limited_note, load_checked_logs, table_names, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -279,9 +279,11 @@ def stats_stage(cfg: DictConfig, out: Path) -> None:
     logs = load_checked_logs(cfg)
     outputs = with_heading(build_outputs(cfg, logs), heading)
     summary = curve_summary(logs)
-    figure = learning_curves_figure(summary, heading)
+    # a reduced run says so in its figures too, not only in its tables
+    titles = "\n".join(line for line in (heading, limited_note(cfg, logs)) if line) or None
+    figure = learning_curves_figure(summary, titles)
     values = next(v for k, v in outputs.items() if k.startswith("fold_values"))
-    finals = final_values_figure(values, heading, float(cfg.stats.confidence))
+    finals = final_values_figure(values, titles, float(cfg.stats.confidence))
     write_outputs(outputs, out)
     write_csv(summary, out / CURVES_NAME)
     save_png(figure, out / FIGURE_NAME)

@@ -14,6 +14,7 @@ Reproducible and restartable:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 import time
@@ -29,9 +30,10 @@ from omegaconf import DictConfig
 from sklearn.metrics import r2_score
 from tqdm import tqdm
 
-from coordchannels.io import write_csv
+from coordchannels.io import write_csv, write_text
 from coordchannels.logs import log_columns, log_path
 from coordchannels.settings import canonical, choice, plain
+from coordchannels.stats import LIMIT_KEYS, SCALE_MARK
 from coordchannels.taskdata import TaskData
 from coordchannels.train.device import (
     resolve_device,
@@ -94,9 +96,18 @@ def run_job(cfg: DictConfig, model_name: str, arm_name: str, seed: int, fold: in
             cfg, job, state, lambda model, opt, rows: save_checkpoint(ckpt_path, fingerprint, model, opt, rows)
         )
         write_csv(log_frame(rows, columns), out_log)
+        mark_reduced_scale(cfg, out_log.parent)
         write_job_record(record_path, fingerprint, epochs, out_log)
     log.info("%s: finished, log %s", job, out_log)
     return out_log
+
+
+def mark_reduced_scale(cfg: DictConfig, folder: Path) -> None:
+    """With train.limit_train/limit_test, leave their values beside the logs (`SCALE_MARK`), so that
+    tables made from a copy of the folder still say the run was reduced."""
+    limits = {key: plain(cfg.train.get(key)) for key in LIMIT_KEYS}
+    if any(value is not None for value in limits.values()):
+        write_text(folder / SCALE_MARK, json.dumps(limits, sort_keys=True) + "\n")
 
 
 def train_job(cfg: DictConfig, job: Job, state: dict | None, checkpoint) -> tuple[list[list[float]], list[str]]:
