@@ -201,6 +201,14 @@ def test_a_byte_identical_data_rebuild_keeps_its_trained_runs(tiny_cfg, tmp_path
     trained = count_epochs(monkeypatch)
     assert run_stages(cfg) == []  # its runs are found, not orphaned
     assert not trained
+    # data rebuilt with other bytes are other data: the logs are not taken for theirs
+    with open_dict(cfg):
+        cfg.probe_extra = " and other bytes"
+    cfg.stages, cfg.overwrite = ["make"], True
+    run_stages(cfg)
+    cfg.stages, cfg.overwrite = ["make", "train"], False
+    with pytest.raises(train.RunConfigError, match=r"task\.data_runs\.make: stored"):
+        run_stages(cfg)
 
 
 # 7 ------------------------------------------------------------------------------------------
@@ -229,6 +237,10 @@ def test_limit_train_takes_a_seeded_subset_stratified_over_records(tiny_cfg):  #
     assert train.job_indices(cfg, data, 2, 42)[0].tolist() == train2.tolist()
     assert train.job_indices(cfg, data, 2, 7)[0].tolist() != train2.tolist()
     assert torch.equal(train2, train2.sort().values)
+    # logs of the earlier rule (the first N) are not taken for logs of this one
+    job = train.Job("nimeshanet", "study", 42, 1)
+    assert "subset" in train.job_fingerprint(cfg, job)["train"]
+    assert "subset" not in train.job_fingerprint(tiny_cfg("ecg"), job)["train"]
 
 
 # 8 ------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ shares, `task.stage_defs` for a task's own) with:
   change (a folder of per-fold logs), optionally with a glob (`stats.logs_dir:**/*_log.csv`):
   their SHA-256 is part of the record;
 - `on_change`: `refuse` (data stages: outputs made with other settings are an error until
-  `overwrite=true`) or `rerun` (cheap derived outputs such as tables: redo them);
+  `overwrite=true`) or `rerun` (cheap derived outputs such as tables: redo them; the train stage,
+  whose jobs keep what was made with their settings and whose `check` refuses the rest);
 - `watch`: config keys naming a user's folder (a local mirror) whose listing (paths, sizes,
   modification times) is part of the record, so that a changed mirror is noticed;
 - `check`: optional dotted name of a function `check(cfg)` that validates the stage's settings;
@@ -24,8 +25,8 @@ the settings asked for now (so training never reads data built with other settin
 stage, writing nothing, when its declared outputs exist and its record matches; otherwise runs it
 with its log (`logs/<stage>.log`) beside its outputs, and when it succeeds writes its resolved
 config, wall time, record (`logs/<stage>.inputs.json`: the chained settings and input digests) and
-the sizes of its outputs (`logs/<stage>.outputs.json`), so that a damaged output (a truncated
-array) is noticed instead of read.
+the sizes and SHA-256 of its outputs with its run id, a digest of both (`logs/<stage>.outputs.json`),
+so that a damaged output (a truncated array, bytes changed in place) is noticed instead of read.
 """
 
 from __future__ import annotations

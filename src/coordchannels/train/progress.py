@@ -265,6 +265,11 @@ def check_train_settings(cfg: DictConfig) -> None:
     check_settings(cfg)
     check_tracker(cfg)
     if cfg.task.get("models"):
+        from coordchannels.pipeline import check_upstream, stage_spec
+
+        stage = stage_spec(cfg, "train")
+        if not set(stage.after) & set(cfg.stages):
+            check_upstream(cfg, stage)  # data made with other settings: said as such, first
         check_finished_jobs(cfg, job_grid(cfg))
 
 

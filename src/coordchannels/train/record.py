@@ -110,8 +110,16 @@ def train_keys(cfg: DictConfig) -> list[str]:
     return [key.removeprefix("train.") for key in settings if key.startswith("train.") and key != EPOCHS_KEY]
 
 
+# How train.limit_train/limit_test choose their samples (coordchannels.train.job.limited): in the
+# fingerprint of limited runs only, so that logs of the earlier rule (the first N) are not reused.
+SUBSET_RULE = "seeded, stratified over records"
+
+
 def train_fingerprint(cfg: DictConfig) -> dict:
-    return {key: plain(cfg.train.get(key)) for key in train_keys(cfg)}
+    fingerprint = {key: plain(cfg.train.get(key)) for key in train_keys(cfg)}
+    if any(fingerprint.get(key) is not None for key in ("limit_train", "limit_test")):
+        fingerprint["subset"] = SUBSET_RULE
+    return fingerprint
 
 
 def job_fingerprint(cfg: DictConfig, job: Job) -> dict:
