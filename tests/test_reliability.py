@@ -18,7 +18,7 @@ from omegaconf import open_dict
 from coordchannels import report, train, verify
 from coordchannels.pipeline import StageError, produced, run_stages, stage_spec
 from coordchannels.settings import SettingError, check_added_keys
-from tests.conftest import REPO, compose_config
+from tests.conftest import REPO, compose_config, train_killed_after_epoch
 from tests.test_pipeline import with_probes
 from tests.test_train import job_log, read, tiny_cfg  # noqa: F401 (tiny_cfg is a fixture)
 
@@ -68,6 +68,12 @@ def test_changed_training_settings_on_an_existing_run_are_continued_or_refused(t
     assert len(trained) == 1 + 4
     # ...and the finished grid is then skipped.
     assert run_stages(tiny_cfg(*ONE_JOB, "train.epochs=4", "train.folds=[1,2]")) == []
+
+    # An interrupted job is checked up front too, from its checkpoint.
+    killed = tiny_cfg(*ONE_JOB, "train.run_name=killed", "train.epochs=3")
+    train_killed_after_epoch(killed, monkeypatch, epoch=2)
+    with pytest.raises(train.RunConfigError, match=r"train\.epochs: stored 2, now 1 \(fewer epochs"):
+        run_stages(tiny_cfg(*ONE_JOB, "train.run_name=killed", "train.epochs=1"))
 
 
 # 2 ------------------------------------------------------------------------------------------

@@ -64,14 +64,18 @@ def save_checkpoint(
         torch.save(state, tmp)
 
 
+def read_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged file: say which and what to do
+        raise RunConfigError(f"{path}: unreadable checkpoint ({exc}); delete it or set overwrite=true") from exc
+
+
 def load_checkpoint(path: Path, fingerprint: dict) -> dict | None:
     """The checkpoint at `path` (None when there is none); refuse one from another configuration."""
     if not path.exists():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged file: say which and what to do
-        raise RunConfigError(f"{path}: unreadable checkpoint ({exc}); delete it or set overwrite=true") from exc
+    state = read_checkpoint(path)
     stored = json.loads(state["fingerprint"])
     if stored != json.loads(canonical(fingerprint)):
         raise RunConfigError(
@@ -236,27 +240,37 @@ def log_intact(log_path: Path, record: dict) -> bool:
 
 def check_finished_jobs(cfg: DictConfig, jobs: list[Job]) -> None:
     """Before any stage runs: refuse, in one message naming every differing setting, a grid whose
-    finished jobs in this run folder were made with other settings or more epochs than asked for.
-    Jobs not trained yet (new seeds, folds, models, arms) and more epochs are not conflicts."""
+    finished (or interrupted: checkpointed) jobs in this run folder were made with other settings or
+    more epochs than asked for. Jobs not trained yet (new seeds, folds, models, arms) and more
+    epochs are not conflicts."""
     if cfg.overwrite:
         return
-    from coordchannels.train.job import job_log_path
+    from coordchannels.train.job import checkpoint_path, job_log_path
 
     wanted_epochs, differ, conflicts = int(cfg.train.epochs), {}, 0
     for job in jobs:
-        record, log_path = read_job_record(job_record_path(cfg, job)), job_log_path(cfg, job)
-        if not log_path.exists():
-            continue
-        if record is None:
+        record, log_path, ckpt = (
+            read_job_record(job_record_path(cfg, job)),
+            job_log_path(cfg, job),
+            checkpoint_path(cfg, job),
+        )
+        if log_path.exists() and record is None:
             raise unrecorded_log(cfg, job, log_path)
-        found = differences(record["fingerprint"], job_fingerprint(cfg, job))
-        if record["epochs"] > wanted_epochs:
-            found[EPOCHS_KEY] = f"stored {record['epochs']}, now {wanted_epochs} (fewer epochs cannot be had from them)"
+        if log_path.exists():
+            stored, epochs = record["fingerprint"], record["epochs"]
+        elif ckpt.exists():  # interrupted: its checkpoint says what it was trained with
+            state = read_checkpoint(ckpt)
+            stored, epochs = json.loads(state["fingerprint"]), len(state["rows"])
+        else:
+            continue
+        found = differences(stored, job_fingerprint(cfg, job))
+        if epochs > wanted_epochs:
+            found[EPOCHS_KEY] = f"stored {epochs}, now {wanted_epochs} (fewer epochs cannot be had from them)"
         conflicts += bool(found)
         differ.update(found)
     if differ:
         raise RunConfigError(
-            f"{conflicts} finished job(s) in {cfg.train.run_dir} were made with other settings "
+            f"{conflicts} trained job(s) in {cfg.train.run_dir} were made with other settings "
             f"({'; '.join(f'{key}: {change}' for key, change in sorted(differ.items()))}); "
             "pick another train.run_name (or train.run_dir) to keep them, or set overwrite=true to retrain"
         )
