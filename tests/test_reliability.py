@@ -17,7 +17,7 @@ from omegaconf import open_dict
 
 from coordchannels import report, train, verify
 from coordchannels.pipeline import StageError, produced, run_stages, stage_spec
-from coordchannels.settings import SettingError, check_added_keys
+from coordchannels.settings import SettingError, check_added_keys, setting_names
 from tests.conftest import REPO, compose_config, train_killed_after_epoch
 from tests.test_pipeline import with_probes
 from tests.test_train import job_log, read, tiny_cfg  # noqa: F401 (tiny_cfg is a fixture)
@@ -98,6 +98,23 @@ def test_unknown_keys_added_with_plus_are_refused_naming_the_nearest(tmp_path):
     assert run.stderr.strip().splitlines()[-1] == (
         "error: +train.epoch=3: the config has no setting 'train.epoch' (did you mean train.epochs=...?)"
     )
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [
+        f"{path.parent.name}={path.stem}"
+        for group in ("experiment", "debug")
+        for path in sorted((REPO / "src" / "coordchannels" / "conf" / group).glob("*.yaml"))
+    ],
+)
+def test_shipped_experiment_and_debug_files_add_no_unknown_setting(choice):
+    """A file of these groups may add a node of its own (`replicate:`), not a key to the closed
+    groups: a typo there (`train: {epoch: 3}`) would be ignored as `+train.epoch=3` was."""
+    cfg = compose_config([choice])
+    base = set(setting_names(compose_config([f"task={cfg.task.name}"])))
+    added = [k for k in setting_names(cfg) if k not in base and k.split(".")[0] in ("train", "stats", "paths", "task")]
+    assert not added, f"{choice} sets settings the config does not have: {added}"
 
 
 # 3 ------------------------------------------------------------------------------------------
