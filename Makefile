@@ -42,7 +42,7 @@ PUBLISH := 'paths.outputs_dir=$${paths.results_dir}'
 SMOKE_DIR := data/smoke
 
 .PHONY: help setup lint format docs test test-slow reproduce data train stats table3 ecg-record ecg-arms \
-  ecg-arms-episode ecg-arms-record ecg-seeds-record coordgate smoke plan restats results-index replicate demo gpu-check bench-gpu clean-runs
+  ecg-arms-episode ecg-arms-record ecg-seeds-record coordgate smoke plan restats results-index verify replicate demo gpu-check bench-gpu clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -150,6 +150,9 @@ restats: setup ## recompute every committed table from its committed per-fold lo
 
 results-index: setup ## regenerate results/README.md, the index of every committed result
 	$(PY) -m coordchannels.index
+
+verify: setup ## check every committed result under results/ against the SHA-256 in its manifest
+	$(PY) -m coordchannels.verify
 
 replicate: setup ## independent re-runs of the ECG study under both groupings -> results/ecg_replications (hours on a CPU)
 	$(PY) -m coordchannels.replicate experiment=ecg_replications $(MIRRORS) $(ARGS)

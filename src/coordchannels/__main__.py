@@ -16,10 +16,11 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from coordchannels.pipeline import StageError, run_stages
-from coordchannels.settings import SettingError
+from coordchannels.settings import SettingError, check_added_keys
 from coordchannels.train.record import RunConfigError
 
 log = logging.getLogger("coordchannels")
@@ -28,6 +29,7 @@ log = logging.getLogger("coordchannels")
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
+        check_added_keys(HydraConfig.get().overrides.task)  # `+train.epoch=3` is a typo too
         run_stages(cfg)  # prints the plan and writes nothing under dry_run=true
         if cfg.get("dry_run"):
             _forget_hydra_output(cfg)
@@ -46,8 +48,6 @@ def main(cfg: DictConfig) -> None:
 def _forget_hydra_output(cfg: DictConfig) -> None:
     """A dry run leaves nothing behind: remove the log folder Hydra made for this run (only when it
     is inside paths.log_dir, where the config puts it)."""
-    from hydra.core.hydra_config import HydraConfig
-
     try:
         out = Path(HydraConfig.get().runtime.output_dir).resolve()
     except ValueError:  # not started by Hydra's main
