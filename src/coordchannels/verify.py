@@ -2,8 +2,9 @@
 
 A result folder's `manifest.json` (written by the manifest stage) lists the SHA-256 of every file
 of the folder under `files`: tables, figures and the per-fold logs they were computed from. Not
-listed: the manifest itself, the stages' own `logs/` (their logs, configs and records, partly
-written after the manifest) and subfolders that hold a manifest of their own. `make verify` checks
+listed: the manifest itself, the folder's README.md (documentation), the stages' own `logs/`
+(their logs, configs and records, partly written after the manifest) and subfolders that hold a
+manifest of their own. `make verify` checks
 every manifest under `paths.results_dir` and names each file that is missing, changed or not
 listed; the statistics check a folder's logs the same way before reading them.
 """
@@ -19,6 +20,8 @@ from coordchannels.download import file_sha256
 MANIFEST = "manifest.json"
 # The stages' own records beside a result, not results: see the module docstring.
 STAGE_LOGS = "logs"
+# A folder's README says what made it and what it shows: documentation, edited by hand.
+README = "README.md"
 
 
 def result_files(folder: Path) -> list[Path]:
@@ -31,6 +34,7 @@ def result_files(folder: Path) -> list[Path]:
         if p.is_file()
         and not p.name.startswith(".")
         and p != folder / MANIFEST
+        and p != folder / README
         and p.relative_to(folder).parts[0] != STAGE_LOGS
         and not any(p.is_relative_to(sub) for sub in own)
     )
