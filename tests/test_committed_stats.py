@@ -83,6 +83,7 @@ def test_restats_updates_the_manifest_and_restores_a_folder_whose_logs_changed(t
         pytest.skip("no committed results/ecg")
     folder = tmp_path / "ecg"
     shutil.copytree(committed, folder)
+    untouched = _tree(committed)
     restat(folder)
     assert check_files(folder, recorded_files(folder)) == []
     assert (folder / "comparison_table.csv").read_bytes() == (committed / "comparison_table.csv").read_bytes()
@@ -95,3 +96,4 @@ def test_restats_updates_the_manifest_and_restores_a_folder_whose_logs_changed(t
     with pytest.raises(Exception, match="differ|changed"):
         restat(folder)
     assert _tree(folder) == before
+    assert _tree(committed) == untouched  # it wrote only into the folder it was given

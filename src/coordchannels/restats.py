@@ -58,6 +58,8 @@ def restats_config(folder: Path) -> DictConfig:
     cfg = OmegaConf.load(folder / STATS_CONFIG)
     OmegaConf.update(cfg, "stats.logs_dir", str(logs_of(folder)), merge=False)
     OmegaConf.update(cfg, "stats.out_dir", str(folder), merge=False)
+    # The saved config is resolved: the stage's folder is a literal there, not ${stats.out_dir}.
+    OmegaConf.update(cfg, "stage_defs.stats.out", str(folder), merge=False)
     OmegaConf.update(cfg, "stats.replace_results", True, merge=False)
     OmegaConf.update(cfg, "stages", ["stats"], merge=False)
     OmegaConf.update(cfg, "overwrite", True, merge=False)
@@ -67,6 +69,7 @@ def restats_config(folder: Path) -> DictConfig:
 def summary_config(folder: Path) -> DictConfig:
     cfg = OmegaConf.load(folder / SUMMARY_CONFIG)
     OmegaConf.update(cfg, "replicate.out_dir", str(folder), merge=False)
+    OmegaConf.update(cfg, "stage_defs.replication_summary.out", str(folder), merge=False)
     OmegaConf.update(cfg, "stages", ["replication_summary"], merge=False)
     OmegaConf.update(cfg, "overwrite", True, merge=False)
     return cfg
