@@ -295,3 +295,11 @@ def test_a_tiny_study_end_to_end_with_reuse(tmp_path):
         assert len(logs1) == len(logs2) == 8
         assert [p.read_bytes() for p in logs1] == [p.read_bytes() for p in logs2]
     assert (out1 / "mechanisms_summary.md").read_text() == (out2 / "mechanisms_summary.md").read_text()
+    # resumable: run again, nothing is trained or reinstalled
+    logs = sorted(Path(second.paths.runs_dir).rglob("*_log.csv"))
+    stamps = [p.stat().st_mtime_ns for p in logs]
+    with registered(mirror):
+        run_mechanisms(second)
+    assert [p.stat().st_mtime_ns for p in logs] == stamps and len(logs) == 16
+    again = pd.read_csv(out2 / "reused_logs.csv").set_index(["replication", "arm", "fold"])
+    assert (again.loc[1].status == "reused").all() and (again.loc[2].status == "trained here").all()

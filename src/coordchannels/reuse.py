@@ -137,7 +137,7 @@ def reuse_committed_logs(
             "fold": job.fold,
         }
         target, record_path = job_log_path(cfg, job), job_record_path(cfg, job)
-        record = None if dry_run else _record(record_path)
+        record = _record(record_path)
         if target.exists() and record is not None:
             # Reused or trained before: the trainer decides whether it is finished.
             row |= {
