@@ -5,6 +5,7 @@ its plan, and a tiny end-to-end run on synthetic records."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -303,3 +304,22 @@ def test_a_tiny_study_end_to_end_with_reuse(tmp_path):
     assert [p.stat().st_mtime_ns for p in logs] == stamps and len(logs) == 16
     again = pd.read_csv(out2 / "reused_logs.csv").set_index(["replication", "arm", "fold"])
     assert (again.loc[1].status == "reused").all() and (again.loc[2].status == "trained here").all()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("mechanisms.analysis.margins.test_r2_last5=null", "margins.test_r2_last5=None"),
+        ("mechanisms.analysis.margins.instability=0", "margins.instability=0"),
+        ("mechanisms.analysis.metrics=[test_r2,test_auc]", "'test_auc' is not a metric"),
+        ("mechanisms.analysis.reference=studdy", "reference='studdy'"),
+        ("mechanisms.analysis.alpha=0.7", "alpha=0.7"),
+    ],
+)
+def test_unusable_analysis_settings_are_refused_before_anything_runs(tmp_path, override, message):
+    from coordchannels.settings import SettingError
+
+    cfg = study_cfg(tmp_path, override)
+    with pytest.raises(SettingError, match=re.escape(message)):
+        run_stages(cfg)
+    assert not Path(cfg.mechanisms.out_dir).exists()

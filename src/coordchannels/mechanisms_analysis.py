@@ -46,6 +46,7 @@ from coordchannels.io import write_csv, write_text
 from coordchannels.logs import load_logs
 from coordchannels.replicate import replication_folders
 from coordchannels.report import STYLE, save_png
+from coordchannels.settings import SettingError
 from coordchannels.stats import METRIC_LABELS, fold_values, holm, paired_differences
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,28 @@ def metric_name(metric: str) -> str:
     if last:
         return f"{label}, mean of last {last} epochs"
     return label if base in LOWER_IS_BETTER else f"{label}, final epoch"
+
+
+def check_analysis(cfg: DictConfig) -> None:
+    """The summary stage's `check`, before any stage runs: the pre-stated settings are usable."""
+    a, arms = cfg.mechanisms.analysis, list(cfg.mechanisms.arms)
+    if str(a.reference) not in arms:
+        raise SettingError(f"mechanisms.analysis.reference={a.reference!r}: not one of mechanisms.arms {arms}")
+    if len(arms) < 3:
+        raise SettingError(f"mechanisms.arms={arms}: give at least 3 arms (a reference and two to rank)")
+    alpha = float(a.alpha)
+    if not 0 < alpha < 0.5:
+        raise SettingError(f"mechanisms.analysis.alpha={a.alpha}: give a level between 0 and 0.5, e.g. 0.05")
+    for metric in a.metrics:
+        base, _, last = str(metric).partition("_last")
+        if base not in METRIC_LABELS or (last and not (last.isdigit() and int(last) >= 1)):
+            raise SettingError(
+                f"mechanisms.analysis.metrics: {metric!r} is not a metric; give one of {sorted(METRIC_LABELS)}, "
+                "or test_r2_last<k> (mean of the last k epochs)"
+            )
+        margin = a.margins.get(metric)
+        if margin is None or not float(margin) > 0:
+            raise SettingError(f"mechanisms.analysis.margins.{metric}={margin}: give a positive equivalence margin")
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,7 +326,17 @@ def summary_markdown(primary: pd.DataFrame, ranking: pd.DataFrame, cfg: DictConf
             f"{r.ci_high:+.{n}f}] | {fmt_p(r.p_re)} | {fmt_p(r.p_re_holm)} | {fmt_p(r.p_sign_flip)} | "
             f"{fmt_p(r.p_sign_flip_holm)} | {r.n_agree}/{r.n_replications} | {r.conclusion} |"
         )
+    shown = primary[primary.conclusion != "not shown"]
+    alone = int((shown.p_sign_flip_holm >= alpha).sum())
     lines += [
+        "",
+        f"{len(shown)} of {len(primary)} comparisons are shown by the random-effects test (Holm); {alone} of them "
+        f"rest on its model alone: the sign-flip test (Holm) does not reach {alpha:g} there"
+        + (
+            f" (it cannot: its smallest Holm-corrected value here is {holm_floor:.4g})."
+            if (holm_floor := floor * (len(cfg.mechanisms.arms) - 1)) >= alpha
+            else "."
+        ),
         "",
         "## Which arms are indistinguishable from the best?",
         "",
@@ -365,13 +398,22 @@ def ranking_figure(means: pd.DataFrame, ranking: pd.DataFrame, cfg: DictConfig) 
                         )
                         if r.best:
                             ax.axhspan(r.pooled_mean - r.margin, r.pooled_mean + r.margin, color="0.9", zorder=0)
+                        elif r.status == "equivalent to the best":
+                            ax.annotate(
+                                "≈ best",
+                                (x, r.ci_high),
+                                xytext=(0, 4),
+                                textcoords="offset points",
+                                ha="center",
+                                fontsize=7,
+                            )
                 ax.set_xticks(range(len(arms)), arms, rotation=35, ha="right", fontsize=8)
                 ax.set_xlim(-0.6, len(arms) - 0.3)
                 ax.set_ylabel(metric_name(metric), fontsize=9)
                 ax.set_title(f"{grouping} grouping", fontsize=10)
         fig.suptitle(
             "Each arm per replication (dots: mean over folds) and pooled (black: random effects, "
-            f"{1 - float(a.alpha):.0%} CI); grey band: the best arm ± the equivalence margin",
+            f"{1 - float(a.alpha):.0%} CI); grey band: the best arm ± the equivalence margin; ≈ best: equivalent (TOST)",
             fontsize=9,
         )
     return fig
