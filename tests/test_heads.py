@@ -90,6 +90,14 @@ def test_nimeshanet_softargmax_head_shape_and_parameter_count():
     assert NimeshaNet(2, reduced=True, head="softargmax")(torch.randn(2, 2, 500)).shape == (2, 1)
 
 
+def test_lakshyanet_head_parameter_counts_at_full_size():
+    dense, soft = LakshyaNet(5), LakshyaNet(5, head="softargmax")
+    # depthwise pooling 128 x 32 x 32 + 128, Linear 128 x 2 + 2; against a 1x1 convolution 128 + 1
+    assert n_params(dense) - n_params(dense.features) == 131_458
+    assert n_params(soft) - n_params(soft.features) == 129
+    assert n_params(soft.features) == n_params(dense.features)
+
+
 def test_dense_head_default_keeps_the_papers_network():
     torch.manual_seed(3)
     default = NimeshaNet(3)
