@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from coordchannels.logs import log_path
 from coordchannels.mechanisms import mechanisms_config, run_mechanisms
@@ -141,8 +142,6 @@ def test_a_replication_without_every_arm_is_a_clear_error(tmp_path):
 def committed_replication(folder: Path, rep, raw: Path, epochs: int) -> None:
     """A committed results folder as the manifest stage leaves it: control and study logs and a
     manifest with the run's resolved config, raw-data checksums and CPU."""
-    from omegaconf import OmegaConf
-
     from coordchannels.manifest import data_checksums
 
     rng = np.random.default_rng(0)
@@ -221,8 +220,6 @@ def test_a_committed_log_with_other_epochs_is_refused(reuse_setup):
 
 def test_the_plan_prints_the_job_count_reuse_and_estimate(reuse_setup, capsys):
     cfg, _, _, _ = reuse_setup
-    from omegaconf import OmegaConf
-
     OmegaConf.update(cfg, "dry_run", True)
     run_mechanisms(cfg)
     out = capsys.readouterr().out
@@ -323,3 +320,22 @@ def test_unusable_analysis_settings_are_refused_before_anything_runs(tmp_path, o
     with pytest.raises(SettingError, match=re.escape(message)):
         run_stages(cfg)
     assert not Path(cfg.mechanisms.out_dir).exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("mechanisms.arms=[none,study,cordconv]", "unknown arm(s) ['cordconv']"),
+        ("mechanisms.n=1", "mechanisms.n=1"),
+        ("mechanisms.analysis.reference=intensity", "reference='intensity'"),
+    ],
+)
+def test_the_study_refuses_bad_settings_before_training(tmp_path, override, message):
+    from coordchannels.settings import SettingError
+
+    cfg = compose_config(["experiment=ecg_mechanisms", f"paths.root_dir={tmp_path}", override])
+    if "reference" in override:
+        OmegaConf.update(cfg, "mechanisms.arms", ["none", "control", "study"], merge=False)
+    with pytest.raises(SettingError, match=re.escape(message)):
+        run_mechanisms(cfg)
+    assert not (tmp_path / "data").exists()

@@ -26,9 +26,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.io import write_csv
+from coordchannels.mechanisms_analysis import check_analysis
 from coordchannels.pipeline import preflight, run_stages
 from coordchannels.replicate import replication_config, replication_seed
 from coordchannels.reuse import REUSE_COLUMNS, reuse_committed_logs
+from coordchannels.settings import SettingError
 from coordchannels.train.progress import duration, make_plan
 
 log = logging.getLogger(__name__)
@@ -50,15 +52,13 @@ def replications(cfg: DictConfig) -> list[tuple[str, int, DictConfig]]:
     m = cfg.mechanisms
     n, first = int(m.n), int(m.get("first", 1))
     if n < 2:
-        raise ValueError(f"mechanisms.n={n}: the analysis pools replications; give at least 2")
+        raise SettingError(f"mechanisms.n={n}: the analysis pools replications; give at least 2")
     if not 1 <= first <= n:
-        raise ValueError(f"mechanisms.first={first}: give a replication between 1 and mechanisms.n={n}")
+        raise SettingError(f"mechanisms.first={first}: give a replication between 1 and mechanisms.n={n}")
     unknown = [a for a in m.arms if a not in cfg.arms]
-    if unknown or str(m.analysis.reference) not in m.arms:
-        raise ValueError(
-            f"mechanisms.arms={list(m.arms)}: unknown arm(s) {unknown} or the reference arm "
-            f"{m.analysis.reference!r} (mechanisms.analysis.reference) is not among them; arms: {sorted(cfg.arms)}"
-        )
+    if unknown:
+        raise SettingError(f"mechanisms.arms: unknown arm(s) {unknown}; the arms are {sorted(cfg.arms)}")
+    check_analysis(cfg)  # the pre-stated analysis must be usable before hours of training
     return [(g, r, mechanisms_config(cfg, g, r)) for g in m.groupings for r in range(first, n + 1)]
 
 
