@@ -109,14 +109,14 @@ def test_dense_head_default_keeps_the_papers_network():
 
 
 def test_lakshyanet_softargmax_head_on_a_generated_sipakmed_batch():
-    """Generated SiPaKMeD-like cells (RGB, 64 x 64 here to stay fast) through LakshyaNet."""
-    images, _ = synthetic_cells(3, 64, seed=0)
+    """Generated SiPaKMeD-like cells at the task's size (RGB, 256 x 256) through LakshyaNet."""
+    images, _ = synthetic_cells(2, 256, seed=0)
     images = images.float() / 255
     torch.manual_seed(0)
-    net = LakshyaNet(3, size=64, head="softargmax")
+    net = LakshyaNet(3, size=256, head="softargmax")
     assert n_params(net) == n_params(net.features) + 129
     out = net(images)
-    assert out.shape == (3, 2) and torch.all((out > 0) & (out < 255))
+    assert out.shape == (2, 2) and torch.all((out > 0) & (out < 255))
     out.sum().backward()
     assert net.softargmax.heatmap.weight.grad.abs().sum() > 0
 
@@ -138,3 +138,26 @@ def test_softargmax_arm_selects_the_head(model, in_channels, shape):
     net = instantiate(net_cfg, in_channels=in_channels, **kwargs, **arm.model_kwargs)
     assert net.head == "softargmax" and not hasattr(net, "fc")
     assert net(torch.randn(*shape)).shape[0] == 2
+
+
+def test_nimeshanet_with_the_softargmax_head_learns_where_a_bump_is():
+    """60 Adam steps on signals with one bump at a random time: the expected position follows it."""
+    torch.manual_seed(0)
+    n, length = 128, 128
+    where = torch.rand(n) * 18 + 1
+    t = torch.linspace(0, 20, length)
+    x = torch.exp(-((t[None, :] - where[:, None]) ** 2) / 0.5)[:, None, :].repeat(1, 2, 1)
+    x = x + 0.05 * torch.randn(n, 2, length)
+    net = NimeshaNet(2, length=length, head="softargmax")
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(60):
+        idx = torch.randint(0, n, (16,))
+        loss = ((net(x[idx])[:, 0] - where[idx]) / 5).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        pred = net(x)[:, 0]
+    r2 = 1 - ((pred - where) ** 2).sum() / ((where - where.mean()) ** 2).sum()
+    assert r2 > 0.9
