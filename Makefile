@@ -42,7 +42,8 @@ PUBLISH := 'paths.outputs_dir=$${paths.results_dir}'
 SMOKE_DIR := data/smoke
 
 .PHONY: help setup lint format docs test test-slow reproduce data train stats table3 ecg-record ecg-arms \
-  ecg-arms-episode ecg-arms-record ecg-seeds-record coordgate smoke plan restats results-index verify replicate demo gpu-check bench-gpu clean-runs
+  ecg-arms-episode ecg-arms-record ecg-seeds-record coordgate smoke plan restats results-index verify replicate mechanisms \
+  mechanisms-results mechanisms-plan demo gpu-check bench-gpu clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -156,6 +157,20 @@ verify: setup ## check every committed result under results/ against the SHA-256
 
 replicate: setup ## independent re-runs of the ECG study under both groupings -> results/ecg_replications (hours on a CPU)
 	$(PY) -m coordchannels.replicate experiment=ecg_replications $(MIRRORS) $(ARGS)
+
+# The mechanisms study (docs/mechanisms.md): writes to data/results/ecg_mechanisms (scratch);
+# mechanisms-results publishes to results/ecg_mechanisms.
+MECHANISMS := $(PY) -m coordchannels.mechanisms experiment=ecg_mechanisms $(MIRRORS)
+
+mechanisms: setup ## every arm x 5 folds x 5 replications per grouping, pre-stated analysis -> data/results/ecg_mechanisms (hours)
+	$(MECHANISMS) $(ARGS)
+
+mechanisms-results: setup ## the mechanisms study, published -> results/ecg_mechanisms
+	$(MECHANISMS) $(PUBLISH) $(ARGS)
+	$(PY) -m coordchannels.index
+
+mechanisms-plan: setup ## print the mechanisms study's jobs, reusable committed logs and estimate; writes nothing
+	$(MECHANISMS) dry_run=true hydra.run.dir=. hydra.output_subdir=null hydra/job_logging=stdout $(ARGS)
 
 demo: setup ## a generated 100-cell SiPaKMeD through every 2-D stage on a CPU, into data/demo
 	test -d data/demo/fake_sipakmed || $(PY) -m coordchannels.sipakmed.synthetic data/demo/fake_sipakmed --cells 100 --tree

@@ -58,7 +58,10 @@ def training_jobs(cfg: DictConfig) -> dict | None:
             record = json.loads(path.read_text()) if path.exists() else {}
         except (OSError, ValueError):
             record = {}
-        jobs.append({"job": str(job), **{key: record.get(key) for key in ("launcher", "host", "pid", "device")}})
+        where = {key: record.get(key) for key in ("launcher", "host", "pid", "device")}
+        # a log reused from a committed run (coordchannels.reuse): which, and the CPU that trained it
+        where |= {key: record[key] for key in ("reused_from", "cpu") if key in record}
+        jobs.append({"job": str(job), **where})
     return {"launchers": sorted({j["launcher"] for j in jobs if j["launcher"]}), "jobs": jobs}
 
 

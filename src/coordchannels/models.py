@@ -12,12 +12,19 @@ quarter (2-D) or about half (1-D) of the weights.
 `coordgate=True` puts a CoordGate (SPEC section 8) right after each block's convolution, so each
 block's output channels are multiplied by a learned function of position; `coordgate_options`
 (hidden, n_layers, pointwise) go to every CoordGate (conf/arm/coordgate.yaml sets them).
+
+`head="softargmax"` replaces the learnable pooling, linear layer and scaled sigmoid (`"dense"`, the
+paper's and the default) with a soft-argmax heatmap head (coordchannels.heads,
+conf/arm/softargmax.yaml). The dense head's layers are built in the same order as before, so its
+initial weights, and every number of the paper's networks, do not change.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from coordchannels.heads import SoftArgmaxHead, check_head
 
 # Output channels of the four convolution blocks.
 WIDTHS = (16, 32, 64, 128)
@@ -73,8 +80,10 @@ class NimeshaNet(nn.Module):
         length: int = 500,
         coordgate: bool = False,
         coordgate_options: dict | None = None,
+        head: str = "dense",
     ):
         super().__init__()
+        check_head(head, "NimeshaNet")
         n_pools = 5 if reduced else 4
         _check_size("NimeshaNet", length, n_pools)
         layers: list[nn.Module] = []
@@ -90,11 +99,17 @@ class NimeshaNet(nn.Module):
             size //= 2
         self.features = nn.Sequential(*layers)
         self.pooled_length = size
-        self.pool = WeightedAverage1D(WIDTHS[-1], size)
-        self.fc = nn.Linear(WIDTHS[-1], 1)
+        self.head = head
         self.out_scale = float(out_scale)
+        if head == "softargmax":
+            self.softargmax = SoftArgmaxHead(WIDTHS[-1], 1, out_scale)
+        else:
+            self.pool = WeightedAverage1D(WIDTHS[-1], size)
+            self.fc = nn.Linear(WIDTHS[-1], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head == "softargmax":
+            return self.softargmax(self.features(x))
         return torch.sigmoid(self.fc(self.pool(self.features(x)))) * self.out_scale
 
 
@@ -113,8 +128,10 @@ class LakshyaNet(nn.Module):
         size: int = 256,
         coordgate: bool = False,
         coordgate_options: dict | None = None,
+        head: str = "dense",
     ):
         super().__init__()
+        check_head(head, "LakshyaNet")
         n_pools = 4 if reduced else 3
         _check_size("LakshyaNet", size, n_pools)
         layers: list[nn.Module] = []
@@ -129,11 +146,17 @@ class LakshyaNet(nn.Module):
                 side //= 2
         self.features = nn.Sequential(*layers)
         self.pooled_size = side
+        self.head = head
+        self.out_scale = float(out_scale)
+        if head == "softargmax":
+            self.softargmax = SoftArgmaxHead(WIDTHS[-1], 2, out_scale)
+            return
         # Depthwise convolution over the whole map: one learned weight per channel and position.
         self.pool = nn.Conv2d(WIDTHS[-1], WIDTHS[-1], kernel_size=side, groups=WIDTHS[-1])
         self.fc = nn.Linear(WIDTHS[-1], 2)
-        self.out_scale = float(out_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head == "softargmax":
+            return self.softargmax(self.features(x))
         pooled = self.pool(self.features(x)).flatten(1)
         return torch.sigmoid(self.fc(pooled)) * self.out_scale
