@@ -6,7 +6,7 @@ mean of squared spline residuals). Writes `fold_table.csv` (long) and `fold_tabl
 per-arm means over the folds present and the number of folds each mean covers). No bootstrap
 here: partial arms get means only, clearly labelled with their fold count.
 
-  .venv/bin/python scripts/summarise_authors_ecg.py --out results/authors_scripts_ecg \
+  .venv/bin/python scripts/authors_ecg/summarise_authors_ecg.py --out results/authors_scripts_ecg \
       published=<published logs> theirs=results/authors_scripts_ecg/fold_logs ours=results/ecg/fold_logs
 """
 
@@ -59,7 +59,7 @@ def main(argv=None):
     lines = [
         "# Final-epoch values per fold",
         "",
-        "Written by `scripts/summarise_authors_ecg.py`. Sources: "
+        "Written by `scripts/authors_ecg/summarise_authors_ecg.py`. Sources: "
         + ", ".join(f"`{s}`" for s in labels)
         + ". A blank cell: that job has no log (not run or not finished).",
         "",
