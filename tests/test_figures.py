@@ -11,7 +11,7 @@ from coordchannels.logs import load_logs
 from coordchannels.pipeline import run_stages
 from coordchannels.report import curve_summary, final_values_figure, learning_curves_figure
 from coordchannels.settings import SettingError
-from tests.test_logs import write_set
+from tests.helpers import write_set
 
 ARMS = ("none", "control", "study", "intensity")
 
