@@ -56,3 +56,36 @@ def test_a_committed_result_is_replaced_only_by_statistics_of_the_same_logs(tmp_
     assert run_stages(
         make_cfg(f"stats.logs_dir={logs}", f"stats.out_dir={out}", "stages=[stats]", "stats.replace_results=true")
     ) == ["stats"]
+
+
+def _final_values(models, arms=("control", "study")) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"model": model, "arm": arm, "seed": None, "fold": f, "metric": metric, "value": 0.1 * f + 0.01 * m}
+            for m, model in enumerate(models)
+            for arm in arms
+            for f in (1, 2, 3)
+            for metric in ("train_r2", "test_r2", "instability")
+        ]
+    )
+
+
+@pytest.mark.parametrize("arms", [("control", "study"), ARMS], ids=["two arms", "four arms"])
+def test_final_values_titles_show_whole(arms):
+    """Every title lies inside the figure and clear of its neighbours, also with the longest model
+    name in the narrowest panels (two arms), where "model: metric" on one line used to be cut."""
+    fig = final_values_figure(_final_values(("NimeshaNet", "Reduced Parameter NimeshaNet"), arms), heading="SMOKE")
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)  # the constrained layout places the titles when drawing
+    inside = fig.bbox
+    titles = [fig._suptitle] + [ax.title for ax in fig.axes]
+    boxes = [t.get_window_extent(renderer) for t in titles]
+    for text, box in zip(titles, boxes):
+        assert text.get_text(), "a title is empty"
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1, (
+            f"title {text.get_text()!r} leaves the figure"
+        )
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), "two titles overlap"
+    assert fig.axes[0].get_title() == "NimeshaNet\nFinal train R²"

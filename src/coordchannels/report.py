@@ -251,8 +251,10 @@ def final_values_figure(values: pd.DataFrame, heading: str | None = None, confid
                 ax.set_xticklabels([styles[a][0] for a in arms], rotation=30, ha="right", fontsize=9)
                 ax.set_xlim(-0.5, len(arms) - 0.3)
                 ax.grid(True, axis="y", linestyle="--", color="0.85", linewidth=0.7)
+                # The model on a line of its own: "model: metric" on one line is wider than a
+                # narrow panel (two arms) and ran into the next panel's title.
                 ax.set_title(
-                    METRIC_LABELS[metric] if len(models) == 1 else f"{model}: {METRIC_LABELS[metric]}", fontsize=11
+                    METRIC_LABELS[metric] if len(models) == 1 else f"{model}\n{METRIC_LABELS[metric]}", fontsize=11
                 )
         title = f"Final-epoch values per arm: folds (dots), mean with {confidence:.0%} t-interval (bar)"
         fig.suptitle(f"{heading}\n{title}" if heading else title, fontweight="bold", fontsize=12)
