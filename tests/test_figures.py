@@ -6,7 +6,10 @@ import json
 
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
+from coordchannels.figures import save_figure
 from coordchannels.logs import load_logs
 from coordchannels.pipeline import run_stages
 from coordchannels.report import curve_summary, final_values_figure, learning_curves_figure
@@ -89,3 +92,18 @@ def test_final_values_titles_show_whole(arms):
         for b in boxes[i + 1 :]:
             assert not a.overlaps(b), "two titles overlap"
     assert fig.axes[0].get_title() == "NimeshaNet\nFinal train R²"
+
+
+def test_save_figure_writes_the_png_and_the_numbers_it_draws(tmp_path):
+    data = pd.DataFrame({"epoch": [1, 2, 3], "mean": [0.5, 0.625, 0.75]})
+    fig = Figure(figsize=(2, 2))
+    FigureCanvasAgg(fig)
+    fig.subplots().plot(data.epoch, data["mean"])
+    save_figure(fig, tmp_path / "curve.png", data)
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "curve.csv"), data)
+    save_figure(fig, tmp_path / "other.png", data, tmp_path / "numbers.csv")
+    assert (tmp_path / "numbers.csv").is_file() and not (tmp_path / "other.csv").exists()
+    with pytest.raises(ValueError, match="does not end in .png"):
+        save_figure(fig, tmp_path / "curve.pdf", data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.csv", "curve.png", "numbers.csv", "other.png"]

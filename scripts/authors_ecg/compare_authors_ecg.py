@@ -43,6 +43,7 @@ from coordchannels.ecg import augment as our_augment
 from coordchannels.ecg import features as our_features
 from coordchannels.ecg import loader as our_loader
 from coordchannels.models import NimeshaNet as OurNimeshaNet
+from coordchannels.tables import markdown_table
 from coordchannels.train import Execution, r2_per_target, target_standardisation, train_step
 
 FS = 250.0
@@ -673,10 +674,9 @@ def write_report(out: Path):
         "",
     ]
     for st, g in df.groupby("stage", sort=False):
-        lines += [f"## {st}", "", "| item | verdict | size | detail |", "|---|---|---|---|"]
-        for r in g.itertuples():
-            lines.append(f"| {r.item} | {r.verdict} | {r.size} | {r.detail} |".replace("\n", " "))
-        lines.append("")
+        rows = [[r.item, r.verdict, r.size, r.detail] for r in g.itertuples()]
+        table = markdown_table(["item", "verdict", "size", "detail"], rows)
+        lines += [f"## {st}", "", *(line.replace("\n", " ") for line in table), ""]
     (out / "stages.md").write_text("\n".join(lines))
 
 

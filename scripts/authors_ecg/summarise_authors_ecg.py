@@ -19,6 +19,7 @@ import pandas as pd
 
 from coordchannels.logs import read_log
 from coordchannels.stats import fold_metrics
+from coordchannels.tables import markdown_table
 
 METRICS = ["train_r2", "test_r2", "instability", "test_r2_mean_last5"]
 
@@ -70,23 +71,17 @@ def main(argv=None):
             if sel.empty:
                 continue
             wide = sel.pivot_table(index=["arm", "fold"], columns="source", values="value").reindex(columns=labels)
-            lines += [
-                f"## {model}: {metric}",
-                "",
-                "| arm | fold | " + " | ".join(labels) + " |",
-                "|---|---|" + "---|" * len(labels),
+            rows = [
+                [arm, fold, *("" if pd.isna(r[c]) else f"{r[c]:.4f}" for c in labels)]
+                for (arm, fold), r in wide.iterrows()
             ]
-            for (arm, fold), r in wide.iterrows():
-                lines.append(
-                    f"| {arm} | {fold} | " + " | ".join("" if pd.isna(r[c]) else f"{r[c]:.4f}" for c in labels) + " |"
-                )
             for arm in ("control", "study"):
                 cells = []
                 for c in labels:
                     v = sel[(sel.arm == arm) & (sel.source == c)]["value"]
                     cells.append(f"**{v.mean():.4f}** (n={len(v)})" if len(v) else "")
-                lines.append(f"| {arm} | mean | " + " | ".join(cells) + " |")
-            lines.append("")
+                rows.append([arm, "mean", *cells])
+            lines += [f"## {model}: {metric}", "", *markdown_table(["arm", "fold", *labels], rows), ""]
     (out / "fold_table.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

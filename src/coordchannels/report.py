@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.components import arm_style
-from coordchannels.io import atomic_path, write_csv
+from coordchannels.figures import STYLE, save_figure, save_png
 from coordchannels.logs import FoldLog
 from coordchannels.settings import SettingError, plain
 from coordchannels.stats import build_outputs, load_checked_logs, table_names, write_outputs
@@ -40,7 +40,6 @@ FIGURE_NAME = "learning_curves.png"
 FINALS_NAME = "final_values.png"
 CURVES_NAME = "learning_curves.csv"
 SPLITS = (("train", "Train", "-"), ("test", "Test", "--"))
-STYLE = {"font.family": "serif", "font.serif": ["STIXGeneral", "DejaVu Serif"], "mathtext.fontset": "stix"}
 
 
 def curve_summary(logs: dict[str, dict[str, list[FoldLog]]]) -> pd.DataFrame:
@@ -261,12 +260,6 @@ def final_values_figure(values: pd.DataFrame, heading: str | None = None, confid
     return fig
 
 
-def save_png(fig: Figure, path: Path, dpi: int = 120) -> None:
-    """Write the figure atomically (the temporary name has no .png suffix, so say the format)."""
-    with rc_context(STYLE), atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-
-
 def stats_stage(cfg: DictConfig, out: Path) -> None:
     """The `stats` stage: compare arms on a folder of per-fold logs and draw their learning curves,
     into `out` (stats.out_dir).
@@ -284,8 +277,7 @@ def stats_stage(cfg: DictConfig, out: Path) -> None:
     values = next(v for k, v in outputs.items() if k.startswith("fold_values"))
     finals = final_values_figure(values, heading, float(cfg.stats.confidence))
     write_outputs(outputs, out)
-    write_csv(summary, out / CURVES_NAME)
-    save_png(figure, out / FIGURE_NAME)
+    save_figure(figure, out / FIGURE_NAME, summary, out / CURVES_NAME)
     save_png(finals, out / FINALS_NAME)
     log.info("stats: wrote %s, %s, %s and %s to %s", ", ".join(outputs), CURVES_NAME, FIGURE_NAME, FINALS_NAME, out)
 
