@@ -28,7 +28,8 @@ from coordchannels.channels import extra_channels_1d
 from coordchannels.ecg.features import chunk_features
 from coordchannels.ecg.loader import EcgTaskData
 from coordchannels.models import NimeshaNet
-from coordchannels.train import _tune_malloc, predict, train_one_epoch
+from coordchannels.train import predict, train_one_epoch
+from coordchannels.train.device import tune_malloc
 
 FULL_SAMPLES, FULL_TRAIN, JOBS, EPOCHS = 24_200, 19_360, 20, 15
 
@@ -97,7 +98,7 @@ def main() -> None:
     parser.add_argument("--augmented", default="data/processed/ecg/augmented.npy")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    _tune_malloc()  # as the trainer does; applies to both pipelines (same process)
+    tune_malloc()  # as the trainer does; applies to both pipelines (same process)
 
     signals, source = load_signals(Path(args.augmented), args.samples, args.seed)
     targets = np.random.default_rng(args.seed).uniform(0, 20, len(signals)).astype(np.float32)

@@ -53,6 +53,7 @@ from coordchannels.models import LakshyaNet
 from coordchannels.sipakmed.loader import SipakmedTaskData
 from coordchannels.sipakmed.synthetic import synthetic_cells
 from coordchannels.sipakmed.warp import variant_params
+from coordchannels.tables import markdown_table
 from coordchannels.train import Execution, train_step
 
 # The arms the benchmark compares, and their channels, from their config files (conf/arm).
@@ -570,14 +571,20 @@ def markdown(report: dict) -> str:
         f"best of {report['settings']['rounds']} alternating rounds of {report['settings']['steps']} steps "
         "(median in brackets)",
         "",
-        "| pipeline | train samples/s | ms/step | share of peak | data only samples/s |",
-        "|---|---|---|---|---|",
+        *markdown_table(
+            ["pipeline", "train samples/s", "ms/step", "share of peak", "data only samples/s"],
+            [
+                [
+                    r["name"],
+                    f"{r['samples_per_s']:.1f} ({r['samples_per_s_median']:.1f})",
+                    f"{r['step_ms']:.1f}",
+                    f"{100 * r['share_of_peak']:.2f}%",
+                    f"{r['data_only_samples_per_s']:.1f}",
+                ]
+                for r in rows
+            ],
+        ),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['name']} | {r['samples_per_s']:.1f} ({r['samples_per_s_median']:.1f}) | "
-            f"{r['step_ms']:.1f} | {100 * r['share_of_peak']:.2f}% | {r['data_only_samples_per_s']:.1f} |"
-        )
     for r in rows:
         if "files" in r:
             lines += [
@@ -589,17 +596,19 @@ def markdown(report: dict) -> str:
     if "ratio" in report:
         lines += ["", f"ours / baseline: **{report['ratio']:.2f}x** training samples/s"]
     if "amp_check" in report:
-        a = report["amp_check"]
+        a, seed = report["amp_check"], report["settings"]["seed"]
         lines += [
             "",
             f"## AMP (bf16) vs fp32: {a['steps']} steps, {a['size']} px, batch {a['batch']}",
             "",
-            "| run | loss (last 25%) | test R^2 |",
-            "|---|---|---|",
-            f"| fp32 seed {report['settings']['seed']} | {a['final_loss_fp32']:.4f} | {a['r2_fp32']:.4f} |",
-            f"| bf16 seed {report['settings']['seed']} | {a['final_loss_amp']:.4f} | {a['r2_amp']:.4f} |",
-            f"| fp32 seed {report['settings']['seed'] + 1} | {a['final_loss_fp32_seed2']:.4f} | "
-            f"{a['r2_fp32_seed2']:.4f} |",
+            *markdown_table(
+                ["run", "loss (last 25%)", "test R^2"],
+                [
+                    [f"fp32 seed {seed}", f"{a['final_loss_fp32']:.4f}", f"{a['r2_fp32']:.4f}"],
+                    [f"bf16 seed {seed}", f"{a['final_loss_amp']:.4f}", f"{a['r2_amp']:.4f}"],
+                    [f"fp32 seed {seed + 1}", f"{a['final_loss_fp32_seed2']:.4f}", f"{a['r2_fp32_seed2']:.4f}"],
+                ],
+            ),
             "",
             f"mean |loss difference| per step: AMP vs fp32 {a['loss_curve_mad_amp_vs_fp32']:.4f}, "
             f"seed vs seed {a['loss_curve_mad_seed_vs_seed']:.4f}; R^2 difference: AMP "

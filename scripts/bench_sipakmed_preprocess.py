@@ -30,6 +30,7 @@ from coordchannels.environment import hardware
 from coordchannels.io import write_text
 from coordchannels.sipakmed.archives import archive_class, extract_cropped
 from coordchannels.sipakmed.synthetic import make_fake_sipakmed
+from coordchannels.tables import markdown_table
 
 # Bytes the scripts' way stores per variant and arm: a 5 x 256 x 256 float32 tensor.
 AUTHORS_BYTES_PER_VARIANT = 5 * 256 * 256 * 4
@@ -168,20 +169,35 @@ def render(runs: list[dict], env: dict, extraction: dict, startup: dict) -> str:
         f"py7zr extraction of the cropped cells from the five archives: {extraction['files']} files in "
         f"{extraction['seconds']:.1f} s.",
         "",
-        "| n_variants | wall s | stages (download / preprocess / folds) s | peak RSS MB (x baseline) | "
-        "images.npy MB | variants.csv MB | processed total MB | authors' way, both arms GB |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for r in runs:
         s = r["stage_seconds"]
         authors_gb = 2 * r["n_images"] * r["n_variants"] * AUTHORS_BYTES_PER_VARIANT / 1e9
-        lines.append(
-            f"| {r['n_variants']} | {r['seconds']:.0f} | {s.get('download', 0):.1f} / "
-            f"{s.get('preprocess', 0):.1f} / {s.get('folds', 0):.1f} | {r['peak_rss_mb']:.0f} "
-            f"({r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x) | {r['images_npy_mb']:.0f} | "
-            f"{r['variants_csv_mb']:.1f} | {r['processed_mb']:.0f} | {authors_gb:.0f} |"
+        rows.append(
+            [
+                r["n_variants"],
+                f"{r['seconds']:.0f}",
+                f"{s.get('download', 0):.1f} / {s.get('preprocess', 0):.1f} / {s.get('folds', 0):.1f}",
+                f"{r['peak_rss_mb']:.0f} ({r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x)",
+                f"{r['images_npy_mb']:.0f}",
+                f"{r['variants_csv_mb']:.1f}",
+                f"{r['processed_mb']:.0f}",
+                f"{authors_gb:.0f}",
+            ]
         )
+    header = [
+        "n_variants",
+        "wall s",
+        "stages (download / preprocess / folds) s",
+        "peak RSS MB (x baseline)",
+        "images.npy MB",
+        "variants.csv MB",
+        "processed total MB",
+        "authors' way, both arms GB",
+    ]
     lines += [
+        *markdown_table(header, rows),
         "",
         f"{base['n_images']} images kept; extracted cells (raw cropped/) {base['raw_cropped_mb']:.0f} MB. "
         "The authors' way: every variant as a 5 x 256 x 256 float32 file per arm (computed, not written).",

@@ -12,9 +12,10 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from coordchannels.components import complete_arms
+from tests.helpers import LENGTH, SIZE
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -66,6 +67,30 @@ def make_cfg(tmp_path):
         return compose_config(
             [f"paths.root_dir={tmp_path}", "train.epochs=1", "train.device=cpu", "train.num_threads=1", *overrides]
         )
+
+    return factory
+
+
+@pytest.fixture
+def tiny_cfg(make_cfg):
+    """The real config of a task, shrunk to a few tiny jobs on fake data."""
+
+    def factory(task="ecg", *overrides):
+        if task == "ecg":
+            sizes = [
+                f"task.models.nimeshanet.net.length={LENGTH}",
+                f"task.models.nimeshanet_reduced.net.length={LENGTH}",
+            ]
+        else:
+            sizes = [f"task.models.lakshyanet.net.size={SIZE}", f"task.models.lakshyanet_reduced.net.size={SIZE}"]
+        cfg = make_cfg(
+            f"task={task}", "train.epochs=3", "train.folds=[1]", "train.eval_batch_size=16", *sizes, *overrides
+        )
+        with open_dict(cfg):
+            cfg.task.loader = "tests.helpers.fake_loader"
+            cfg.task.data.fake_n = 60
+            cfg.task.data.fake_seed = 0
+        return cfg
 
     return factory
 

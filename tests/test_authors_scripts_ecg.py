@@ -1,4 +1,4 @@
-"""Pure logic of scripts/authors_scripts_ecg.py: literal patches that fail loudly, log conversion."""
+"""Pure logic of scripts/authors_ecg/authors_scripts_ecg.py: literal patches that fail loudly, log conversion."""
 
 import importlib.util
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "authors_scripts_ecg.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "authors_ecg" / "authors_scripts_ecg.py"
 
 
 @pytest.fixture(scope="module")

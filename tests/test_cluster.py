@@ -25,7 +25,7 @@ from coordchannels.settings import SettingError
 from coordchannels.train import fanout
 from coordchannels.train.record import job_record_path
 from tests.conftest import REPO, compose_config
-from tests.test_train import LENGTH, FakeData, fake_loader
+from tests.helpers import LENGTH, FakeData, fake_loader
 
 # One model, two arms, two folds: four jobs of four epochs (the statistics need four) on 60 samples.
 TINY = [
@@ -72,7 +72,7 @@ class FlakyData(FakeData):
 
 
 def flaky_loader(cfg, arm, device):
-    """`task.loader`: tests.test_train.fake_loader, failing as COORDCHANNELS_TEST_FAIL asks."""
+    """`task.loader`: tests.helpers.fake_loader, failing as COORDCHANNELS_TEST_FAIL asks."""
     data = fake_loader(cfg, arm, device)
     wanted = os.environ.get(FAIL)
     if not wanted or wanted.split(",")[0] != arm.name:
@@ -111,6 +111,7 @@ def read_record(cfg, arm, fold) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow  # about two minutes on two cores: several processes each train tiny jobs
 def test_fanned_out_jobs_match_the_serial_run_and_a_rerun_resumes_only_the_failed_one(tmp_path):
     root = tmp_path / "fanout"
     first = fan_out(root, env={**os.environ, FAIL: "study,2"})

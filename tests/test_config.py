@@ -4,11 +4,17 @@ and outputs, the task's loader, and every model for every arm."""
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import pytest
 import torch
-from hydra.utils import get_method
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import get_class, get_method
 from omegaconf import OmegaConf
 
+from coordchannels.channels import KINDS
 from coordchannels.components import CONF_DIR, arm_order, group_files, model_order
 from coordchannels.pipeline import output_paths, stage_function, stage_names, stage_record, stage_spec
 from coordchannels.settings import SettingError, validate_choices
@@ -23,7 +29,9 @@ SIGNAL = {1: (2, (500,)), 2: (3, (256, 256))}
 
 def test_the_shipped_tree_is_what_the_tests_compose():
     assert TASKS == ["coordgate", "ecg", "sipakmed"]
-    assert EXPERIMENTS, "no experiment configs found"
+    # Every experiment config is one a Makefile target runs, so none is left to rot unrun.
+    makefile = (CONF_DIR.parents[2] / "Makefile").read_text()
+    assert EXPERIMENTS and all(f"experiment={e} " in makefile for e in EXPERIMENTS), EXPERIMENTS
 
 
 DEBUGS = sorted(p.stem for p in (CONF_DIR / "debug").glob("*.yaml"))
@@ -43,7 +51,7 @@ def test_every_config_composes_resolves_and_names_real_code(overrides, tmp_path)
     validate_choices(cfg)
     for name in stage_names(cfg):
         stage = stage_spec(cfg, name)
-        assert callable(stage_function(stage)), name
+        inspect.signature(stage_function(stage)).bind(cfg, stage.out)  # the runner's call: fn(cfg, out)
         assert str(stage.out).startswith(str(tmp_path)), f"stage {name} writes outside paths.root_dir"
         if name != "train" or cfg.task.models:
             assert output_paths(cfg, stage), f"stage {name} declares no outputs"
@@ -54,7 +62,7 @@ def test_every_config_composes_resolves_and_names_real_code(overrides, tmp_path)
     for name in cfg.stages:
         stage_spec(cfg, name)
     if cfg.task.models:
-        assert callable(get_method(cfg.task.loader))
+        inspect.signature(get_method(cfg.task.loader)).bind(cfg, cfg.arms.study, "cpu")  # load(cfg, arm, device)
     for key in ("train.run_dir", "train.logs_dir", "stats.out_dir", "task.processed_dir"):
         assert str(OmegaConf.select(cfg, key)).startswith(str(tmp_path)), key
 
@@ -124,3 +132,67 @@ def test_the_installed_app_runs_from_any_folder(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "results_dir: ./results" in done.stdout and "name: coordgate" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Every option of every config group, each composed on its own with Hydra's compose API
+# ---------------------------------------------------------------------------------------------
+def group_options() -> list[tuple[str, str]]:
+    """(group, option) of every YAML file under conf/ but the primary config.yaml."""
+    return sorted(
+        (p.parent.relative_to(CONF_DIR).as_posix(), p.stem) for p in CONF_DIR.rglob("*.yaml") if p.parent != CONF_DIR
+    )
+
+
+def test_group_options_cover_every_group():
+    groups = {g for g, _ in group_options()}
+    assert {"arm", "debug", "experiment", "model", "paths", "stats", "task", "train", "hydra"} <= groups
+
+
+def model_task(model: str) -> str:
+    """The task whose defaults list places the model file (its network reads that task's data)."""
+    line = re.compile(rf"^\s*- /model@models\.\w+: {model}\s*$", re.M)
+    tasks = [t for t in TASKS if line.search((CONF_DIR / "task" / f"{t}.yaml").read_text())]
+    assert tasks, f"model file {model}.yaml is used by no task"
+    return tasks[0]
+
+
+def compose_option(group: str, option: str):
+    """The app's config with one group option selected, as the command line would select it; the
+    model and arm files, which tasks and the defaults list place under a package, are added
+    under a package of their own."""
+    override = {
+        "model": f"+model@task.models.probe={option}",
+        "arm": f"+arm@arms.probe={option}",
+    }.get(group, f"{group}={option}")
+    task = model_task(option) if group == "model" else "ecg" if group == "debug" else None
+    overrides = [override] + ([f"task={task}"] if task else [])
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="coordchannels.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=group.startswith("hydra"))
+
+
+@pytest.mark.parametrize("group, option", group_options(), ids=lambda v: str(v))
+def test_every_option_of_every_group_composes_and_resolves(group, option, tmp_path):
+    cfg = compose_option(group, option)
+    if group.startswith("hydra"):
+        # A launcher leaves the cluster's own values (`???`) to the command line; its class exists.
+        launcher = cfg.hydra.launcher
+        assert get_class(launcher._target_).__name__.endswith("Launcher"), launcher._target_
+        assert cfg.hydra.run.dir and cfg.hydra.sweep.dir
+        return
+    OmegaConf.update(cfg, "paths.root_dir", str(tmp_path))
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    assert not OmegaConf.missing_keys(cfg), f"{group}/{option} leaves required keys unset"
+    for key in ("task.name", "task.stages", "train.epochs", "train.seeds", "stats.out_dir", "paths.data_dir"):
+        assert OmegaConf.select(cfg, key) not in (None, "", []), f"{group}/{option}: {key} is empty"
+    assert set(resolved["stages"]) <= set(resolved["stage_defs"]) | set(resolved["task"].get("stage_defs") or {})
+    validate_choices(cfg)
+    if group == "model":
+        model = cfg.task.models.probe
+        assert model.log_name and model.label and isinstance(model.order, int)
+        assert inspect.isclass(get_class(model.net._target_)), model.net._target_
+    if group == "arm":
+        arm = cfg.arms.probe
+        assert arm.name == option and arm.label.startswith(option) and arm.colour
+        assert arm.channels in KINDS

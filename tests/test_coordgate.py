@@ -102,14 +102,49 @@ def test_eval_mode_computes_the_gate_once():
     assert calls[0] == 1
 
 
-def test_training_mode_recomputes_and_backpropagates():
+def test_training_mode_recomputes_the_gate_at_every_forward():
     gate = CoordGate(4, 12).train()
     calls = count_encoder_calls(gate)
     x = torch.randn(2, 4, 12)
     gate(x).sum().backward()
     gate(x)
     assert calls[0] == 2
-    assert gate.encoder[0].weight.grad is not None
+
+
+def test_the_gate_depends_on_position_and_scales_each_position():
+    torch.manual_seed(0)
+    gate = CoordGate(4, 12).double()
+    g = gate.compute_gate()
+    assert (g.std(dim=1) > 1e-3).all()  # every channel's gate varies along the signal
+    # The same input value at every position comes out multiplied by that position's gate.
+    torch.testing.assert_close(gate(torch.full((1, 4, 12), 2.0, dtype=torch.float64))[0], 2 * g)
+
+
+def test_gradient_through_the_gate_matches_finite_differences():
+    torch.manual_seed(0)
+    gate = CoordGate(3, 10, hidden=6).double().train()
+    x = torch.randn(2, 3, 10, dtype=torch.float64)
+    target = torch.randn(2, 3, 10, dtype=torch.float64)
+
+    def loss() -> torch.Tensor:
+        return (gate(x) - target).pow(2).sum()
+
+    loss().backward()
+    eps = 1e-6
+    for name, param in gate.encoder.named_parameters():
+        numeric = torch.zeros_like(param).view(-1)
+        flat = param.data.view(-1)  # in place: training mode recomputes the gate at every call
+        with torch.no_grad():
+            for i in range(flat.numel()):
+                original = flat[i].item()
+                flat[i] = original + eps
+                plus = loss()
+                flat[i] = original - eps
+                minus = loss()
+                flat[i] = original
+                numeric[i] = (plus - minus) / (2 * eps)
+        assert param.grad.abs().sum() > 0, name
+        torch.testing.assert_close(param.grad.view(-1), numeric, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_cache_is_invalidated_by_train_and_by_parameter_updates():

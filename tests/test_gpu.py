@@ -17,17 +17,13 @@ import torch
 
 from coordchannels import train
 from tests.conftest import train_killed_after_epoch
-from tests.test_train import fake_loader, read, tiny_cfg  # noqa: F401  (tiny_cfg is a fixture)
+from tests.helpers import fake_loader, job_log, read
 
 DEVICE = os.environ.get("COORDCHANNELS_TEST_DEVICE", "cuda")
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="no CUDA GPU on this machine"),
 ]
-
-
-def job_log(cfg, model="nimeshanet", arm="study", fold=1):
-    return train.job_log_path(cfg, train.Job(model, arm, 42, fold))
 
 
 def one_step(device: str, task: str, tiny) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,14 +45,14 @@ def one_step(device: str, task: str, tiny) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("task", ["ecg", "sipakmed"])
-def test_a_training_step_on_the_gpu_agrees_with_the_cpu(tiny_cfg, task):  # noqa: F811
+def test_a_training_step_on_the_gpu_agrees_with_the_cpu(tiny_cfg, task):
     loss_gpu, pred_gpu = one_step(DEVICE, task, tiny_cfg)
     loss_cpu, pred_cpu = one_step("cpu", task, tiny_cfg)
     torch.testing.assert_close(loss_gpu, loss_cpu, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(pred_gpu, pred_cpu, rtol=1e-4, atol=1e-4)
 
 
-def test_a_killed_job_resumes_on_the_gpu_to_the_uninterrupted_log(tiny_cfg, monkeypatch):  # noqa: F811
+def test_a_killed_job_resumes_on_the_gpu_to_the_uninterrupted_log(tiny_cfg, monkeypatch):
     args = ("ecg", "train.models=[nimeshanet]", "train.arms=[study]", "train.epochs=4", f"train.device={DEVICE}")
     reference = tiny_cfg(*args, "train.run_name=ref")
     train.train_stage(reference)
@@ -67,7 +63,7 @@ def test_a_killed_job_resumes_on_the_gpu_to_the_uninterrupted_log(tiny_cfg, monk
 
 
 @pytest.mark.parametrize("first, then", [(DEVICE, "cpu"), ("cpu", DEVICE)])
-def test_a_checkpoint_moves_between_gpu_and_cpu(tiny_cfg, monkeypatch, first, then):  # noqa: F811
+def test_a_checkpoint_moves_between_gpu_and_cpu(tiny_cfg, monkeypatch, first, then):
     args = ("ecg", "train.models=[nimeshanet]", "train.arms=[study]", "train.epochs=4", "train.run_name=moved")
     started = tiny_cfg(*args, f"train.device={first}")
     train_killed_after_epoch(started, monkeypatch, epoch=2)
@@ -100,7 +96,7 @@ def final_test_r2(tiny, *overrides: str) -> float:
     ],
     ids=["bf16", "channels_last", "bf16+cl+compile"],
 )
-def test_fast_paths_stay_within_seed_noise(tiny_cfg, fast):  # noqa: F811
+def test_fast_paths_stay_within_seed_noise(tiny_cfg, fast):
     """Seed noise measured, not assumed: the spread of fp32 runs over three seeds bounds how far a
     fast path may move the final test R² of seed 42."""
     fp32 = {

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,43 +10,13 @@ from coordchannels.logs import (
     LogError,
     discover,
     load_logs,
-    log_columns,
     log_path,
     order_arms,
     order_models,
     parse_log_name,
     read_log,
 )
-
-
-def write_log(path: Path, epochs: int = 6, dims: int = 1, offset: float = 0.0, columns=None) -> Path:
-    """A plausible log: R^2 rising with the epoch, shifted by `offset`."""
-    ep = np.arange(1, epochs + 1)
-    base = 0.5 + 0.3 * (1 - np.exp(-ep / 3)) + offset
-    cols = columns or log_columns(("",) if dims == 1 else ("h", "k"))
-    data = {"epoch": ep}
-    for i, name in enumerate(cols[1:]):
-        data[name] = base + 0.01 * i
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(data).to_csv(path, index=False)
-    return path
-
-
-def write_set(
-    root: Path,
-    models=("NimeshaNet",),
-    arms=("control", "study"),
-    folds=range(1, 6),
-    seeds=(None,),
-    epochs: int = 6,
-    dims: int = 1,
-) -> Path:
-    for model in models:
-        for a, arm in enumerate(arms):
-            for seed in seeds:
-                for fold in folds:
-                    write_log(log_path(root, model, arm, fold, seed), epochs, dims, offset=0.01 * a + 0.001 * fold)
-    return root
+from tests.helpers import write_log, write_set
 
 
 def test_names_round_trip_including_seed_and_underscored_arm():

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO
-from tests.test_logs import write_set
+from tests.helpers import write_set
 
 # Each name is a hazard for one quoting layer: the shell's, Hydra's override grammar, or both.
 AWKWARD = 'it\'s a "logs" folder, [x]=y'

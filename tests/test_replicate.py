@@ -17,7 +17,7 @@ from coordchannels.replicate import replication_config
 from coordchannels.stats import hierarchical_exact, hierarchical_means
 from coordchannels.train import build_model, seed_everything
 from tests.conftest import compose_config
-from tests.test_logs import write_set
+from tests.helpers import write_set
 
 
 def weighted_quantile(values, weights, q):

@@ -13,7 +13,7 @@ from coordchannels.logs import LogError, load_logs, log_path
 from coordchannels.pipeline import run_stages
 from coordchannels.report import curve_summary, learning_curves_figure
 from tests.conftest import PUBLISHED_LOGS, call_stage, require
-from tests.test_logs import write_set
+from tests.helpers import write_set
 
 
 def report_cfg(make_cfg, logs, out, *extra):

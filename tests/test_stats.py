@@ -22,7 +22,7 @@ from coordchannels.stats import (
     one_sided_p,
 )
 from tests.conftest import PUBLISHED_LOGS, call_stage, require
-from tests.test_logs import write_log, write_set
+from tests.helpers import write_log, write_set
 
 # The paper's Table 3 (SPEC section 7): (model, metric) -> (mean diff, CI low, CI high, p).
 PUBLISHED = {

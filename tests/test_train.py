@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,95 +19,10 @@ from omegaconf import open_dict
 from sklearn.metrics import r2_score
 
 from coordchannels import train
-from coordchannels.channels import extra_channels_1d, extra_channels_2d
 from coordchannels.logs import read_log
 from coordchannels.pipeline import run_stages
 from tests.conftest import train_killed_after_epoch
-
-LENGTH = 64  # 1-D signal length (NimeshaNet pools it to 4, reduced to 2)
-SIZE = 32  # 2-D image side (LakshyaNet pools it to 4, reduced to 2)
-
-
-@dataclass
-class FakeData:
-    x: torch.Tensor
-    y: torch.Tensor
-    fold_of: np.ndarray
-    target_names: tuple[str, ...]
-    target_stats_samples: int | None = None
-
-    @property
-    def n_channels(self) -> int:
-        return int(self.x.shape[1])
-
-    def split(self, fold):
-        return np.flatnonzero(self.fold_of != fold), np.flatnonzero(self.fold_of == fold)
-
-    def targets(self, idx):
-        return self.y[idx.to(self.y.device)]
-
-    def inputs(self, idx):
-        return self.x[idx.to(self.x.device)]
-
-
-LOADS = []  # (task, arm) of every call, to check that data are loaded once per arm
-
-
-def fake_loader(cfg, arm, device):
-    """`task.loader` for the tests: n = task.data.fake_n samples, made from task.data.fake_seed."""
-    LOADS.append((cfg.task.name, arm.name))
-    n, rng = int(cfg.task.data.fake_n), np.random.default_rng(int(cfg.task.data.fake_seed))
-    folds = np.arange(n) % int(cfg.task.data.n_folds) + 1
-    if cfg.task.dims == 1:
-        pos = rng.uniform(8, LENGTH - 8, n)
-        t = np.arange(LENGTH)
-        bump = np.exp(-0.5 * ((t[None] - pos[:, None]) / 2.0) ** 2)
-        leads = np.stack([bump, 0.5 * bump], axis=1) + 0.05 * rng.standard_normal((n, 2, LENGTH))
-        signal = torch.tensor(leads, dtype=torch.float32)
-        x = torch.cat([signal, extra_channels_1d(signal, arm.channels)], dim=1)
-        y = torch.tensor(pos * 20.0 / LENGTH, dtype=torch.float32)[:, None]
-        return FakeData(x.to(device), y.to(device), folds, ("",))
-    cx, cy = rng.uniform(6, SIZE - 6, n), rng.uniform(6, SIZE - 6, n)
-    rows, cols = np.mgrid[0:SIZE, 0:SIZE]
-    blob = np.exp(-0.5 * ((cols[None] - cx[:, None, None]) ** 2 + (rows[None] - cy[:, None, None]) ** 2) / 4.0)
-    image = torch.tensor(
-        np.repeat(blob[:, None], 3, axis=1) + 0.05 * rng.standard_normal((n, 3, SIZE, SIZE)), dtype=torch.float32
-    )
-    x = torch.cat([image, extra_channels_2d(image, arm.channels)], dim=1)
-    y = torch.tensor(np.stack([cx, cy], axis=1), dtype=torch.float32)
-    return FakeData(x.to(device), y.to(device), folds, ("h", "k"), target_stats_samples=10)
-
-
-@pytest.fixture
-def tiny_cfg(make_cfg):
-    """The real config of a task, shrunk to a few tiny jobs on fake data."""
-
-    def factory(task="ecg", *overrides):
-        if task == "ecg":
-            sizes = [
-                f"task.models.nimeshanet.net.length={LENGTH}",
-                f"task.models.nimeshanet_reduced.net.length={LENGTH}",
-            ]
-        else:
-            sizes = [f"task.models.lakshyanet.net.size={SIZE}", f"task.models.lakshyanet_reduced.net.size={SIZE}"]
-        cfg = make_cfg(
-            f"task={task}", "train.epochs=3", "train.folds=[1]", "train.eval_batch_size=16", *sizes, *overrides
-        )
-        with open_dict(cfg):
-            cfg.task.loader = "tests.test_train.fake_loader"
-            cfg.task.data.fake_n = 60
-            cfg.task.data.fake_seed = 0
-        return cfg
-
-    return factory
-
-
-def read(path) -> pd.DataFrame:
-    return pd.read_csv(path)
-
-
-def job_log(cfg, model="nimeshanet", arm="study", fold=1):
-    return train.job_log_path(cfg, train.Job(model, arm, 42, fold))
+from tests.helpers import LOADS, FakeData, fake_loader, job_log, read
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from coordchannels.stats import format_bootstrap_p, format_exact_p, format_p
+from coordchannels.tables import markdown_table
 
 PUBLISHED = "published_table3"
 METRICS = {"train_r2": "train R²", "test_r2": "test R²", "instability": "instability"}
@@ -136,35 +137,46 @@ def row_text(row, n_resamples: int = 20000) -> str:
 def comparison_rows(folder: Path, published: pd.DataFrame | None, n_resamples: int) -> list[str]:
     table = pd.read_csv(folder / "comparison_table.csv")
     show_published = published is not None and folder.name != PUBLISHED
-    head = "| model | metric | " + ("published (authors' logs) | " if show_published else "") + "this result |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    head = ["model", "metric", *(["published (authors' logs)"] if show_published else []), "this result"]
+    rows = []
     for _, row in table.iterrows():
         cells = [row.model, METRICS.get(row.metric, row.metric)]
         if show_published:
             ref = published[(published.model == row.model) & (published.metric == row.metric)]
             cells.append(row_text(ref.iloc[0], n_resamples) if not ref.empty else "-")
         cells.append(row_text(row, n_resamples))
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        rows.append(cells)
+    return markdown_table(head, rows)
 
 
 def all_pairs_rows(folder: Path, n_resamples: int) -> list[str]:
     """Every arm against `control` (Holm-corrected conclusion)."""
     table = pd.read_csv(folder / "all_pairs_table.csv")
     sel = table[(table.arm_a == "control") | (table.arm_b == "control")]
-    lines = [
+    head = [
+        "model",
+        "a − b",
+        "metric",
+        "mean diff [bootstrap 95% CI]",
+        "Holm p (exact, two-sided)",
+        "conclusion (Holm)",
+    ]
+    rows = [
+        [
+            r.model,
+            f"{r.arm_a} − {r.arm_b}",
+            METRICS.get(r.metric, r.metric),
+            f"{r.mean_diff:+.5f} [{r.ci_low:.5f}, {r.ci_high:.5f}]",
+            format_exact_p(r.p_holm),
+            r.conclusion_holm,
+        ]
+        for _, r in sel.iterrows()
+    ]
+    return [
         "Each arm against `control` (difference = a − b, Holm-corrected over the pairs):",
         "",
-        "| model | a − b | metric | mean diff [bootstrap 95% CI] | Holm p (exact, two-sided) | conclusion (Holm) |",
-        "|---|---|---|---|---|---|",
+        *markdown_table(head, rows),
     ]
-    for _, r in sel.iterrows():
-        lines.append(
-            f"| {r.model} | {r.arm_a} − {r.arm_b} | {METRICS.get(r.metric, r.metric)} | "
-            f"{r.mean_diff:+.5f} [{r.ci_low:.5f}, {r.ci_high:.5f}] | {format_exact_p(r.p_holm)} | "
-            f"{r.conclusion_holm} |"
-        )
-    return lines
 
 
 def levels(folder: Path) -> pd.Series:
@@ -176,21 +188,20 @@ def levels(folder: Path) -> pd.Series:
 def level_rows(folder: Path, published: pd.Series | None) -> list[str]:
     mine = levels(folder)
     show = published is not None and folder.name != PUBLISHED
-    lines = [
-        "Mean over folds of the final-epoch values" + (" (published / this result)" if show else "") + ":",
-        "",
-        "| model | arm | " + " | ".join(METRICS.values()) + " |",
-        "|---|---|" + "---|" * len(METRICS),
-    ]
+    rows = []
     for model, arm in dict.fromkeys((m, a) for m, a, _ in mine.index):
-        cells = []
+        cells = [model, arm]
         for metric in METRICS:
             value = mine.get((model, arm, metric))
             ref = published.get((model, arm, metric)) if show else None
             text = "-" if value is None else f"{value:.4f}"
             cells.append(f"{ref:.4f} / {text}" if ref is not None else text)
-        lines.append(f"| {model} | {arm} | " + " | ".join(cells) + " |")
-    return lines
+        rows.append(cells)
+    return [
+        "Mean over folds of the final-epoch values" + (" (published / this result)" if show else "") + ":",
+        "",
+        *markdown_table(["model", "arm", *METRICS.values()], rows),
+    ]
 
 
 def links(folder: Path, results: Path) -> str:

@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.components import arm_style
-from coordchannels.io import atomic_path, write_csv
+from coordchannels.figures import STYLE, save_figure, save_png
 from coordchannels.logs import FoldLog
 from coordchannels.settings import SettingError, plain
 from coordchannels.stats import build_outputs, limited_note, load_checked_logs, table_names, write_outputs
@@ -40,7 +40,6 @@ FIGURE_NAME = "learning_curves.png"
 FINALS_NAME = "final_values.png"
 CURVES_NAME = "learning_curves.csv"
 SPLITS = (("train", "Train", "-"), ("test", "Test", "--"))
-STYLE = {"font.family": "serif", "font.serif": ["STIXGeneral", "DejaVu Serif"], "mathtext.fontset": "stix"}
 
 
 def curve_summary(logs: dict[str, dict[str, list[FoldLog]]]) -> pd.DataFrame:
@@ -251,18 +250,14 @@ def final_values_figure(values: pd.DataFrame, heading: str | None = None, confid
                 ax.set_xticklabels([styles[a][0] for a in arms], rotation=30, ha="right", fontsize=9)
                 ax.set_xlim(-0.5, len(arms) - 0.3)
                 ax.grid(True, axis="y", linestyle="--", color="0.85", linewidth=0.7)
+                # The model on a line of its own: "model: metric" on one line is wider than a
+                # narrow panel (two arms) and ran into the next panel's title.
                 ax.set_title(
-                    METRIC_LABELS[metric] if len(models) == 1 else f"{model}: {METRIC_LABELS[metric]}", fontsize=11
+                    METRIC_LABELS[metric] if len(models) == 1 else f"{model}\n{METRIC_LABELS[metric]}", fontsize=11
                 )
         title = f"Final-epoch values per arm: folds (dots), mean with {confidence:.0%} t-interval (bar)"
         fig.suptitle(f"{heading}\n{title}" if heading else title, fontweight="bold", fontsize=12)
     return fig
-
-
-def save_png(fig: Figure, path: Path, dpi: int = 120) -> None:
-    """Write the figure atomically (the temporary name has no .png suffix, so say the format)."""
-    with rc_context(STYLE), atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
 
 
 def stats_stage(cfg: DictConfig, out: Path) -> None:
@@ -285,8 +280,7 @@ def stats_stage(cfg: DictConfig, out: Path) -> None:
     values = next(v for k, v in outputs.items() if k.startswith("fold_values"))
     finals = final_values_figure(values, titles, float(cfg.stats.confidence))
     write_outputs(outputs, out)
-    write_csv(summary, out / CURVES_NAME)
-    save_png(figure, out / FIGURE_NAME)
+    save_figure(figure, out / FIGURE_NAME, summary, out / CURVES_NAME)
     save_png(finals, out / FINALS_NAME)
     log.info("stats: wrote %s, %s, %s and %s to %s", ", ".join(outputs), CURVES_NAME, FIGURE_NAME, FINALS_NAME, out)
 

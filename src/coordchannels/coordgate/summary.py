@@ -12,9 +12,10 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from coordchannels import tables
 from coordchannels.coordgate.data import input_range
 from coordchannels.coordgate.nets import CNN_FAMILIES, grid_config
-from coordchannels.io import atomic_path
+from coordchannels.figures import save_png
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,7 @@ def plot_psnr(df: pd.DataFrame, x_col: str, x_label: str, path: Path, title: str
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     _separate_labels(fig, notes)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=150)
+    save_png(fig, path, dpi=150, style=None)  # drawn with matplotlib's defaults, saved with them
     plt.close(fig)
 
 
@@ -309,10 +309,8 @@ def conditions_markdown(conditions: list[tuple[str, str, pd.DataFrame]], claims:
         "Each condition is one run of the stage's experiment (the first is this folder; the others are in "
         "conditions/<grid>_<inputs>/, each with its own summary.md, results.csv, figures and config.yaml).",
         "",
-        "| claim | " + " | ".join(head) + " |",
-        "|---|" + "---|" * len(head),
+        *tables.markdown_table(["claim", *head], rows),
     ]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
     for grid in dict.fromkeys(g for g, _, _ in conditions):
         runs = [(n, df) for g, n, df in conditions if g == grid]
         table = runs[0][1][["label", "params"]].copy()
@@ -341,6 +339,4 @@ def markdown_table(df: pd.DataFrame, digits: int | None = None) -> str:
             return "" if math.isnan(v) else (f"{v:.{digits}f}" if digits is not None else f"{v:.4g}")
         return str(v)
 
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
+    return "\n".join(tables.markdown_table(df.columns, [[cell(v) for v in row] for row in df.itertuples(index=False)]))

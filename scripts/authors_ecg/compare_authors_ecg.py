@@ -1,6 +1,6 @@
 """Stage-by-stage comparison of the authors' ECG scripts' outputs with this project's (issue 16).
 
-Reads the work folder of `scripts/authors_scripts_ecg.py` (their episode windows, augmented
+Reads the work folder of `scripts/authors_ecg/authors_scripts_ecg.py` (their episode windows, augmented
 signals, fold mapping, fold datasets and patched training script) and our processed data
 (data/processed/ecg), and writes `stages.md` and `stages.csv` to the output folder. Every item is
 reported as `equal`, `equal within rounding` (with the largest difference) or `different` (with
@@ -22,7 +22,7 @@ our data stages, hence `external_data`).
 `--export-theirs DIR` writes the other direction: our augmented signals, targets and folds in
 their fold format (`DIR/{Baseline,Study}/fold_k.pt`, built as their `Dataset_structuring.py`
 builds it), so that their training script can run on our data (the second crossed run):
-`scripts/authors_scripts_ecg.py --our-data <our processed folder> --work W` does both steps.
+`scripts/authors_ecg/authors_scripts_ecg.py --our-data <our processed folder> --work W` does both steps.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from coordchannels.ecg import augment as our_augment
 from coordchannels.ecg import features as our_features
 from coordchannels.ecg import loader as our_loader
 from coordchannels.models import NimeshaNet as OurNimeshaNet
+from coordchannels.tables import markdown_table
 from coordchannels.train import Execution, r2_per_target, target_standardisation, train_step
 
 FS = 250.0
@@ -566,7 +567,7 @@ def compare_replay(pairs):
             f"our trainer fed their DataLoader batch order, on their data: {Path(ours).stem} vs their script's log",
             verdict_close(d, 1e-6) if same_len else "different",
             f"max |diff| of train/test R2 over {len(t)} epochs {d:.3g}",
-            "our model, loss, Adam step, evaluation and R2 (scripts/replay_authors_batches_ecg.py); "
+            "our model, loss, Adam step, evaluation and R2 (scripts/authors_ecg/replay_authors_batches_ecg.py); "
             "their r2_score runs on float32 arrays, ours on float64",
         )
 
@@ -667,16 +668,15 @@ def write_report(out: Path):
     lines = [
         "# Stage-by-stage comparison: the authors' ECG scripts vs this project",
         "",
-        "Written by `scripts/compare_authors_ecg.py`. Verdicts: equal / equal within rounding / different; "
+        "Written by `scripts/authors_ecg/compare_authors_ecg.py`. Verdicts: equal / equal within rounding / different; "
         "distributions (two random streams) by two-sample KS or chi-square, alpha 0.01, treating the 24,200 "
         "variants as independent (they are not: 100 per episode, so p-values are optimistic about differences).",
         "",
     ]
     for st, g in df.groupby("stage", sort=False):
-        lines += [f"## {st}", "", "| item | verdict | size | detail |", "|---|---|---|---|"]
-        for r in g.itertuples():
-            lines.append(f"| {r.item} | {r.verdict} | {r.size} | {r.detail} |".replace("\n", " "))
-        lines.append("")
+        rows = [[r.item, r.verdict, r.size, r.detail] for r in g.itertuples()]
+        table = markdown_table(["item", "verdict", "size", "detail"], rows)
+        lines += [f"## {st}", "", *(line.replace("\n", " ") for line in table), ""]
     (out / "stages.md").write_text("\n".join(lines))
 
 
@@ -694,7 +694,7 @@ def main(argv=None):
         nargs="*",
         default=[],
         metavar="OURS=THEIRS",
-        help="per-fold logs of scripts/replay_authors_batches_ecg.py = their script's log of the same job",
+        help="per-fold logs of scripts/authors_ecg/replay_authors_batches_ecg.py = their script's log of the same job",
     )
     p.add_argument(
         "--replay-only",

@@ -16,7 +16,7 @@ run stops), and runs it with the interpreter that runs this script (the project'
 
 Example (from the repository root)::
 
-  .venv/bin/python scripts/authors_scripts_ecg.py --vfdb <VFDB folder> \
+  .venv/bin/python scripts/authors_ecg/authors_scripts_ecg.py --vfdb <VFDB folder> \
       --work scratch/authors_ecg --logs-out scratch/authors_ecg/fold_logs
 
 Their training script on OUR data (the crossed run of issue 16): ``--our-data data/processed/ecg
@@ -183,7 +183,7 @@ def apply_patches(
 
 
 def our_data_in_their_format(processed: Path, out: Path) -> None:
-    """scripts/compare_authors_ecg.py's export of our data in their fold format (the crossed run)."""
+    """scripts/authors_ecg/compare_authors_ecg.py's export of our data in their fold format (the crossed run)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(

@@ -5,10 +5,10 @@ job) is shared by the train and test loaders and drawn on across epochs. This sc
 that index stream with the same torch DataLoader machinery over index-only datasets (the sampler
 never looks at the data), and feeds the batches to *our* model, loss, Adam step, evaluation and
 R^2 (coordchannels.models / coordchannels.train), on their augmented data in our processed layout
-(`scripts/compare_authors_ecg.py --export`). If our trainer is their trainer, the per-epoch log
+(`scripts/authors_ecg/compare_authors_ecg.py --export`). If our trainer is their trainer, the per-epoch log
 equals the log their script wrote for the same job.
 
-  .venv/bin/python scripts/replay_authors_batches_ecg.py --data scratch/authors_processed/ecg \
+  .venv/bin/python scripts/authors_ecg/replay_authors_batches_ecg.py --data scratch/authors_processed/ecg \
       --arm control --fold 1 --out scratch/replay/control_fold_1.csv \
       --theirs scratch/authors_ecg/train_logs/model_2/Baseline_fold_1_log.csv
 """

@@ -6,7 +6,7 @@ mean of squared spline residuals). Writes `fold_table.csv` (long) and `fold_tabl
 per-arm means over the folds present and the number of folds each mean covers). No bootstrap
 here: partial arms get means only, clearly labelled with their fold count.
 
-  .venv/bin/python scripts/summarise_authors_ecg.py --out results/authors_scripts_ecg \
+  .venv/bin/python scripts/authors_ecg/summarise_authors_ecg.py --out results/authors_scripts_ecg \
       published=<published logs> theirs=results/authors_scripts_ecg/fold_logs ours=results/ecg/fold_logs
 """
 
@@ -19,6 +19,7 @@ import pandas as pd
 
 from coordchannels.logs import read_log
 from coordchannels.stats import fold_metrics
+from coordchannels.tables import markdown_table
 
 METRICS = ["train_r2", "test_r2", "instability", "test_r2_mean_last5"]
 
@@ -59,7 +60,7 @@ def main(argv=None):
     lines = [
         "# Final-epoch values per fold",
         "",
-        "Written by `scripts/summarise_authors_ecg.py`. Sources: "
+        "Written by `scripts/authors_ecg/summarise_authors_ecg.py`. Sources: "
         + ", ".join(f"`{s}`" for s in labels)
         + ". A blank cell: that job has no log (not run or not finished).",
         "",
@@ -70,23 +71,17 @@ def main(argv=None):
             if sel.empty:
                 continue
             wide = sel.pivot_table(index=["arm", "fold"], columns="source", values="value").reindex(columns=labels)
-            lines += [
-                f"## {model}: {metric}",
-                "",
-                "| arm | fold | " + " | ".join(labels) + " |",
-                "|---|---|" + "---|" * len(labels),
+            rows = [
+                [arm, fold, *("" if pd.isna(r[c]) else f"{r[c]:.4f}" for c in labels)]
+                for (arm, fold), r in wide.iterrows()
             ]
-            for (arm, fold), r in wide.iterrows():
-                lines.append(
-                    f"| {arm} | {fold} | " + " | ".join("" if pd.isna(r[c]) else f"{r[c]:.4f}" for c in labels) + " |"
-                )
             for arm in ("control", "study"):
                 cells = []
                 for c in labels:
                     v = sel[(sel.arm == arm) & (sel.source == c)]["value"]
                     cells.append(f"**{v.mean():.4f}** (n={len(v)})" if len(v) else "")
-                lines.append(f"| {arm} | mean | " + " | ".join(cells) + " |")
-            lines.append("")
+                rows.append([arm, "mean", *cells])
+            lines += [f"## {model}: {metric}", "", *markdown_table(["arm", "fold", *labels], rows), ""]
     (out / "fold_table.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
