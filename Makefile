@@ -42,7 +42,8 @@ PUBLISH := 'paths.outputs_dir=$${paths.results_dir}'
 SMOKE_DIR := data/smoke
 
 .PHONY: help setup lint format test test-slow reproduce data train stats table3 ecg-record ecg-arms \
-  ecg-arms-episode ecg-arms-record ecg-seeds-record smoke plan results-index replicate demo gpu-check bench-gpu clean-runs
+  ecg-arms-episode ecg-arms-record ecg-seeds-record smoke plan results-index replicate ecg-replications \
+  compare-replication demo gpu-check bench-gpu clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -140,8 +141,17 @@ plan: setup ## print the training plan of TASK (jobs, device, estimated time) an
 results-index: setup ## regenerate results/README.md, the index of every committed result
 	$(PY) -m coordchannels.index
 
-replicate: setup ## independent re-runs of the ECG study under both groupings -> results/ecg_replications (hours on a CPU)
+replicate: setup ## independent re-runs of the ECG study under both groupings -> data/results/ecg_replications (hours on a CPU)
 	$(PY) -m coordchannels.replicate experiment=ecg_replications $(MIRRORS) $(ARGS)
+
+ecg-replications: setup ## regenerate the committed replications -> results/ecg_replications (on the CPU model they were made on)
+	$(PY) -m coordchannels.replicate experiment=ecg_replications $(PUBLISH) $(MIRRORS) $(ARGS)
+	$(PY) -m coordchannels.index
+
+FRESH ?= data/results/ecg_replications
+COMMITTED ?= results/ecg_replications
+compare-replication: setup ## compare a fresh replication (FRESH, default data/results/ecg_replications) with the committed one by statistic
+	$(PY) -m coordchannels.compare_replication '$(FRESH)' '$(COMMITTED)' $(ARGS)
 
 demo: setup ## a generated 100-cell SiPaKMeD through every 2-D stage on a CPU, into data/demo
 	test -d data/demo/fake_sipakmed || $(PY) -m coordchannels.sipakmed.synthetic data/demo/fake_sipakmed --cells 100 --tree

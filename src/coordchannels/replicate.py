@@ -36,10 +36,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from coordchannels.io import write_csv, write_text
+from coordchannels.entry import hydra_entry, reports_errors
+from coordchannels.io import atomic_files, write_csv, write_text
 from coordchannels.logs import load_logs, order_models
-from coordchannels.pipeline import preflight, run_stages
+from coordchannels.pipeline import StageError, preflight, run_stages
 from coordchannels.report import STYLE, save_png
+from coordchannels.settings import SettingError
 from coordchannels.stats import compare, fold_values, paired_differences, pooled
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ SUMMARY_COLUMNS = [
     "pooled_ci_high",
 ]
 METRICS = ("train_r2", "test_r2", "instability")
+GROUPINGS = {"episode", "record"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,9 +89,13 @@ def run_replications(cfg: DictConfig) -> None:
     n, groupings = int(cfg.replicate.n), list(cfg.replicate.groupings)
     first = int(cfg.replicate.get("first", 1))
     if n < 1:
-        raise ValueError(f"replicate.n={n}: give at least one replication")
+        raise SettingError(f"replicate.n={n}: give at least one replication")
     if not 1 <= first <= n:
-        raise ValueError(f"replicate.first={first}: give a replication between 1 and replicate.n={n}")
+        raise SettingError(f"replicate.first={first}: give a replication between 1 and replicate.n={n}")
+    if not groupings or set(groupings) - GROUPINGS:
+        raise SettingError(
+            f"replicate.groupings={groupings}: give one or more of {sorted(GROUPINGS)} (e.g. replicate.groupings=[record])"
+        )
     # Replications before `first` are left as they are (e.g. committed ones trained on another machine,
     # whose run folders are not here); the summary still reads every replication's committed logs.
     runs = [(grouping, r, replication_config(cfg, grouping, r)) for grouping in groupings for r in range(first, n + 1)]
@@ -103,7 +110,9 @@ def run_replications(cfg: DictConfig) -> None:
     run_stages(summary)
 
 
+@hydra_entry
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@reports_errors
 def main(cfg: DictConfig) -> None:
     run_replications(cfg)
 
@@ -195,7 +204,7 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
                 }
             )
     if not summary:
-        raise FileNotFoundError(f"no finished replication under {out}: run `make replicate` first")
+        raise StageError(f"no finished replication under {out} (run `make replicate` first)")
     table = pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
     per_rep = pd.concat(per_rep, ignore_index=True).drop(columns="diffs")
     pub_levels = published_values[published_values.metric == "test_r2"].groupby(["model", "arm"])["value"].mean()
@@ -206,12 +215,13 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
         for g in table.grouping.unique()
     }
     figures["arm_levels.png"] = levels_figure(levels)
-    write_csv(table, out / "replication_summary.csv")
-    write_csv(per_rep, out / "replications.csv")
-    write_csv(levels, out / "arm_levels.csv")
-    write_text(out / "replication_summary.md", summary_markdown(table, cfg, k))
-    for name, fig in figures.items():
-        save_png(fig, out / name)
+    with atomic_files(out) as tmp:  # one set, as the stats stage writes its tables and figures
+        write_csv(table, tmp / "replication_summary.csv")
+        write_csv(per_rep, tmp / "replications.csv")
+        write_csv(levels, tmp / "arm_levels.csv")
+        write_text(tmp / "replication_summary.md", summary_markdown(table, cfg, k))
+        for name, fig in figures.items():
+            save_png(fig, tmp / name)
     log.info(
         "replication_summary: %d rows from %d replication(s) -> %s",
         len(table),

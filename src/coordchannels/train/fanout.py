@@ -46,6 +46,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from coordchannels.components import complete_arms
+from coordchannels.entry import hydra_entry, reports_errors
 from coordchannels.io import write_text
 from coordchannels.pipeline import StageError, check_upstream, run_stages, stage_spec
 from coordchannels.settings import SettingError, validate_choices
@@ -348,7 +349,9 @@ def check_launcher(name: str, launcher: DictConfig) -> None:
         )
 
 
+@hydra_entry
 @hydra.main(version_base="1.3", config_path="pkg://coordchannels.conf", config_name="config")
+@reports_errors
 def main(cfg: DictConfig) -> None:
     """`python -m coordchannels`, with the train stage fanned out through `hydra/launcher` (with
     Hydra's basic launcher, the default, it is the app itself)."""

@@ -1,0 +1,109 @@
+"""What every entry point does the same way: one line for an error, nothing written by a dry run.
+
+Every command of the project (`python -m coordchannels`, the fan-out launcher
+`coordchannels.train.fanout`, `coordchannels.replicate`, `coordchannels.compare_replication`, the
+scripts) ends a failure with one line on stderr,
+
+    error: <what is wrong> (<what to do>)
+
+and exit status 1 (130 for Ctrl-C), without a traceback: the messages of the project's own errors
+name the file or setting and the way out. An error the project did not foresee is reported the same
+way with its type and a pointer to the traceback; `COORDCHANNELS_DEBUG=1` prints the traceback of
+any error.
+
+A Hydra app run with `dry_run=true` on the command line is composed with Hydra's own output
+switched off (no output folder, no log file), so that the dry run writes nothing anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+
+DEBUG_ENV = "COORDCHANNELS_DEBUG"
+# Overrides that keep Hydra from making its output folder and log file (`make plan` passes them too).
+QUIET_HYDRA = {
+    "hydra.run.dir": "hydra.run.dir=.",
+    "hydra.output_subdir": "hydra.output_subdir=null",
+    "hydra/job_logging": "hydra/job_logging=stdout",
+}
+
+
+class UserError(RuntimeError):
+    """Something the user gave is unusable; the message says what and what to do."""
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def error_line(exc: BaseException) -> str:
+    """`error: <what> (<what to do>)` for `exc`; an unforeseen error says how to see where it came from."""
+    from coordchannels.logs import LogError
+    from coordchannels.pipeline import StageError
+    from coordchannels.settings import SettingError
+    from coordchannels.train.record import RunConfigError
+
+    message = str(exc).strip() or type(exc).__name__
+    # The project's own errors and the missing-file errors of its stages say what to do themselves.
+    if isinstance(exc, (SettingError, StageError, RunConfigError, LogError, FileNotFoundError, UserError)):
+        return f"error: {message}"
+    if isinstance(exc, ValueError):  # a bad value read from a setting or a file
+        return f"error: {message} (check the setting or file named; {DEBUG_ENV}=1 shows where it was raised)"
+    return f"error: {type(exc).__name__}: {message} (unexpected; rerun with {DEBUG_ENV}=1 for the traceback)"
+
+
+@contextlib.contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn any error of the block into its one line on stderr and exit 1 (Ctrl-C: exit 130)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted; rerun the same command to resume (finished stages and epochs are kept)",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if debugging():
+            traceback.print_exc()
+        print(error_line(exc), file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def reports_errors(fn: Callable) -> Callable:
+    """Decorator form of `reported_errors`, for a Hydra task function or a script's `main`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with reported_errors():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def quiet_dry_run(argv: list[str]) -> list[str]:
+    """`argv` with Hydra's output switched off when it asks for a dry run (the user's own values of
+    those keys are kept)."""
+    if not any(arg.lstrip("+") in ("dry_run=true", "dry_run=True") for arg in argv[1:]):
+        return argv
+    given = {arg.split("=", 1)[0].lstrip("+~") for arg in argv[1:] if "=" in arg}
+    return [*argv, *(override for key, override in QUIET_HYDRA.items() if key not in given)]
+
+
+def hydra_entry(main: Callable) -> Callable:
+    """Wrap a `@hydra.main` function: a dry run leaves no Hydra output behind."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        sys.argv = quiet_dry_run(sys.argv)
+        return main(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,178 @@
+"""Refused, failed and dry runs leave committed files and the tree as they were; every entry point
+ends a failure with one `error:` line (docs/reliability_runs.md lists the probes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from coordchannels import report
+from coordchannels.io import atomic_files
+from coordchannels.pipeline import run_stages
+from coordchannels.settings import SettingError
+from tests.conftest import REPO, compose_config
+from tests.test_logs import write_set
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def committed_stats(tmp_path: Path, make_cfg):
+    """A stats result committed in a git repository (tmp_path/repo/results/mine) from logs kept
+    outside it; returns (repo, logs folder, the config that made it)."""
+    repo, logs = tmp_path / "repo", write_set(tmp_path / "logs")
+    cfg = make_cfg(
+        f"paths.root_dir={repo}", f"stats.logs_dir={logs}", f"stats.out_dir={repo}/results/mine", "stages=[stats]"
+    )
+    assert run_stages(cfg) == ["stats"]
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "results")
+    return repo, logs, cfg
+
+
+# --------------------------------------------------------------------------------------------
+# 9. A refused run changes no tracked file
+# --------------------------------------------------------------------------------------------
+def test_a_refused_stats_run_leaves_the_committed_log_unchanged(tmp_path, make_cfg):
+    repo, logs, cfg = committed_stats(tmp_path, make_cfg)
+    log = logs / "NimeshaNet" / "study_set_fold_1_log.csv"
+    log.write_text(log.read_text().replace("0.", "0.9", 1))  # other per-fold logs than the committed tables'
+    with pytest.raises(SettingError, match="other per-fold logs"):
+        run_stages(cfg)
+    assert git(repo, "status", "--porcelain") == ""  # results/mine/logs/stats.log gained no line
+
+
+def test_replicate_with_no_grouping_is_refused_before_writing_anything(tmp_path):
+    from coordchannels.replicate import run_replications
+
+    cfg = compose_config(["experiment=ecg_replications", f"paths.root_dir={tmp_path}", "replicate.groupings=[]"])
+    with pytest.raises(SettingError, match=r"replicate\.groupings=\[\]"):
+        run_replications(cfg)
+    assert list(tmp_path.rglob("*")) == []
+
+
+# --------------------------------------------------------------------------------------------
+# 10. A new replication goes to an untracked folder; a committed one trained elsewhere is refused
+#     before any job trains; fresh and committed replications are compared by statistic
+# --------------------------------------------------------------------------------------------
+def test_make_replicate_writes_under_data_not_into_committed_results(tmp_path):
+    from coordchannels.replicate import replication_config
+
+    cfg = compose_config(["experiment=ecg_replications", f"paths.root_dir={tmp_path}"])
+    assert Path(cfg.replicate.out_dir) == tmp_path / "data" / "results" / "ecg_replications"
+    assert Path(replication_config(cfg, "record", 3).stats.out_dir).is_relative_to(tmp_path / "data")
+    published = compose_config(
+        ["experiment=ecg_replications", f"paths.root_dir={tmp_path}", "paths.outputs_dir=${paths.results_dir}"]
+    )
+    assert Path(published.replicate.out_dir) == tmp_path / "results" / "ecg_replications"
+    make = subprocess.run(["make", "-n", "replicate", "ecg-replications"], cwd=REPO, capture_output=True, text=True)
+    replicate, publish = [line for line in make.stdout.splitlines() if "coordchannels.replicate" in line]
+    assert "paths.outputs_dir" not in replicate and "paths.outputs_dir=${paths.results_dir}" in publish
+
+
+def test_a_committed_replication_trained_on_another_cpu_is_refused_before_training(tmp_path, monkeypatch):
+    from coordchannels.replicate import replication_config, run_replications
+
+    overrides = [
+        "experiment=ecg_replications",
+        f"paths.root_dir={tmp_path}",
+        "paths.outputs_dir=${paths.results_dir}",
+        "replicate.n=2",
+        "replicate.groupings=[record]",
+    ]
+    cfg = compose_config(overrides)
+    committed = replication_config(cfg, "record", 2)
+    folder = Path(str(committed.stats.out_dir))
+    (folder / "logs").mkdir(parents=True)
+    OmegaConf.save(committed, folder / "logs" / "stats.config.yaml")
+    (folder / "manifest.json").write_text(json.dumps({"hardware": {"cpu": "Another CPU", "torch": "0.0"}}))
+    planted = {p for p in tmp_path.rglob("*") if p.is_file()}
+    trained = []
+    monkeypatch.setattr("coordchannels.replicate.run_stages", lambda c: trained.append(c))
+    with pytest.raises(SettingError, match="trained on 'Another CPU'.*not bit-identical"):
+        run_replications(cfg)
+    assert trained == [] and {p for p in tmp_path.rglob("*") if p.is_file()} == planted
+
+
+def replication_tables(folder: Path, shift: float = 0.0) -> Path:
+    folder.mkdir(parents=True)
+    pd.DataFrame(
+        [
+            {"grouping": "record", "replication": 1, "model": "NimeshaNet", "metric": "test_r2"}
+            | {"mean_diff": 0.10 + shift, "ci_low": 0.05, "ci_high": 0.15},
+            {"grouping": "record", "replication": 1, "model": "NimeshaNet", "metric": "train_r2"}
+            | {"mean_diff": 0.02, "ci_low": 0.01, "ci_high": 0.03},
+        ]
+    ).to_csv(folder / "replications.csv", index=False)
+    pd.DataFrame(
+        [
+            {"grouping": "record", "replication": 1, "model": "NimeshaNet", "arm": arm, "test_r2_mean": level}
+            for arm, level in (("control", 0.5), ("study", 0.6 + shift))
+        ]
+    ).to_csv(folder / "arm_levels.csv", index=False)
+    return folder
+
+
+def test_compare_replication_passes_within_tolerance_and_fails_outside(tmp_path, capsys):
+    from coordchannels.compare_replication import main
+
+    committed = replication_tables(tmp_path / "committed")
+    assert main([str(replication_tables(tmp_path / "close", 0.04)), str(committed)]) == 0
+    printed = capsys.readouterr().out
+    assert "4 of 4 statistics within tolerance" in printed and "| record | 1 | NimeshaNet | test_r2 |" in printed
+    # 0.06 is outside the committed CI half-width (0.05) and the arm-mean tolerance (0.05)
+    assert main([str(replication_tables(tmp_path / "far", 0.06)), str(committed)]) == 1
+    assert "2 of 4 statistics within tolerance" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------
+# 11. Tables and figures are replaced as one set
+# --------------------------------------------------------------------------------------------
+def test_a_stats_write_failing_halfway_leaves_the_previous_complete_set(tmp_path, make_cfg, monkeypatch):
+    logs, out = write_set(tmp_path / "logs"), tmp_path / "out"
+    cfg = make_cfg(f"stats.logs_dir={logs}", f"stats.out_dir={out}", "stages=[stats]")
+    run_stages(cfg)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    write_set(logs, epochs=7)  # new logs: every table and figure changes
+
+    real_save = report.save_png
+
+    def disk_full(fig, path, dpi=120):
+        if Path(path).name == report.FINALS_NAME:  # the last file of the set
+            raise OSError(28, "No space left on device")
+        real_save(fig, path, dpi)
+
+    monkeypatch.setattr(report, "save_png", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run_stages(cfg)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not list(out.glob(".*"))  # no temporary left
+
+
+def test_a_complete_set_left_by_a_killed_process_is_renamed_into_place(tmp_path):
+    (tmp_path / "a.csv").write_text("old a")
+    (tmp_path / "b.csv").write_text("old b")
+    left = tmp_path / ".set.abcdefgh.part"  # as kill -9 leaves it after renaming a.csv
+    left.mkdir()
+    (left / "b.csv").write_text("new b")
+    (left / ".complete").touch()
+    (tmp_path / "a.csv").write_text("new a")
+    unfinished = tmp_path / ".set.zzzzzzzz.part"  # a set killed while being filled
+    unfinished.mkdir()
+    (unfinished / "a.csv").write_text("half")
+    with atomic_files(tmp_path) as tmp:
+        (tmp / "c.csv").write_text("c")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.csv": "new a", "b.csv": "new b", "c.csv": "c"}
