@@ -4,6 +4,7 @@ ends a failure with one `error:` line (docs/reliability_runs.md lists the probes
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -176,3 +177,66 @@ def test_a_complete_set_left_by_a_killed_process_is_renamed_into_place(tmp_path)
     with atomic_files(tmp_path) as tmp:
         (tmp / "c.csv").write_text("c")
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.csv": "new a", "b.csv": "new b", "c.csv": "c"}
+
+
+# --------------------------------------------------------------------------------------------
+# 12. A dry run writes nothing anywhere; 13. every entry point ends an error with one line
+# --------------------------------------------------------------------------------------------
+def run_entry(module: str, *argv: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """`python -m module argv...` (a script's path for `module` ending in .py), as a user runs it."""
+    command = [sys.executable, module] if module.endswith(".py") else [sys.executable, "-m", module]
+    env = {k: v for k, v in os.environ.items() if k != "COORDCHANNELS_DEBUG"}
+    return subprocess.run([*command, *argv], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.parametrize(
+    "module, argv",
+    [
+        ("coordchannels.replicate", ["experiment=ecg_replications", "replicate.n=1", "replicate.groupings=[record]"]),
+        ("coordchannels.train.fanout", ["hydra/launcher=submitit_local", "task=ecg"]),
+    ],
+)
+def test_a_dry_run_of_replicate_and_fanout_writes_nothing_anywhere(tmp_path, module, argv):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    run = run_entry(module, *argv, "dry_run=true", f"paths.root_dir={tmp_path / 'root'}", cwd=cwd)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "dry run (task ecg): nothing is written" in run.stdout
+    assert list(tmp_path.rglob("*")) == [cwd]  # no data/, no logs, no Hydra output folder
+
+
+def junk_external_data(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "augmented.csv").write_text("episode,record\nx,1\n")
+    (folder / "leads.npy").write_text("not an array")
+    return folder
+
+
+ENTRY_ERRORS = {
+    "app": ("coordchannels", ["task=ecg", "train.arms=[bogus]"], "unknown arm"),
+    "fanout": ("coordchannels.train.fanout", ["hydra/launcher=submitit_local", "train.seeds=[]"], "train.seeds"),
+    "replicate": ("coordchannels.replicate", ["experiment=ecg_replications", "replicate.first=9"], "replicate.first"),
+    "final-epoch script": ("scripts/summarise_authors_ecg.py", ["--out", "{tmp}/out", "ours={tmp}/none"], "none"),
+    "authors comparison script": ("scripts/compare_authors_ecg.py", ["--work", "{tmp}/none"], "not found"),
+    "compare-replication": ("coordchannels.compare_replication", ["{tmp}/a", "{tmp}/b"], "replications.csv"),
+    "external data": (
+        "coordchannels",
+        ["task=ecg", "stages=[train]", "external_data=true", "task.processed_dir={tmp}/external"]
+        + ["train.models=[nimeshanet]", "train.arms=[study]", "train.folds=[1]"],
+        "augmented.csv",
+    ),
+}
+
+
+@pytest.mark.parametrize("entry", ENTRY_ERRORS)
+def test_every_entry_point_ends_an_error_with_one_line_and_no_traceback(tmp_path, entry):
+    module, argv, named = ENTRY_ERRORS[entry]
+    junk_external_data(tmp_path / "external")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    hydra = not module.endswith(".py") and module != "coordchannels.compare_replication"
+    run = run_entry(module, *argv, *([f"paths.root_dir={tmp_path}"] if hydra else []))
+    assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "Traceback" not in run.stdout
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and named in errors[0], run.stderr[-2000:]
+    assert "make data" not in errors[0]  # external data are not rebuilt by the data stages

@@ -49,6 +49,10 @@ def error_line(exc: BaseException) -> str:
     from coordchannels.train.record import RunConfigError
 
     message = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename is not None:  # raised by the OS, not with our message
+        if isinstance(exc, FileNotFoundError):
+            return f"error: {exc.filename} not found (check the path given)"
+        return f"error: {exc.filename}: {exc.strerror} (check the file or folder named)"
     # The project's own errors and the missing-file errors of its stages say what to do themselves.
     if isinstance(exc, (SettingError, StageError, RunConfigError, LogError, FileNotFoundError, UserError)):
         return f"error: {message}"

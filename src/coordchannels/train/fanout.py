@@ -46,7 +46,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from coordchannels.components import complete_arms
-from coordchannels.entry import hydra_entry, reports_errors
+from coordchannels.entry import UserError, hydra_entry, reports_errors
 from coordchannels.io import write_text
 from coordchannels.pipeline import StageError, check_upstream, run_stages, stage_spec
 from coordchannels.settings import SettingError, validate_choices
@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 JOB_KEYS = ("stages", "train.models", "train.arms", "train.folds", "fanout.seed")
 
 
-class FanOutError(RuntimeError):
+class FanOutError(UserError):
     """Fanned-out jobs failed or did not finish; the message names each with its logs."""
 
 
