@@ -240,3 +240,88 @@ def test_every_entry_point_ends_an_error_with_one_line_and_no_traceback(tmp_path
     errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and named in errors[0], run.stderr[-2000:]
     assert "make data" not in errors[0]  # external data are not rebuilt by the data stages
+
+
+# --------------------------------------------------------------------------------------------
+# 14. The plan predicts what the run does or refuses, and its time within 2x after one job
+# --------------------------------------------------------------------------------------------
+def finished_job(cfg, job) -> None:
+    """A job finished under `cfg`, as the trainer leaves it: its log and its record."""
+    from coordchannels.train.job import job_log_path
+    from coordchannels.train.record import job_fingerprint, job_record_path, write_job_record
+
+    log = job_log_path(cfg, job)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("epoch,train_r2,test_r2\n1,0.1,0.1\n")
+    write_job_record(job_record_path(cfg, job), job_fingerprint(cfg, job), int(cfg.train.epochs))
+
+
+def test_plan_with_overwrite_trains_every_job_again(make_cfg):
+    from coordchannels.train.progress import dry_run_lines, make_plan
+
+    cfg = make_cfg("task=ecg", "train.models=[nimeshanet]", "train.epochs=15", "stages=[train]", "external_data=true")
+    for job in make_plan(cfg).jobs:
+        finished_job(cfg, job)
+    assert "10 already finished, 0 to train" in "\n".join(dry_run_lines(cfg))
+    cfg.overwrite = True
+    text = "\n".join(dry_run_lines(cfg))
+    assert "0 already finished, 10 to train" in text and "nothing to train" not in text
+
+
+def test_plan_names_a_job_the_run_would_refuse(make_cfg, capsys):
+    from coordchannels.train.grid import Job
+    from coordchannels.train.progress import make_plan
+    from coordchannels.train.record import RunConfigError
+
+    finished_job(make_cfg("task=ecg", "train.lr=0.01"), Job("nimeshanet", "study", 42, 3))
+    cfg = make_cfg("task=ecg", "train.models=[nimeshanet]", "train.epochs=15", "dry_run=true")
+    assert "nimeshanet" in str(make_plan(cfg).refused)
+    with pytest.raises(RunConfigError, match=r"another configuration.*lr"):
+        run_stages(cfg)
+    assert "plan: the run would refuse 1 job(s)" in capsys.readouterr().out
+
+
+def test_plan_names_a_stage_the_run_would_refuse(make_cfg, capsys):
+    from coordchannels.pipeline import StageError, stage_record, stage_spec
+
+    cfg = make_cfg("task=ecg", "train.epochs=15", "dry_run=true")
+    folds = stage_spec(cfg, "folds")
+    folds.record_path.parent.mkdir(parents=True)
+    folds.record_path.write_text(json.dumps(stage_record(make_cfg("task=ecg", "task.data.fold_seed=7"), folds)))
+    (folds.out / "folds.csv").write_text("episode\n")  # folds made with fold_seed 7
+    with pytest.raises(StageError, match=r"other settings.*fold_seed"):
+        run_stages(cfg)
+    printed = capsys.readouterr().out
+    assert "stage extract: would run" in printed and "stage folds: the run would stop here" in printed
+
+
+def test_plan_time_after_one_job_is_within_2x_of_the_recorded_epoch_times(make_cfg, tmp_path):
+    """A smoke-sized run killed after its first job: the plan times the rest from that job's epochs
+    (its log has no train.config.yaml yet), not from the full-size cost in task.cost (9x too high)."""
+    import logging
+
+    from coordchannels.train.job import log_epoch
+    from coordchannels.train.progress import log_plan, make_plan
+
+    cfg = make_cfg("task=ecg", "debug=smoke", "train.n_jobs=2", "train.models=[nimeshanet]")
+    jobs = make_plan(cfg).jobs
+    logs = Path(str(cfg.train.run_dir)) / "logs"
+    logs.mkdir(parents=True)
+    handler = logging.FileHandler(logs / "train.log")
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    epoch_s = 0.05  # the recorded seconds of one epoch of one job (a fake clock)
+    try:
+        log_plan(cfg)
+        for epoch in range(1, int(cfg.train.epochs) + 1):
+            log_epoch(jobs[0], [epoch, 0.1, 0.1], ["epoch", "train_r2", "test_r2"], epoch_s)
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(old_level)
+    finished_job(cfg, jobs[0])
+    plan = make_plan(cfg)
+    left = (len(jobs) - 1) * int(cfg.train.epochs) * epoch_s / 2  # two jobs side by side
+    assert plan.finished == 1 and 0.5 <= plan.estimate_s / left <= 2, (plan.estimate_s, left, plan.source)

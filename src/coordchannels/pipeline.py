@@ -236,7 +236,8 @@ def run_stages(cfg: DictConfig) -> list[str]:
     if cfg.get("dry_run"):
         from coordchannels.train.progress import dry_run_lines
 
-        print("\n".join(dry_run_lines(cfg)), flush=True)
+        for line in dry_run_lines(cfg):  # a refusal is raised after the lines before it
+            print(line, flush=True)
         return []
     stages = preflight(cfg)
     # The code a run used is the commit it started from, whatever is committed while it runs.

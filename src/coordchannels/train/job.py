@@ -173,7 +173,7 @@ def build_model(model_cfg: DictConfig, arm_cfg: DictConfig, n_channels: int) -> 
 def log_epoch(job: Job, row: list[float], columns: list[str], seconds: float) -> None:
     """One progress line per epoch (also the hook the tests use to interrupt a job)."""
     values = " ".join(f"{name}={value:.4f}" for name, value in zip(columns[1:], row[1:]))
-    log.info("%s: epoch %d %s (%.1f s)", job, int(row[0]), values, seconds)
+    log.info("%s: epoch %d %s (%.3f s)", job, int(row[0]), values, seconds)  # read back by the plan
 
 
 def log_frame(rows: list[list[float]], columns: list[str]) -> pd.DataFrame:
