@@ -325,3 +325,53 @@ def test_plan_time_after_one_job_is_within_2x_of_the_recorded_epoch_times(make_c
     plan = make_plan(cfg)
     left = (len(jobs) - 1) * int(cfg.train.epochs) * epoch_s / 2  # two jobs side by side
     assert plan.finished == 1 and 0.5 <= plan.estimate_s / left <= 2, (plan.estimate_s, left, plan.source)
+
+
+# --------------------------------------------------------------------------------------------
+# 15. A killed submitter's jobs are found by the restart, waited for, and reported truthfully
+# --------------------------------------------------------------------------------------------
+class FakeSubmitted:
+    """What the fan-out reads of a submitit job: its id, files, state and result."""
+
+    def __init__(self, job_id: str, folder: Path, state: str = "RUNNING", error: Exception | None = None):
+        from types import SimpleNamespace
+
+        self.job_id, self.state, self.error = job_id, state, error
+        self.paths = SimpleNamespace(folder=folder, stdout=folder / f"{job_id}.out", stderr=folder / f"{job_id}.err")
+
+    def result(self):
+        raise self.error
+
+
+def test_a_restart_after_the_submitter_was_killed_waits_for_its_running_jobs(make_cfg, tmp_path, caplog):
+    from coordchannels.train.grid import Job
+    from coordchannels.train.submissions import read_submitted, reattach, record_path, record_submission
+
+    cfg = make_cfg("task=ecg")
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])  # still training
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])  # killed, or ended without finishing
+    gone.wait()
+    jobs = [Job("nimeshanet", "study", 42, 1), Job("nimeshanet", "study", 42, 2)]
+    with caplog.at_level("INFO"):
+        record_submission(cfg, jobs, [FakeSubmitted(str(p.pid), tmp_path) for p in (running, gone)], "local")
+        # ... the submitter is killed here (kill -9): the record is what the restart has
+        assert [e.job for e in read_submitted(cfg)] == jobs
+        assert f"to cancel them: kill {running.pid} {gone.pid}" in caplog.text
+        caplog.clear()
+        left = reattach(cfg, jobs, lambda some: some[1:], poll_s=0.05)  # the running one finishes its job
+    assert running.poll() is not None  # waited for it, did not submit it beside itself
+    assert left == jobs[1:] and not record_path(cfg).exists()
+    assert f"still running: nimeshanet/study seed 42 fold 1 [{running.pid}]" in caplog.text
+    assert f"kill {running.pid}" in caplog.text
+    assert f"fold 2 [submitit job {gone.pid}, submitted" in caplog.text and "ended without finishing" in caplog.text
+
+
+def test_a_job_whose_process_ended_without_a_result_is_not_called_finished(tmp_path):
+    from submitit.core.utils import UncompletedJobError
+
+    from coordchannels.train.fanout import outcome
+    from coordchannels.train.grid import Job
+
+    lost = FakeSubmitted("123", tmp_path, "FINISHED", UncompletedJobError("Job 123 has not produced any output"))
+    ended = outcome(Job("nimeshanet", "study", 42, 1), lost)
+    assert "state FINISHED" not in ended.error and "not finished; its process ended" in ended.error
