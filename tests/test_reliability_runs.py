@@ -214,6 +214,8 @@ def junk_external_data(folder: Path) -> Path:
 
 ENTRY_ERRORS = {
     "app": ("coordchannels", ["task=ecg", "train.arms=[bogus]"], "unknown arm"),
+    "app, unknown key": ("coordchannels", ["train.epoch=3"], "train.epoch"),
+    "replicate, unknown config": ("coordchannels.replicate", ["experiment=ecg_replication"], "ecg_replications"),
     "fanout": ("coordchannels.train.fanout", ["hydra/launcher=submitit_local", "train.seeds=[]"], "train.seeds"),
     "replicate": ("coordchannels.replicate", ["experiment=ecg_replications", "replicate.first=9"], "replicate.first"),
     "final-epoch script": ("scripts/summarise_authors_ecg.py", ["--out", "{tmp}/out", "ours={tmp}/none"], "none"),

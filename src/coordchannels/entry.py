@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -103,11 +104,44 @@ def quiet_dry_run(argv: list[str]) -> list[str]:
 
 
 def hydra_entry(main: Callable) -> Callable:
-    """Wrap a `@hydra.main` function: a dry run leaves no Hydra output behind."""
+    """Wrap a `@hydra.main` function: overrides Hydra cannot compose end with one line (Hydra's own
+    report is several), and a dry run leaves no Hydra output behind."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         sys.argv = quiet_dry_run(sys.argv)
+        with reported_errors():
+            check_composes(sys.argv[1:])
         return main(*args, **kwargs)
 
     return wrapper
+
+
+def check_composes(overrides: list[str]) -> None:
+    """Compose the app's config with `overrides` as Hydra will, raising a UserError that says what
+    is wrong when it cannot. Command lines with Hydra flags (-m, --cfg, ...) are left to Hydra."""
+    if any(arg.startswith("-") for arg in overrides):
+        return
+    from hydra import compose, initialize_config_module
+
+    try:
+        with initialize_config_module(config_module="coordchannels.conf", version_base="1.3"):
+            compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    except Exception as exc:
+        raise UserError(hydra_message(exc)) from exc
+
+
+def hydra_message(exc: Exception) -> str:
+    """One line of what Hydra could not compose, and what to do."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    what = lines[0] if lines else type(exc).__name__
+    options = [line for line in lines[1:] if "Available options" in line]
+    if options:  # an unknown choice of a config group: list the known ones
+        known = lines[lines.index(options[0]) + 1 :]
+        known = [k for k in known if not k.startswith(("Config search path", "provider="))]
+        what = re.sub(r"^In '[^']*': ", "", what)
+        return f"{what} (choose one of: {', '.join(known)})"
+    cause = str(exc.__cause__).splitlines()[0] if exc.__cause__ is not None else ""
+    if "not in struct" in cause:  # an unknown key; Hydra's advice to add it with + would hide a typo
+        return f"{what.removesuffix('.')}: {cause} (check its spelling; `--cfg job` prints every setting)"
+    return f"{what}{': ' + cause if cause else ''} (write overrides as key=value, lists as [a,b])"
