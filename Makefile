@@ -41,8 +41,8 @@ RUN := $(if $(filter local,$(LAUNCHER)),$(APP),$(PY) -m coordchannels.train.fano
 PUBLISH := 'paths.outputs_dir=$${paths.results_dir}'
 SMOKE_DIR := data/smoke
 
-.PHONY: help setup lint format test test-slow reproduce data train stats table3 ecg-record ecg-arms \
-  ecg-arms-episode ecg-arms-record ecg-seeds-record smoke plan results-index replicate ecg-replications \
+.PHONY: help setup lint format docs test test-slow reproduce data train stats table3 ecg-record ecg-arms \
+  ecg-arms-episode ecg-arms-record ecg-seeds-record smoke plan restats results-index replicate ecg-replications \
   compare-replication demo gpu-check bench-gpu clean-runs
 
 help: ## list the targets
@@ -72,6 +72,9 @@ lint: setup ## check style, formatting and common mistakes (ruff), as CI does
 format: setup ## apply the project's formatting and import order (ruff)
 	$(PY) -m ruff check --fix --select I src tests scripts
 	$(PY) -m ruff format src tests scripts
+
+docs: setup ## build the documentation site from docs/ into site/ (strict: a broken link or anchor fails)
+	$(PY) -m mkdocs build --strict --quiet
 
 test: setup ## run the default test suite (no network, no GPU, no slow tests)
 	$(PY) -m pytest
@@ -137,6 +140,10 @@ smoke: setup ## every ECG stage with tiny settings into data/smoke (from scratch
 plan: setup ## print the training plan of TASK (jobs, device, estimated time) and stop; writes nothing
 	@for t in $(TASKS); do $(APP) task=$$t dry_run=true hydra.run.dir=. hydra.output_subdir=null \
 	  hydra/job_logging=stdout $(MIRRORS) $(ARGS) || exit 1; done
+
+restats: setup ## recompute every committed table from its committed per-fold logs (per-fold values must not change)
+	$(PY) -m coordchannels.restats
+	$(PY) -m coordchannels.index
 
 results-index: setup ## regenerate results/README.md, the index of every committed result
 	$(PY) -m coordchannels.index

@@ -71,7 +71,7 @@ def test_all_pairs_are_compared_with_holm_correction(pipeline):
     n_pairs = len(ARMS) * (len(ARMS) - 1) // 2
     assert len(table) == 2 * n_pairs * 3  # two models, every pair, three metrics
     assert {"p_holm", "conclusion_holm"} <= set(table.columns)
-    assert (table["p_holm"] >= table["p_two_sided"] - 1e-12).all()
+    assert (table["p_holm"] >= table["p_exact_two_sided"] - 1e-12).all()
     assert (out / "learning_curves.png").stat().st_size > 0
 
 

@@ -1,4 +1,4 @@
-"""Every command in the README's code blocks runs as written and does what its comment says.
+"""Every command in the README's code blocks (and docs/) runs as written and does what its comment says.
 
 Each line of a ```bash block is a command with an optional `# comment`. A `make` command must be a
 target that `make -n` accepts; the app commands it expands to (and `coordchannels ...` or
@@ -34,7 +34,8 @@ class Command:
 
 
 def readme_commands() -> list[Command]:
-    text = (REPO / "README.md").read_text()
+    """The commands of every bash block of the README and of the documentation it links (docs/)."""
+    text = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for raw in block.splitlines():

@@ -150,12 +150,21 @@ def test_published_table3_is_reproduced(tmp_path, make_cfg):
     assert (table.n_units == 5).all() and (table.n_epochs == 15).all()
     assert table.complete.all() and not table.limited.any()
     md = (tmp_path / "comparison_table.md").read_text()
-    assert "| NimeshaNet | Instability | -0.01532 | [-0.03198, -0.00487] | <0.00005 | study < control |" in md
+    # The paper's bootstrap p is 0 when all 5 differences share a sign: printed as what it is, with
+    # the exact two-sided sign-flip p (its floor, 2/32) and conclusion beside it.
+    assert (
+        "| NimeshaNet | Instability | -0.01532 | [-0.03198, -0.00487] | all 5 same sign | study < control "
+        "| 0.0625 | not significant |"
+    ) in md
+    assert "<0.0000" not in md and "| 0.00000 |" not in md  # no p below what a test can reach
+    assert "ONE-SIDED" in md and "TWO-SIDED" in md and "Unit of inference: the paired (seed, fold) unit" in md
+    assert "0.0625 for n = 5" in md
     assert (
         "Evidence: 5 paired (seed, fold) units per comparison, 15 epochs per fold; a complete run has folds 1-5"
     ) in md
     assert "LIMITED" not in md and "INCOMPLETE" not in md
-    assert "$<0.00005$" in (tmp_path / "comparison_table.tex").read_text()
+    assert "all 5 same sign & study $<$ control & $0.0625$" in (tmp_path / "comparison_table.tex").read_text()
+    assert (table.p_exact_two_sided >= 1 / 16).all() and (table.conclusion_exact == "not significant").all()
     diffs = pd.read_csv(tmp_path / "fold_differences.csv")
     assert len(diffs) == 4 * 3 * 5
     assert len(pd.read_csv(tmp_path / "fold_values.csv")) == 4 * 2 * 3 * 5
@@ -167,7 +176,7 @@ def test_published_exact_and_sum_options(tmp_path, make_cfg):
     exact = pd.read_csv(tmp_path / "exact" / "comparison_table.csv")
     row = exact[(exact.model == "Reduced Parameter NimeshaNet") & (exact.metric == "test_r2")].iloc[0]
     assert row.p_value == pytest.approx(0.14112, abs=1e-5)  # 441 of the 3125 resamples
-    assert "<0.00032" in (tmp_path / "exact" / "comparison_table.md").read_text()
+    assert "all 5 same sign" in (tmp_path / "exact" / "comparison_table.md").read_text()
     call_stage(stats_cfg(make_cfg, logs, tmp_path / "sum", "stats.instability=sum"), "stats")
     summed = pd.read_csv(tmp_path / "sum" / "fold_values.csv")
     mean = pd.read_csv(tmp_path / "exact" / "fold_values.csv")
@@ -194,7 +203,7 @@ def test_compare_any_pair_and_all_pairs_with_holm(tmp_path, make_cfg):
     pairs = list(dict.fromkeys(zip(allp.arm_a, allp.arm_b)))
     assert pairs == [("control", "none"), ("study", "none"), ("study", "control")]
     for _, group in allp.groupby(["model", "metric"]):
-        np.testing.assert_allclose(group.p_holm, holm(group.p_two_sided))
+        np.testing.assert_allclose(group.p_holm, holm(group.p_exact_two_sided))
     assert "Holm" in (tmp_path / "all" / "all_pairs_table.md").read_text()
 
 

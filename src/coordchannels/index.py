@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from coordchannels.stats import format_p
+from coordchannels.stats import format_bootstrap_p, format_exact_p, format_p
 
 PUBLISHED = "published_table3"
 METRICS = {"train_r2": "train R²", "test_r2": "test R²", "instability": "instability"}
@@ -31,7 +31,10 @@ HEADER = (
     "figures, the stages' own logs (`logs/`) and, for runs trained here, a `manifest.json` (config, commit, "
     "package versions, data checksums, hardware, wall times).\n\n"
     "Differences are *a − b* as the table names them; CIs are 95% paired-bootstrap percentile intervals "
-    'over (seed, fold) units; "published" is the same statistic of the authors\' published per-fold logs.\n'
+    "over (seed, fold) units (the paper's method); p₁ is that bootstrap's ONE-SIDED p ('all n same sign' where "
+    "it is 0 by construction), p₂ the exact TWO-SIDED sign-flip p over the same units, whose floor is "
+    "2/2^n (0.0625 for 5 folds); Holm p is Holm's correction of p₂. "
+    '"published" is the same statistic of the authors\' published per-fold logs.\n'
 )
 
 
@@ -120,11 +123,14 @@ def run_facts(folder: Path, cfg: dict, manifest: dict | None) -> list[tuple[str,
 # Headline rows
 # --------------------------------------------------------------------------------------------
 def row_text(row, n_resamples: int = 20000) -> str:
-    """`+0.05213 [0.04720, 0.05642] p <0.00005, study > control`"""
-    return (
-        f"{row.mean_diff:+.5f} [{row.ci_low:.5f}, {row.ci_high:.5f}] p {format_p(row.p_value, n_resamples)}"
-        f", {row.conclusion}"
-    )
+    """`+0.05213 [0.04720, 0.05642] p₁ all 5 same sign, study > control; exact p₂ 0.0625`: the
+    paper's bootstrap CI, one-sided p and conclusion, then the exact two-sided sign-flip p (tables
+    made before the exact test have only the first part)."""
+    text = f"{row.mean_diff:+.5f} [{row.ci_low:.5f}, {row.ci_high:.5f}]"
+    if "p_exact_two_sided" not in row:
+        return f"{text} p₁ {format_p(row.p_value, n_resamples)}, {row.conclusion}"
+    boot = format_bootstrap_p(row.p_value, n_resamples, int(row.n_units), bool(row.all_same_sign))
+    return f"{text} p₁ {boot}, {row.conclusion}; exact p₂ {format_exact_p(row.p_exact_two_sided)}"
 
 
 def comparison_rows(folder: Path, published: pd.DataFrame | None, n_resamples: int) -> list[str]:
@@ -149,13 +155,13 @@ def all_pairs_rows(folder: Path, n_resamples: int) -> list[str]:
     lines = [
         "Each arm against `control` (difference = a − b, Holm-corrected over the pairs):",
         "",
-        "| model | a − b | metric | mean diff [95% CI] | Holm p | conclusion (Holm) |",
+        "| model | a − b | metric | mean diff [bootstrap 95% CI] | Holm p (exact, two-sided) | conclusion (Holm) |",
         "|---|---|---|---|---|---|",
     ]
     for _, r in sel.iterrows():
         lines.append(
             f"| {r.model} | {r.arm_a} − {r.arm_b} | {METRICS.get(r.metric, r.metric)} | "
-            f"{r.mean_diff:+.5f} [{r.ci_low:.5f}, {r.ci_high:.5f}] | {format_p(r.p_holm, n_resamples)} | "
+            f"{r.mean_diff:+.5f} [{r.ci_low:.5f}, {r.ci_high:.5f}] | {format_exact_p(r.p_holm)} | "
             f"{r.conclusion_holm} |"
         )
     return lines

@@ -37,12 +37,13 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.entry import hydra_entry, reports_errors
+from coordchannels.inference import pool_replications
 from coordchannels.io import atomic_files, write_csv, write_text
 from coordchannels.logs import load_logs, order_models
 from coordchannels.pipeline import StageError, preflight, run_stages
 from coordchannels.report import STYLE, save_png
 from coordchannels.settings import SettingError
-from coordchannels.stats import compare, fold_values, paired_differences, pooled
+from coordchannels.stats import INSTABILITY_FITS, METRIC_LABELS, compare, fold_values, paired_differences, pooled
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,22 @@ SUMMARY_COLUMNS = [
     "published_conclusion",
     "n_replications",
     "n_agree",
+    # the unit of inference is the replication: random-effects pool of the replication means
+    "re_estimate",
+    "re_ci_low",
+    "re_ci_high",
+    "re_p_two_sided",
+    "tau2",
+    "p_sign_flip",
+    "p_sign_flip_floor",
+    "loo_min",
+    "loo_max",
+    # secondary: the plain mean of all fold differences with the hierarchical bootstrap CI
     "pooled_mean_diff",
     "pooled_ci_low",
     "pooled_ci_high",
 ]
+SENSITIVITY_COLUMNS = ["grouping", "model", "fit", "n_replications", "n_same_direction", *SUMMARY_COLUMNS[7:17]]
 METRICS = ("train_r2", "test_r2", "instability")
 GROUPINGS = {"episode", "record"}
 
@@ -198,6 +211,7 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
                     "published_conclusion": pub_conclusion,
                     "n_replications": len(rows),
                     "n_agree": int((rows.conclusion == pub_conclusion).sum()),
+                    **replication_pool(list(rows.diffs), float(cfg.stats.confidence)),
                     **pooled(
                         list(rows.diffs), int(cfg.stats.n_resamples), int(cfg.stats.seed), float(cfg.stats.confidence)
                     ),
@@ -215,7 +229,12 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
         for g in table.grouping.unique()
     }
     figures["arm_levels.png"] = levels_figure(levels)
+    sensitivity = pd.DataFrame(
+        [row for g in table.grouping.unique() for row in sensitivity_rows(out, g, cfg)], columns=SENSITIVITY_COLUMNS
+    )
     with atomic_files(out) as tmp:  # one set, as the stats stage writes its tables and figures
+        write_csv(sensitivity, tmp / "instability_sensitivity.csv")
+        write_text(tmp / "instability_sensitivity.md", sensitivity_markdown(sensitivity))
         write_csv(table, tmp / "replication_summary.csv")
         write_csv(per_rep, tmp / "replications.csv")
         write_csv(levels, tmp / "arm_levels.csv")
@@ -230,31 +249,128 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
     )
 
 
+def replication_pool(groups: list, confidence: float) -> dict:
+    """The summary's inference columns: replications as the unit (coordchannels.inference)."""
+    pool = pool_replications(groups, confidence)
+    return {
+        "re_estimate": pool["estimate"],
+        "re_ci_low": pool["ci_low"],
+        "re_ci_high": pool["ci_high"],
+        "re_p_two_sided": pool["p_two_sided"],
+        "tau2": pool["tau2"],
+        "p_sign_flip": pool["p_sign_flip"],
+        "p_sign_flip_floor": pool["p_sign_flip_floor"],
+        "loo_min": pool["loo_min"],
+        "loo_max": pool["loo_max"],
+    }
+
+
+def sensitivity_rows(out: Path, grouping: str, cfg: DictConfig) -> list[dict]:
+    """The instability study - control difference under each fit of the smooth trend
+    (stats.smooth_curve): does any conclusion depend on the scripts' spline?"""
+    rows = []
+    folders = replication_folders(out, grouping)
+    logs = [load_logs(folder / "fold_logs", ["study", "control"]) for _, folder in folders]
+    for fit in INSTABILITY_FITS:
+        values = [fold_values(lg, cfg.stats.instability, 1, fit) for lg in logs]
+        for model in logs[0]:
+            groups = [
+                paired_differences(v, model, "instability", "study", "control")["diff"].to_numpy() for v in values
+            ]
+            means = np.array([g.mean() for g in groups])
+            rows.append(
+                {
+                    "grouping": grouping,
+                    "model": model,
+                    "fit": fit,
+                    "n_replications": len(groups),
+                    "n_same_direction": int((means < 0).sum()),
+                    **replication_pool(groups, float(cfg.stats.confidence)),
+                }
+            )
+    return rows
+
+
+def sensitivity_markdown(table: pd.DataFrame) -> str:
+    lines = [
+        "# Instability: does any conclusion depend on the smoothing?",
+        "",
+        "The instability is the mean squared residual of the test R² curve around a smooth fit. `spline` is the "
+        "scripts' (and the published numbers'): scipy's UnivariateSpline with default smoothing s = 15 for 15 "
+        "epochs, which on these curves places no interior knot, i.e. a least-squares cubic polynomial. `gcv`: "
+        "a cubic smoothing spline with its penalty chosen by generalised cross-validation; `knots3`: a "
+        "least-squares cubic spline with 3 equally spaced interior knots. Study − control per replication "
+        "(mean over its folds), pooled over replications by random effects (DerSimonian-Laird, HKSJ 95% CI, "
+        "two-sided p on k − 1 df) and the exact two-sided sign-flip test over replication means. "
+        "`study < control`: replications whose mean difference is negative.",
+        "",
+        "| grouping | model | fit | study < control | pooled (random effects) [95% CI] | p (RE, two-sided) "
+        "| p (sign-flip, two-sided) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in table.itertuples():
+        lines.append(
+            f"| {r.grouping} | {r.model} | {r.fit} | {r.n_same_direction}/{r.n_replications} | "
+            f"{r.re_estimate:+.4f} [{r.re_ci_low:+.4f}, {r.re_ci_high:+.4f}] | {r.re_p_two_sided:.3g} | "
+            f"{r.p_sign_flip:.3g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def summary_outputs(cfg: DictConfig) -> list[str]:
-    return ["replication_summary.csv", "replication_summary.md", "replications.csv", "arm_levels.csv", "arm_levels.png"]
+    return [
+        "replication_summary.csv",
+        "replication_summary.md",
+        "replications.csv",
+        "arm_levels.csv",
+        "arm_levels.png",
+        "instability_sensitivity.csv",
+        "instability_sensitivity.md",
+    ]
 
 
 def summary_markdown(table: pd.DataFrame, cfg: DictConfig, k: int) -> str:
+    n_reps = ", ".join(f"{g}: {n}" for g, n in table.groupby("grouping", sort=False).n_replications.max().items())
     lines = [
         "# Does the published ECG result replicate?",
         "",
         f"Each replication has its own training seed and fold split (seed = {cfg.replicate.base_seed} + r - 1; "
-        "replication 1 is the published protocol). `n_agree`: replications whose conclusion (direction and "
-        "significance of study - control, paired bootstrap over folds, 95% CI) equals the published one. Pooled: "
-        "mean of all paired differences, with a 95% percentile CI from a hierarchical bootstrap (draw "
-        f"replications with replacement, then folds within each; {cfg.stats.n_resamples} resamples). "
-        f"`test_r2_last{k}`: test R² as the mean of the last {k} epochs instead of the final one.",
+        f"replication 1 is the published protocol); replications per grouping: {n_reps}.",
         "",
-        "| grouping | model | metric | published | n_agree | pooled [95% CI] |",
-        "|---|---|---|---|---|---|",
+        "**Unit of inference: the replication** (its mean study − control difference over its 5 folds). "
+        "*Pooled (random effects)*: DerSimonian-Laird between-replication variance with the "
+        "Hartung-Knapp-Sidik-Jonkman 95% CI and **two-sided** p (t on k − 1 df). *p (sign-flip)*: the exact "
+        "**two-sided** sign-flip test over the replication means (floor 2/2^k: 0.0625 for 5 replications, 0.002 "
+        "for 10). *Leave-one-out*: the range of the pooled estimate with each replication left out in turn. "
+        "`n_agree` is descriptive, not a test: replications whose own conclusion (the paper's method: paired "
+        "bootstrap over 5 folds, 95% percentile CI) equals the published one. *Plain mean [hierarchical "
+        "bootstrap]* (secondary): the mean of all fold differences with a two-level percentile bootstrap "
+        f"(replications, then folds; {cfg.stats.n_resamples} resamples), which is too narrow at these sizes. "
+        f"`test_r2_last{k}`: test R² as the mean of the last {k} epochs, a statistic **chosen after seeing** "
+        "replications 1-5 (secondary, never the primary reading).",
+        "",
+        "| grouping | model | metric | published | n_agree | pooled (random effects) [95% CI] | p (RE, two-sided) "
+        "| p (sign-flip, two-sided) | leave-one-out | plain mean [hierarchical bootstrap] |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table.itertuples():
         lines.append(
             f"| {row.grouping} | {row.model} | {row.metric} | {row.published_mean_diff:+.5f} "
             f"({row.published_conclusion}) | {row.n_agree}/{row.n_replications} | "
-            f"{row.pooled_mean_diff:+.5f} [{row.pooled_ci_low:.5f}, {row.pooled_ci_high:.5f}] |"
+            f"{row.re_estimate:+.5f} [{row.re_ci_low:+.5f}, {row.re_ci_high:+.5f}] | {row.re_p_two_sided:.3g} | "
+            f"{row.p_sign_flip:.3g} | {row.loo_min:+.4f} to {row.loo_max:+.4f} | "
+            f"{row.pooled_mean_diff:+.5f} [{row.pooled_ci_low:+.5f}, {row.pooled_ci_high:+.5f}] |"
         )
     return "\n".join(lines) + "\n"
+
+
+def metric_label(metric: str) -> str:
+    """A metric's name for a reader: 'test R² (mean of last 5 epochs)' for test_r2_last5."""
+    base, _, last = metric.partition("_last")
+    label = METRIC_LABELS.get(base, base)
+    if last:
+        return f"{label} (mean of last {last} epochs)"
+    return f"{label} (final epoch)" if base != "instability" else label
 
 
 def forest_figure(per_rep: pd.DataFrame, table: pd.DataFrame, published: pd.DataFrame, grouping: str) -> Figure:
@@ -279,18 +395,18 @@ def forest_figure(per_rep: pd.DataFrame, table: pd.DataFrame, published: pd.Data
                     fmt="o",
                     color="tab:blue",
                     capsize=3,
-                    label="replication (95% CI)",
+                    label="replication (bootstrap 95% CI)",
                 )
                 pool = table[(table.model == model) & (table.metric == metric)].iloc[0]
                 yp = len(rows) + 0.5
                 ax.errorbar(
-                    [pool.pooled_mean_diff],
+                    [pool.re_estimate],
                     [yp],
-                    xerr=[[pool.pooled_mean_diff - pool.pooled_ci_low], [pool.pooled_ci_high - pool.pooled_mean_diff]],
+                    xerr=[[pool.re_estimate - pool.re_ci_low], [pool.re_ci_high - pool.re_estimate]],
                     fmt="D",
                     color="black",
                     capsize=3,
-                    label="pooled (hierarchical)",
+                    label="pooled (random effects, HKSJ)",
                 )
                 pub = published[(published.model == model) & (published.metric == metric.split("_last")[0])]
                 if len(pub):
@@ -305,10 +421,13 @@ def forest_figure(per_rep: pd.DataFrame, table: pd.DataFrame, published: pd.Data
                         label="published",
                     )
                 ax.axvline(0, color="0.5", linewidth=0.8)
-                ax.set_yticks([*y, yp, yp + 1], [f"r{r}" for r in rows.replication] + ["pooled", "published"])
-                ax.set_title(f"{model}: {metric}", fontsize=9)
+                ax.set_yticks(
+                    [*y, yp, yp + 1], [f"replication {r}" for r in rows.replication] + ["pooled", "published"]
+                )
+                ax.set_title(f"{model}\n{metric_label(metric)}", fontsize=9)
                 ax.set_xlabel("study − control", fontsize=9)
-        axes[0][0].legend(fontsize=7, loc="best")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)
         fig.suptitle(f"ECG replications, {grouping} grouping", fontweight="bold")
     return fig
 
@@ -341,11 +460,14 @@ def levels_figure(levels: pd.DataFrame) -> Figure:
                     label="published" if x == 0 else None,
                 )
             ax.set_xticks(range(len(arms)), arms)
+            ax.set_xlim(-0.6, len(arms) - 0.4)
             ax.set_ylabel("mean final test R²")
-            ax.set_title(f"{model} ({grouping})", fontsize=10)
-            ax.legend(fontsize=8)
+            ax.set_title(f"{model}, {grouping} grouping", fontsize=10)
         for ax in axes[len(panels) :]:
             ax.set_visible(False)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=9)
+        fig.suptitle("Each arm's mean final test R² over 5 folds: one dot per replication", fontweight="bold")
     return fig
 
 

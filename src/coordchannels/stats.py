@@ -40,8 +40,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from scipy.interpolate import UnivariateSpline
+from scipy.interpolate import LSQUnivariateSpline, UnivariateSpline, make_smoothing_spline
 
+from coordchannels.inference import sign_flip
 from coordchannels.io import write_csv, write_text
 from coordchannels.logs import MIN_EPOCHS, Expected, FoldLog, LogError, load_logs, order_arms, unit_key
 
@@ -50,7 +51,20 @@ log = logging.getLogger(__name__)
 METRICS = ("instability", "test_r2", "train_r2")
 # How much evidence stands behind each row, stated in every table.
 EVIDENCE_COLUMNS = ["n_units", "n_epochs", "limited", "complete"]
-TABLE_COLUMNS = ["model", "metric", "mean_diff", "ci_low", "ci_high", "p_value", "conclusion", *EVIDENCE_COLUMNS]
+# p_value and conclusion are the paper's method (one-sided bootstrap p, 95% bootstrap CI); the exact
+# sign-flip p-values stand beside them (coordchannels.inference).
+EXACT_COLUMNS = ["p_exact_one_sided", "p_exact_two_sided", "conclusion_exact", "all_same_sign"]
+TABLE_COLUMNS = [
+    "model",
+    "metric",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "conclusion",
+    *EXACT_COLUMNS,
+    *EVIDENCE_COLUMNS,
+]
 METRIC_LABELS = {"instability": "Instability", "test_r2": "Test R²", "train_r2": "Train R²"}
 METRIC_LATEX = {"instability": "Instability", "test_r2": "Test $R^2$", "train_r2": "Train $R^2$"}
 # Exact enumeration materialises n^n resample means; beyond this it is a memory hazard.
@@ -68,8 +82,32 @@ MIN_UNITS = 2
 # ---------------------------------------------------------------- per-fold metrics
 
 
-def instability(epochs: np.ndarray, curve: np.ndarray, how: str = "mean") -> float:
-    """Roughness of a test curve: squared residuals around a default UnivariateSpline fit.
+def smooth_curve(epochs: np.ndarray, curve: np.ndarray, fit: str = "spline") -> np.ndarray:
+    """The smooth trend the instability measures roughness around.
+
+    `spline` (the scripts', hence the published numbers'): scipy's UnivariateSpline with its default
+    smoothing s = number of points. On R² curves (residuals ~0.01-0.1) that s is never binding, so
+    it places no interior knot: the fit is the least-squares cubic polynomial. The alternatives, for
+    the sensitivity analysis only: `gcv`, a cubic smoothing spline whose penalty is chosen by
+    generalised cross-validation (scipy's make_smoothing_spline); `knots3`, a least-squares cubic
+    spline with 3 interior knots at equal spacing.
+    """
+    if fit == "spline":
+        return UnivariateSpline(epochs, curve)(epochs)
+    if fit == "gcv":
+        return make_smoothing_spline(epochs, curve)(epochs)
+    if fit == "knots3":
+        knots = np.linspace(epochs[0], epochs[-1], 5)[1:-1]
+        return LSQUnivariateSpline(epochs, curve, knots)(epochs)
+    raise ValueError(f"instability fit {fit!r}: expected one of {', '.join(INSTABILITY_FITS)}")
+
+
+INSTABILITY_FITS = ("spline", "gcv", "knots3")
+
+
+def instability(epochs: np.ndarray, curve: np.ndarray, how: str = "mean", fit: str = "spline") -> float:
+    """Roughness of a test curve: squared residuals around a smooth fit (`smooth_curve`; the default
+    is the scripts' UnivariateSpline, in effect a least-squares cubic).
 
     The scripts (and hence the published numbers) take the mean; the paper's text says sum.
     Refused below 4 epochs (the cubic spline's minimum); note that with exactly 4 it is 0 by
@@ -82,7 +120,7 @@ def instability(epochs: np.ndarray, curve: np.ndarray, how: str = "mean") -> flo
             f"the spline instability needs at least {MIN_SPLINE_POINTS} epochs (a cubic spline, k = 3, "
             f"needs k + 1 points); got {len(epochs)}"
         )
-    residuals = curve - UnivariateSpline(epochs, curve)(epochs)
+    residuals = curve - smooth_curve(epochs, curve, fit)
     squared = residuals**2
     if how == "mean":
         return float(squared.mean())
@@ -96,7 +134,7 @@ def instability_estimable(n_epochs: int) -> bool:
     return n_epochs >= MIN_INSTABILITY_EPOCHS
 
 
-def fold_metrics(fold_log: FoldLog, how: str = "mean", final_epochs: int = 1) -> dict[str, float]:
+def fold_metrics(fold_log: FoldLog, how: str = "mean", final_epochs: int = 1, fit: str = "spline") -> dict[str, float]:
     """The three compared values of one fold: instability (NaN when not estimable), final test
     R^2, final train R^2. `final_epochs` = k > 1 takes the mean of the last k epochs instead of the
     last one (the paper's value), which a single swing of the test curve moves less."""
@@ -107,7 +145,7 @@ def fold_metrics(fold_log: FoldLog, how: str = "mean", final_epochs: int = 1) ->
     inst = (
         float("nan")
         if MIN_SPLINE_POINTS <= n < MIN_INSTABILITY_EPOCHS
-        else instability(fold_log.epochs, fold_log.test, how)
+        else instability(fold_log.epochs, fold_log.test, how, fit)
     )
     return {
         "instability": inst,
@@ -116,14 +154,16 @@ def fold_metrics(fold_log: FoldLog, how: str = "mean", final_epochs: int = 1) ->
     }
 
 
-def fold_values(logs: dict[str, dict[str, list[FoldLog]]], how: str = "mean", final_epochs: int = 1) -> pd.DataFrame:
+def fold_values(
+    logs: dict[str, dict[str, list[FoldLog]]], how: str = "mean", final_epochs: int = 1, fit: str = "spline"
+) -> pd.DataFrame:
     """Long table of every per-fold value: model, arm, seed, fold, metric, value."""
     rows = [
         {"model": model, "arm": arm, "seed": fl.seed, "fold": fl.fold, "metric": metric, "value": value}
         for model, arms in logs.items()
         for arm, fold_logs in arms.items()
         for fl in fold_logs
-        for metric, value in fold_metrics(fl, how, final_epochs).items()
+        for metric, value in fold_metrics(fl, how, final_epochs, fit).items()
     ]
     frame = pd.DataFrame(rows, columns=["model", "arm", "seed", "fold", "metric", "value"])
     frame["seed"] = frame["seed"].astype("Int64")  # empty for single-seed layouts
@@ -255,10 +295,23 @@ def compare(
         "ci_high": float(ci_high),
         "p_value": one_sided_p(mean_diff, means),
         "conclusion": conclusion(ci_low, ci_high, arm_a, arm_b),
+        **exact_test(d, arm_a, arm_b, 1 - confidence),
         "effect_size": effect_size(d),
         "n_units": len(d),
         "n_resamples": len(means),
+        "all_same_sign": bool(np.all(d > 0) or np.all(d < 0)),
     }
+
+
+def exact_test(d: np.ndarray, arm_a: str, arm_b: str, alpha: float) -> dict:
+    """The exact sign-flip p-values of d = a - b: one-sided in the direction of the observed mean
+    (the side the bootstrap p looks at) and two-sided, with the two-sided conclusion at `alpha`."""
+    mean = float(np.mean(d))
+    side = "greater" if mean > 0 else "less"
+    one = sign_flip(d, side) if mean != 0 else 1.0
+    two = sign_flip(d, "two-sided")
+    verdict = "not significant" if two >= alpha or mean == 0 else f"{arm_a} {'>' if mean > 0 else '<'} {arm_b}"
+    return {"p_exact_one_sided": one, "p_exact_two_sided": two, "conclusion_exact": verdict}
 
 
 # ---------------------------------------------------------------- two-level (hierarchical) bootstrap
@@ -349,9 +402,13 @@ def not_estimable(d: np.ndarray, n_epochs: int, n_resamples: int) -> dict:
         "ci_high": float("nan"),
         "p_value": 1.0,
         "conclusion": f"not estimable ({n_epochs} epochs; needs {MIN_INSTABILITY_EPOCHS})",
+        "p_exact_one_sided": 1.0,
+        "p_exact_two_sided": 1.0,
+        "conclusion_exact": f"not estimable ({n_epochs} epochs; needs {MIN_INSTABILITY_EPOCHS})",
         "effect_size": float("nan"),
         "n_units": len(d),
         "n_resamples": n_resamples,
+        "all_same_sign": False,
     }
 
 
@@ -397,11 +454,11 @@ def compare_all(
 
 
 def add_holm(results: pd.DataFrame, confidence: float) -> pd.DataFrame:
-    """Two-sided p (2 x one-sided, capped at 1) and its Holm adjustment over the pairs of each
-    model and metric, with the conclusion that survives the correction."""
+    """The Holm adjustment of the exact two-sided sign-flip p over the pairs of each model and
+    metric, with the conclusion that survives the correction. (Its floor is the exact test's:
+    with 5 folds no pair can reach p_holm < 0.0625.)"""
     out = results.copy()
-    out["p_two_sided"] = np.minimum(1.0, 2 * out["p_value"])
-    out["p_holm"] = out.groupby(["model", "metric"])["p_two_sided"].transform(lambda p: holm(p.to_numpy()))
+    out["p_holm"] = out.groupby(["model", "metric"])["p_exact_two_sided"].transform(lambda p: holm(p.to_numpy()))
     alpha = 1 - confidence
 
     def holm_conclusion(row) -> str:
@@ -419,9 +476,21 @@ def add_holm(results: pd.DataFrame, confidence: float) -> pd.DataFrame:
 
 
 def format_p(p: float, n_resamples: int) -> str:
-    """5 decimals; below one resample in B (i.e. none at or beyond zero) as '<1/B', e.g. <0.00005."""
+    """A bootstrap p: 5 decimals; below one resample in B (i.e. none at or beyond zero) as '<1/B',
+    e.g. <0.00005."""
     floor = 1 / n_resamples
     return f"<{floor:.5f}" if p < floor else f"{p:.5f}"
+
+
+def format_bootstrap_p(p: float, n_resamples: int, n_units: int, same_sign: bool) -> str:
+    """The paper's bootstrap p as printed: when every difference has the same sign no resample of
+    them can cross zero, so its p is 0 by construction, not evidence: say so instead of a number."""
+    return f"all {n_units} same sign" if same_sign else format_p(p, n_resamples)
+
+
+def format_exact_p(p: float) -> str:
+    """An exact sign-flip p: 4 significant digits (its values are multiples of 1/2^n)."""
+    return f"{p:.4g}"
 
 
 def _num(x: float) -> str:
@@ -429,32 +498,47 @@ def _num(x: float) -> str:
 
 
 def _p_cell(row, p: float) -> str:
-    """p as printed; 'n/a' for a row whose value could not be estimated."""
-    return "n/a" if np.isnan(row.mean_diff) else format_p(p, row.n_resamples)
+    """The bootstrap p as printed; 'n/a' for a row whose value could not be estimated."""
+    if np.isnan(row.mean_diff):
+        return "n/a"
+    return format_bootstrap_p(p, row.n_resamples, row.n_units, bool(getattr(row, "all_same_sign", False)))
+
+
+def _exact_cell(row, p: float) -> str:
+    return "n/a" if np.isnan(row.mean_diff) else format_exact_p(p)
 
 
 def _ci_cell(row) -> str:
     return "n/a" if np.isnan(row.mean_diff) else f"[{_num(row.ci_low)}, {_num(row.ci_high)}]"
 
 
-def describe(method: str, n_resamples: int, seed: int, how: str, confidence: float) -> str:
-    """One sentence saying how the numbers were made, for the table captions."""
+def describe(method: str, n_resamples: int, seed: int, how: str, confidence: float, n_units=()) -> str:
+    """Sentences saying how the numbers were made and what they can show, for the table captions:
+    the unit of inference, each p-value's test and sidedness, and the exact test's floor."""
     draw = (
         f"{n_resamples} Monte-Carlo resamples (seed {seed})" if method == "montecarlo" else "all n^n resamples (exact)"
     )
+    floors = ", ".join(f"{2 / 2**n:.4g} for n = {n}" for n in sorted(set(n_units)))
     return (
-        f"Paired bootstrap over (seed, fold) units, {draw}; {confidence:.0%} percentile CI; "
-        f"p = share of resampled means at or beyond 0 on the far side from the mean; "
-        f"instability = {how} of squared spline residuals of the test R² curve."
+        f"Unit of inference: the paired (seed, fold) unit. The paper's method: paired bootstrap, {draw}; "
+        f"{confidence:.0%} percentile CI, its conclusion, and a ONE-SIDED p = share of resampled means at or beyond 0 "
+        "on the far side from the mean ('all n same sign' where every difference has one sign: that p is 0 by "
+        "construction). Beside it the EXACT sign-flip test over all 2^n sign patterns, TWO-SIDED, and its conclusion "
+        f"at {1 - confidence:.2g}; it cannot go below 2/2^n ({floors or 'n/a'}). "
+        f"Instability = {how} of squared residuals of scipy's UnivariateSpline (default smoothing s = number of "
+        "epochs, which on these curves places no interior knot: a least-squares cubic) fitted to the test R² curve."
     )
 
 
 def markdown_table(results: pd.DataFrame, note: str, confidence: float, all_pairs: bool = False) -> str:
-    """Table 3 as Markdown, with the effect size and per-fold differences the paper omits."""
+    """Table 3 as Markdown, with the exact test, effect size and per-fold differences the paper omits."""
     header = ["Model"] + (["Comparison"] if all_pairs else [])
-    header += ["Metric", "Mean diff", f"{confidence:.0%} CI", "p-value", "Conclusion"]
+    header += ["Metric", "Mean diff", f"{confidence:.0%} CI (bootstrap)", "p (bootstrap, one-sided)", "Conclusion"]
+    header += ["p (exact, two-sided)"]
     if all_pairs:
-        header += ["p (two-sided)", "p (Holm)", "Conclusion (Holm)"]
+        header += ["p (exact, Holm)", "Conclusion (exact, Holm)"]
+    else:
+        header += ["Conclusion (exact)"]
     header += ["Effect size (mean/SD)", "Per-fold differences"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in results.itertuples():
@@ -465,9 +549,12 @@ def markdown_table(results: pd.DataFrame, note: str, confidence: float, all_pair
             _ci_cell(row),
             _p_cell(row, row.p_value),
             row.conclusion,
+            _exact_cell(row, row.p_exact_two_sided),
         ]
         if all_pairs:
-            cells += [_p_cell(row, row.p_two_sided), _p_cell(row, row.p_holm), row.conclusion_holm]
+            cells += [_exact_cell(row, row.p_holm), row.conclusion_holm]
+        else:
+            cells += [row.conclusion_exact]
         effect = "n/a" if np.isnan(row.effect_size) else f"{row.effect_size:.3f}"
         cells += [effect, ", ".join(_num(x) for x in row.fold_diffs)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -482,8 +569,8 @@ def _tex(text: str) -> str:
 
 
 def _math(cell: str) -> str:
-    """A number in math mode; 'n/a' as text."""
-    return cell if cell == "n/a" else f"${cell}$"
+    """A number in math mode; words ('n/a', 'all 5 same sign') as text."""
+    return cell if cell == "n/a" or cell[:1].isalpha() else f"${cell}$"
 
 
 def _tex_note(note: str) -> str:
@@ -494,10 +581,11 @@ def _tex_note(note: str) -> str:
 def latex_table(results: pd.DataFrame, note: str, confidence: float, all_pairs: bool = False) -> str:
     """Table 3 as a LaTeX (booktabs) table; the model name heads its group of rows, as in the paper."""
     head = ["Model"] + (["Comparison"] if all_pairs else [])
-    head += ["Metric", "Mean diff", f"{confidence:.0%} CI".replace("%", r"\%"), "$p$", "Conclusion"]
-    spec = "l" + ("l" if all_pairs else "") + "lrcrl"
+    head += ["Metric", "Mean diff", f"{confidence:.0%} CI".replace("%", r"\%"), "$p$ (bootstrap, 1-s.)", "Conclusion"]
+    head += ["$p$ (exact, 2-s.)"]
+    spec = "l" + ("l" if all_pairs else "") + "lrcrlr"
     if all_pairs:
-        head += ["$p_\\mathrm{Holm}$", "Conclusion (Holm)"]
+        head += ["$p_\\mathrm{Holm}$ (exact)", "Conclusion (exact, Holm)"]
         spec += "rl"
     body, previous = [], None
     for row in results.itertuples():
@@ -510,9 +598,10 @@ def latex_table(results: pd.DataFrame, note: str, confidence: float, all_pairs: 
             _math(_ci_cell(row)),
             _math(_p_cell(row, row.p_value)),
             _tex(row.conclusion),
+            _math(_exact_cell(row, row.p_exact_two_sided)),
         ]
         if all_pairs:
-            cells += [_math(_p_cell(row, row.p_holm)), _tex(row.conclusion_holm)]
+            cells += [_math(_exact_cell(row, row.p_holm)), _tex(row.conclusion_holm)]
         body.append(" & ".join(cells) + r" \\")
         previous = row.model
     return "\n".join(
@@ -693,13 +782,16 @@ def build_outputs(cfg: DictConfig, logs=None) -> dict[str, pd.DataFrame | str]:
         values, logs, compare_cfg, s.method, int(s.n_resamples), int(s.seed), float(s.confidence), columns
     )
     n_res = int(s.n_resamples)
-    note = describe(s.method, n_res, int(s.seed), s.instability, float(s.confidence))
+    note = describe(s.method, n_res, int(s.seed), s.instability, float(s.confidence), results.n_units)
     if final_epochs > 1:
         note += f" Train and test R² are the mean of the last {final_epochs} epochs (the paper: the last one)."
     names = output_names(all_pairs)
     if all_pairs:
         results = add_holm(results, float(s.confidence))
-        note += " Holm correction over the arm pairs of each model and metric, on two-sided p = min(1, 2p)."
+        note += (
+            " Holm correction over the arm pairs of each model and metric, on the exact two-sided p; "
+            "with 5 folds its floor is the exact test's, 0.0625, so no pair can be significant at 0.05."
+        )
         table = results[
             [
                 "model",
@@ -712,7 +804,9 @@ def build_outputs(cfg: DictConfig, logs=None) -> dict[str, pd.DataFrame | str]:
                 "p_value",
                 "conclusion",
                 "effect_size",
-                "p_two_sided",
+                "p_exact_one_sided",
+                "p_exact_two_sided",
+                "all_same_sign",
                 "p_holm",
                 "conclusion_holm",
                 *EVIDENCE_COLUMNS,

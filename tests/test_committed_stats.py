@@ -1,0 +1,68 @@
+"""Every committed table recomputes from its committed per-fold logs (`make restats` would change
+nothing), and none prints a p-value below what its test can reach."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from coordchannels.restats import restats_config, stats_folders
+from coordchannels.stats import build_outputs
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = stats_folders(ROOT / "results") if (ROOT / "results").is_dir() else []
+
+
+@pytest.fixture(autouse=True)
+def _at_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the committed configs hold paths relative to the repository
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.relative_to(ROOT / "results").as_posix())
+def test_committed_tables_recompute_from_their_logs(folder):
+    outputs = build_outputs(restats_config(folder.relative_to(ROOT)))
+    for name, fresh in outputs.items():
+        if not name.endswith(".csv"):
+            continue
+        committed = pd.read_csv(folder / name)
+        fresh = pd.read_csv(pd.io.common.StringIO(fresh.to_csv(index=False)))
+        assert list(committed.columns) == list(fresh.columns), name
+        pd.testing.assert_frame_equal(committed, fresh, check_exact=False, rtol=1e-12, obj=f"{folder}/{name}")
+    table = next(v for k, v in outputs.items() if k.endswith("table.csv"))
+    assert (table.p_exact_two_sided >= 2 / 2.0**table.n_units - 1e-15).all()  # never below the floor
+    md = next(v for k, v in outputs.items() if k.endswith("table.md"))
+    assert "ONE-SIDED" in md and "TWO-SIDED" in md and "| 0.00000 |" not in md
+    if (table.n_units <= 5).all():  # with 5 folds a bootstrap p of 0 means all 5 differences share a sign
+        assert "<0.0000" not in md
+
+
+def test_there_are_committed_results_to_check():
+    assert len(FOLDERS) >= 10 or not (ROOT / "results").is_dir()
+    assert np.all([os.path.isdir(f / "logs") for f in FOLDERS])
+
+
+def test_the_committed_replication_summary_recomputes_from_the_replications_logs(tmp_path):
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from coordchannels.replicate import summary_outputs, summary_stage
+    from coordchannels.restats import summary_config
+
+    committed = ROOT / "results" / "ecg_replications"
+    if not (committed / "logs" / "replication_summary.config.yaml").is_file():
+        pytest.skip("no committed replication summary in results/ecg_replications")
+    copy = tmp_path / "ecg_replications"
+    shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("*.png"))
+    cfg = summary_config(committed.relative_to(ROOT))
+    OmegaConf.update(cfg, "replicate.out_dir", str(copy), merge=False)
+    summary_stage(cfg, copy)
+    for name in summary_outputs(cfg):
+        if name.endswith(".csv"):
+            pd.testing.assert_frame_equal(
+                pd.read_csv(committed / name), pd.read_csv(copy / name), check_exact=False, rtol=1e-12, obj=name
+            )
+    summary = pd.read_csv(copy / "replication_summary.csv")
+    assert (summary.p_sign_flip >= summary.p_sign_flip_floor - 1e-15).all()
