@@ -14,7 +14,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from coordchannels import report
-from coordchannels.io import atomic_files
 from coordchannels.pipeline import run_stages
 from coordchannels.settings import SettingError
 from tests.conftest import REPO, compose_config
@@ -164,6 +163,8 @@ def test_a_stats_write_failing_halfway_leaves_the_previous_complete_set(tmp_path
 
 
 def test_a_complete_set_left_by_a_killed_process_is_renamed_into_place(tmp_path):
+    from coordchannels.io import atomic_files
+
     (tmp_path / "a.csv").write_text("old a")
     (tmp_path / "b.csv").write_text("old b")
     left = tmp_path / ".set.abcdefgh.part"  # as kill -9 leaves it after renaming a.csv
