@@ -2,8 +2,10 @@
 
 The plan says how many jobs the grid has and how many are already finished, the device, how many
 run side by side and an estimated wall time. The estimate comes from the per-epoch times of this
-run folder's own training log when it has some (`<run_dir>/logs/train.log`), else from the
-measured cost in the task's config (`task.cost`, seconds per epoch per job on a stated machine).
+run folder's own training log (`<run_dir>/logs/train.log`) timed under the same timing settings,
+an unfinished run's included, else from the measured cost in the task's config (`task.cost`,
+seconds per epoch per job on a stated machine). The plan counts finished jobs as the run does and
+names the jobs the run would refuse; a dry run judges every stage with the runner's own checks.
 Progress lines are plain log lines (no terminal needed): job k/N, elapsed time, time left.
 `dry_run=true` (`make plan`) prints the plan and stops before any stage runs.
 """
