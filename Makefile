@@ -42,8 +42,8 @@ PUBLISH := 'paths.outputs_dir=$${paths.results_dir}'
 SMOKE_DIR := data/smoke
 
 .PHONY: help setup lint format docs test test-slow reproduce data train stats table3 ecg-record ecg-arms \
-  ecg-arms-episode ecg-arms-record ecg-seeds-record smoke plan restats results-index replicate ecg-replications \
-  compare-replication demo gpu-check bench-gpu clean-runs
+  ecg-arms-episode ecg-arms-record ecg-seeds-record coordgate smoke plan restats results-index verify replicate \
+  ecg-replications compare-replication demo gpu-check bench-gpu clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -132,6 +132,10 @@ ecg-seeds-record: setup ## regenerate study vs control over 3 seeds, record grou
 	$(APP) experiment=ecg_seeds_record $(PUBLISH) $(MIRRORS) $(ARGS)
 	$(PY) -m coordchannels.index
 
+coordgate: setup ## regenerate the committed CoordGate 1-D experiment -> results/coordgate (about 40 min on 2 CPU cores)
+	$(APP) task=coordgate $(PUBLISH) $(ARGS)
+	$(PY) -m coordchannels.index
+
 smoke: setup ## every ECG stage with tiny settings into data/smoke (from scratch, ~1 min; its numbers mean nothing)
 	rm -rf $(SMOKE_DIR)
 	$(APP) task=ecg debug=smoke $(MIRRORS) $(ARGS)
@@ -147,6 +151,9 @@ restats: setup ## recompute every committed table from its committed per-fold lo
 
 results-index: setup ## regenerate results/README.md, the index of every committed result
 	$(PY) -m coordchannels.index
+
+verify: setup ## check every committed result under results/ against the SHA-256 in its manifest
+	$(PY) -m coordchannels.verify
 
 replicate: setup ## independent re-runs of the ECG study under both groupings -> data/results/ecg_replications (hours on a CPU)
 	$(PY) -m coordchannels.replicate experiment=ecg_replications $(MIRRORS) $(ARGS)

@@ -66,3 +66,34 @@ def test_the_committed_replication_summary_recomputes_from_the_replications_logs
             )
     summary = pd.read_csv(copy / "replication_summary.csv")
     assert (summary.p_sign_flip >= summary.p_sign_flip_floor - 1e-15).all()
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_restats_updates_the_manifest_and_restores_a_folder_whose_logs_changed(tmp_path):
+    import shutil
+
+    from coordchannels.restats import restat
+    from coordchannels.verify import check_files, recorded_files
+
+    committed = ROOT / "results" / "ecg"
+    if not (committed / "manifest.json").is_file():
+        pytest.skip("no committed results/ecg")
+    folder = tmp_path / "ecg"
+    shutil.copytree(committed, folder)
+    untouched = _tree(committed)
+    restat(folder)
+    assert check_files(folder, recorded_files(folder)) == []
+    assert (folder / "comparison_table.csv").read_bytes() == (committed / "comparison_table.csv").read_bytes()
+    # A per-fold log changed in place (same size): the recomputation stops and restores the folder.
+    log = next((folder / "fold_logs").rglob("*_log.csv"))
+    data = bytearray(log.read_bytes())
+    data[-3] = ord("7") if data[-3] != ord("7") else ord("3")
+    log.write_bytes(bytes(data))
+    before = _tree(folder)
+    with pytest.raises(Exception, match="differ|changed"):
+        restat(folder)
+    assert _tree(folder) == before
+    assert _tree(committed) == untouched  # it wrote only into the folder it was given

@@ -21,7 +21,7 @@ def make_stage(cfg, out: Path) -> None:
     CALLS.append("make")
     logging.getLogger("probe").info("make running")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "made.txt").write_text(f"{cfg.task.data.label_match} {cfg.seed}")
+    (out / "made.txt").write_text(f"{cfg.task.data.label_match} {cfg.seed}{cfg.get('probe_extra', '')}")
 
 
 def use_stage(cfg, out: Path) -> None:
@@ -217,7 +217,13 @@ def test_a_rebuilt_upstream_stage_makes_its_readers_run_again(tmp_path):
     cfg.stages, cfg.overwrite = ["make"], True
     run_stages(cfg)
     cfg.stages, cfg.overwrite = ["use"], False
-    assert run_stages(cfg) == ["use"]  # same settings, but made from a newer run of `make`
+    assert run_stages(cfg) == []  # a byte-identical rebuild is the same run of `make`
+    with open_dict(cfg):
+        cfg.probe_extra = " and other bytes"
+    cfg.stages, cfg.overwrite = ["make"], True
+    run_stages(cfg)
+    cfg.stages, cfg.overwrite = ["use"], False
+    assert run_stages(cfg) == ["use"]  # same settings, but made from other content of `make`
     assert run_stages(cfg) == []
 
 

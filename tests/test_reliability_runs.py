@@ -256,7 +256,7 @@ def finished_job(cfg, job) -> None:
     log = job_log_path(cfg, job)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("epoch,train_r2,test_r2\n1,0.1,0.1\n")
-    write_job_record(job_record_path(cfg, job), job_fingerprint(cfg, job), int(cfg.train.epochs))
+    write_job_record(job_record_path(cfg, job), job_fingerprint(cfg, job), int(cfg.train.epochs), log)
 
 
 def test_plan_with_overwrite_trains_every_job_again(make_cfg):
@@ -273,15 +273,20 @@ def test_plan_with_overwrite_trains_every_job_again(make_cfg):
 
 def test_plan_names_a_job_the_run_would_refuse(make_cfg, capsys):
     from coordchannels.train.grid import Job
-    from coordchannels.train.progress import make_plan
+    from coordchannels.train.progress import make_plan, plan_lines
     from coordchannels.train.record import RunConfigError
 
     finished_job(make_cfg("task=ecg", "train.lr=0.01"), Job("nimeshanet", "study", 42, 3))
     cfg = make_cfg("task=ecg", "train.models=[nimeshanet]", "train.epochs=15", "dry_run=true")
-    assert "nimeshanet" in str(make_plan(cfg).refused)
-    with pytest.raises(RunConfigError, match=r"another configuration.*lr"):
+    plan = make_plan(cfg)
+    assert (
+        list(plan.refused) == [Job("nimeshanet", "study", 42, 3)]
+        and "lr" in plan.refused[Job("nimeshanet", "study", 42, 3)]
+    )
+    assert "plan: the run would refuse 1 job(s)" in "\n".join(plan_lines(cfg, plan))
+    with pytest.raises(RunConfigError, match=r"train\.lr|lr"):  # the dry run ends with the run's own refusal
         run_stages(cfg)
-    assert "plan: the run would refuse 1 job(s)" in capsys.readouterr().out
+    assert "stage train: would run" not in capsys.readouterr().out
 
 
 def test_plan_names_a_stage_the_run_would_refuse(make_cfg, capsys):

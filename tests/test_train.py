@@ -172,7 +172,7 @@ def test_sipakmed_run_logs_h_and_k(tiny_cfg):
 def test_target_standardisation_uses_the_first_training_samples(tiny_cfg):
     cfg = tiny_cfg("sipakmed")
     data = fake_loader(cfg, cfg.arms.control, torch.device("cpu"))
-    train_idx, _ = train.job_indices(cfg, data, 1)
+    train_idx, _ = train.job_indices(cfg, data, 1, 42)
     mean, std = train.target_standardisation(data, train_idx)
     first = data.y[train_idx[:10]]
     torch.testing.assert_close(mean, first.mean(0))
@@ -189,9 +189,12 @@ def test_constant_targets_get_unit_std():
 def test_limits_cut_train_and_test_indices(tiny_cfg):
     cfg = tiny_cfg("ecg", "train.limit_train=7", "train.limit_test=5")
     data = fake_loader(cfg, cfg.arms.control, torch.device("cpu"))
-    tr, te = train.job_indices(cfg, data, 1)
+    tr, te = train.job_indices(cfg, data, 1, 42)
     full_tr, full_te = data.split(1)
-    assert tr.tolist() == full_tr[:7].tolist() and te.tolist() == full_te[:5].tolist()
+    assert len(tr) == 7 and len(te) == 5
+    assert set(tr.tolist()) <= set(full_tr) and set(te.tolist()) <= set(full_te)
+    assert tr.tolist() == sorted(tr.tolist()) and tr.tolist() != full_tr[:7].tolist()
+    assert tr.tolist() == train.job_indices(cfg, data, 1, 42)[0].tolist()  # seeded
 
 
 def test_r2_per_target_is_sklearn_per_column():

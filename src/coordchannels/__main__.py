@@ -12,16 +12,19 @@ when the same command is run again.
 from __future__ import annotations
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from coordchannels.entry import hydra_entry, reports_errors
 from coordchannels.pipeline import run_stages
+from coordchannels.settings import check_added_keys
 
 
 @hydra_entry
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 @reports_errors
 def main(cfg: DictConfig) -> None:
+    check_added_keys(HydraConfig.get().overrides.task)  # `+train.epoch=3` is a typo too
     run_stages(cfg)  # prints the plan and writes nothing under dry_run=true
 
 

@@ -2,7 +2,7 @@
 
 `manifest_stage` writes `<stats.out_dir>/manifest.json` (config, commit, package versions, data
 checksums, hardware, seed, wall time per stage, the launcher, host and device of every training
-job) and copies the per-fold logs the statistics were computed from into `<stats.out_dir>/fold_logs/` (`logs/` holds the stages' own logs), so that a results folder stands on its own.
+job, and the SHA-256 of every result file beside it: coordchannels.verify) and copies the per-fold logs the statistics were computed from into `<stats.out_dir>/fold_logs/` (`logs/` holds the stages' own logs), so that a results folder stands on its own.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from coordchannels.download import file_sha256
 from coordchannels.environment import hardware, package_versions
 from coordchannels.io import atomic_dir, write_text
 from coordchannels.pipeline import git_state, read_record, stage_spec, stage_timings, tree_sha256
+from coordchannels.stats import SCALE_MARK
 from coordchannels.train.grid import job_grid
 from coordchannels.train.record import job_record_path
+from coordchannels.verify import MANIFEST, file_sums
 
 
 def data_checksums(raw_dir: Path) -> dict:
@@ -61,12 +63,13 @@ def training_jobs(cfg: DictConfig) -> dict | None:
 
 
 def copy_logs(src: Path, dest: Path) -> int:
-    """Copy the per-fold CSV logs (not checkpoints) into the results folder; return how many."""
+    """Copy the per-fold CSV logs (not checkpoints) into the results folder, with the trainer's
+    reduced-scale mark beside them; return how many logs."""
     if not src.is_dir() or src.resolve() == dest.resolve():
         return 0
     files = sorted(src.rglob("*_log.csv"))
     with atomic_dir(dest) as tmp:
-        for f in files:
+        for f in [*files, *sorted(src.rglob(SCALE_MARK))]:
             target = tmp / f.relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, target)
@@ -91,5 +94,7 @@ def manifest_stage(cfg: DictConfig, out: Path) -> None:
         "data_settings": read_record(stage_spec(cfg, "train")) if cfg.task.get("models") else None,
         "logs_copied": n_logs,
         "config": OmegaConf.to_container(cfg, resolve=True),
+        # SHA-256 of every result file beside it, checked by `make verify` and before logs are read
+        "files": file_sums(out),
     }
-    write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
+    write_text(out / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")

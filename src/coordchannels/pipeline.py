@@ -13,7 +13,8 @@ shares, `task.stage_defs` for a task's own) with:
   change (a folder of per-fold logs), optionally with a glob (`stats.logs_dir:**/*_log.csv`):
   their SHA-256 is part of the record;
 - `on_change`: `refuse` (data stages: outputs made with other settings are an error until
-  `overwrite=true`) or `rerun` (cheap derived outputs such as tables: redo them);
+  `overwrite=true`) or `rerun` (cheap derived outputs such as tables: redo them; the train stage,
+  whose jobs keep what was made with their settings and whose `check` refuses the rest);
 - `watch`: config keys naming a user's folder (a local mirror) whose listing (paths, sizes,
   modification times) is part of the record, so that a changed mirror is noticed;
 - `check`: optional dotted name of a function `check(cfg)` that validates the stage's settings;
@@ -24,8 +25,8 @@ the settings asked for now (so training never reads data built with other settin
 stage, writing nothing, when its declared outputs exist and its record matches; otherwise runs it
 with its log (`logs/<stage>.log`) beside its outputs, and when it succeeds writes its resolved
 config, wall time, record (`logs/<stage>.inputs.json`: the chained settings and input digests) and
-the sizes of its outputs (`logs/<stage>.outputs.json`), so that a damaged output (a truncated
-array) is noticed instead of read.
+the sizes and SHA-256 of its outputs with its run id, a digest of both (`logs/<stage>.outputs.json`),
+so that a damaged output (a truncated array, bytes changed in place) is noticed instead of read.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import json
 import logging
 import subprocess
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,10 +250,7 @@ def run_stages(cfg: DictConfig) -> list[str]:
             log.info("stage %s: done in %s (same settings), skipped", stage.name, stage.out)
             continue
         run_stage(cfg, stage, commit)
-        # A new run id every time the stage runs: training records the ids of the data it read, so
-        # logs made from data built before a rebuild are never taken for logs of the new data.
-        produced = {"run_id": uuid.uuid4().hex, "sizes": output_sizes(cfg, stage)}
-        write_text(stage.sizes_path, json.dumps(produced, indent=1) + "\n")
+        write_text(stage.sizes_path, json.dumps(production(cfg, stage, record), indent=1) + "\n")
         write_text(stage.record_path, json.dumps(record, indent=1) + "\n")
         ran.append(stage.name)
     return ran
@@ -272,17 +269,52 @@ def preflight(cfg: DictConfig) -> list[Stage]:
     return stages
 
 
-def output_sizes(cfg: DictConfig, stage: Stage) -> dict[str, int]:
-    """{output: bytes} of the stage's declared outputs that are files (folders are not sized)."""
+def output_files(cfg: DictConfig, stage: Stage) -> dict[str, Path]:
+    """{name: path} of the stage's declared outputs that are files (folders are not summed)."""
     return {
-        str(p.relative_to(stage.out) if p.is_relative_to(stage.out) else p): p.stat().st_size
+        str(p.relative_to(stage.out) if p.is_relative_to(stage.out) else p): p
         for p in output_paths(cfg, stage)
         if p.is_file()
     }
 
 
+def output_sizes(cfg: DictConfig, stage: Stage) -> dict[str, int]:
+    """{output: bytes} of the stage's declared outputs that are files."""
+    return {name: path.stat().st_size for name, path in output_files(cfg, stage).items()}
+
+
+def output_sums(cfg: DictConfig, stage: Stage) -> dict[str, str]:
+    """{output: SHA-256} of the stage's declared outputs that are files."""
+    return {name: content_sha256(path) for name, path in output_files(cfg, stage).items()}
+
+
+def production(cfg: DictConfig, stage: Stage, record: dict) -> dict:
+    """What a finished run of `stage` wrote: the sizes and SHA-256 of its outputs, and its run id.
+
+    The run id is a digest of the record and the outputs' content: training records the ids of
+    the data it read, so logs are never taken for logs of other data, and a byte-identical rebuild
+    (same settings, same outputs) keeps the id, so the runs trained on it are still found."""
+    sums = output_sums(cfg, stage)
+    run_id = hashlib.sha256(canonical({"record": record, "sha256": sums}).encode()).hexdigest()[:32]
+    return {"run_id": run_id, "sizes": output_sizes(cfg, stage), "sha256": sums}
+
+
+# SHA-256 of files already summed in this process, by (path, inode, size, mtime): a run checks an
+# output when it decides to skip its stage and again when a later stage reads it.
+_SUMS: dict[tuple, str] = {}
+
+
+def content_sha256(path: Path) -> str:
+    stat = path.stat()
+    key = (str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _SUMS:
+        _SUMS[key] = file_sha256(path)
+    return _SUMS[key]
+
+
 def produced(stage: Stage) -> dict:
-    """What the stage's last run wrote: {"run_id": ..., "sizes": {output: bytes}} ({} if unknown)."""
+    """What the stage's last run wrote: {"run_id", "sizes": {output: bytes}, "sha256": {output:
+    digest}} ({} if unknown; records of older versions have no "sha256")."""
     return json.loads(stage.sizes_path.read_text()) if stage.sizes_path.exists() else {}
 
 
@@ -292,16 +324,20 @@ def upstream_run_ids(cfg: DictConfig, name: str) -> dict[str, str | None]:
 
 
 def damaged_outputs(cfg: DictConfig, stage: Stage) -> list[str]:
-    """Outputs whose size is not the one written (truncated, replaced), as 'name: now vs written'."""
+    """Outputs whose size or content is not the one written (truncated, replaced, bytes changed in
+    place), as 'name: what differs'."""
     if not stage.sizes_path.exists():
         return []
-    written = produced(stage).get("sizes", {})
-    now = output_sizes(cfg, stage)
-    return [
-        f"{stage.out / name}: {now.get(name, 'missing')} bytes, {size} written"
-        for name, size in written.items()
-        if now.get(name) != size
-    ]
+    written = produced(stage)
+    now = output_files(cfg, stage)
+    damaged = []
+    for name, size in written.get("sizes", {}).items():
+        path = now.get(name)
+        if path is None or path.stat().st_size != size:
+            damaged.append(f"{stage.out / name}: {path.stat().st_size if path else 'missing'} bytes, {size} written")
+        elif name in written.get("sha256", {}) and content_sha256(path) != written["sha256"][name]:
+            damaged.append(f"{stage.out / name}: content changed since written (SHA-256 differs)")
+    return damaged
 
 
 def check_upstream(cfg: DictConfig, stage: Stage) -> None:

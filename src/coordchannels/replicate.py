@@ -42,7 +42,7 @@ from coordchannels.io import atomic_files, write_csv, write_text
 from coordchannels.logs import load_logs, order_models
 from coordchannels.pipeline import StageError, preflight, run_stages
 from coordchannels.report import STYLE, save_png
-from coordchannels.settings import SettingError
+from coordchannels.settings import SettingError, check_added_keys
 from coordchannels.stats import INSTABILITY_FITS, METRIC_LABELS, compare, fold_values, paired_differences, pooled
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,9 @@ def run_replications(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 @reports_errors
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    check_added_keys(HydraConfig.get().overrides.task)  # `+train.epoch=3` is a typo too
     run_replications(cfg)
 
 

@@ -32,7 +32,7 @@ from coordchannels.components import arm_style
 from coordchannels.io import atomic_files, atomic_path, write_csv
 from coordchannels.logs import FoldLog
 from coordchannels.settings import SettingError, plain
-from coordchannels.stats import build_outputs, load_checked_logs, table_names, write_outputs
+from coordchannels.stats import build_outputs, limited_note, load_checked_logs, table_names, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -274,13 +274,16 @@ def stats_stage(cfg: DictConfig, out: Path) -> None:
     never paired with an old figure.
     """
     check_committed_logs(cfg, out)
+    check_run_logs_intact(cfg)
     heading = cfg.stats.get("heading")
     logs = load_checked_logs(cfg)
     outputs = with_heading(build_outputs(cfg, logs), heading)
     summary = curve_summary(logs)
-    figure = learning_curves_figure(summary, heading)
+    # a reduced run says so in its figures too, not only in its tables
+    titles = "\n".join(line for line in (heading, limited_note(cfg, logs)) if line) or None
+    figure = learning_curves_figure(summary, titles)
     values = next(v for k, v in outputs.items() if k.startswith("fold_values"))
-    finals = final_values_figure(values, heading, float(cfg.stats.confidence))
+    finals = final_values_figure(values, titles, float(cfg.stats.confidence))
     # One set: a failure while writing leaves the previous tables and figures, never a mixture.
     with atomic_files(out) as tmp:
         write_outputs(outputs, tmp)
@@ -311,23 +314,11 @@ def outputs(cfg: DictConfig) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Committed results are replaced only on purpose
 # --------------------------------------------------------------------------------------------
-# The training settings that make the per-fold logs; compared with a committed result's when the
-# statistics read this config's own training logs. Keys absent from the committed config (older
-# versions) are not compared.
-TRAIN_KEYS = (
-    "seed",
-    "task.name",
-    "train.models",
-    "train.arms",
-    "train.folds",
-    "train.seeds",
-    "train.epochs",
-    "train.batch_size",
-    "train.lr",
-    "train.limit_train",
-    "train.limit_test",
-    "train.precision",
-)
+# The settings that choose which per-fold logs are made (the training settings that make them are
+# the train stage's declared `settings`); compared with a committed result's when the statistics
+# read this config's own training logs. Keys absent from the committed config (older versions) are
+# not compared.
+GRID_KEYS = ("seed", "task.name", "train.models", "train.arms", "train.folds", "train.seeds")
 
 
 def committed_folder(cfg: DictConfig) -> Path | None:
@@ -350,7 +341,8 @@ def _compared_keys(cfg: DictConfig) -> list[str]:
     keys = [k for k in stage_spec(cfg, "stats").settings]
     if Path(str(cfg.stats.logs_dir)).resolve() == Path(str(cfg.train.logs_dir)).resolve():
         ignore = set(cfg.train.get("fingerprint_ignore") or ())
-        keys += [*TRAIN_KEYS, *(f"task.data.{k}" for k in (cfg.task.get("data") or {}) if k not in ignore)]
+        train = stage_spec(cfg, "train").settings
+        keys += [*GRID_KEYS, *train, *(f"task.data.{k}" for k in (cfg.task.get("data") or {}) if k not in ignore)]
     return keys
 
 
@@ -427,4 +419,45 @@ def check_committed_logs(cfg: DictConfig, out: Path) -> None:
             f"{out} holds committed results computed from other per-fold logs than those in "
             f"{cfg.stats.logs_dir}: its tables would change. Write elsewhere (the default "
             "data/results/), or set stats.replace_results=true to replace them on purpose."
+        )
+
+
+def check_stats_stage(cfg: DictConfig) -> None:
+    """The stats stage's `check`, before any stage runs: the committed result it would replace, and
+    the logs of a result folder it would read (`committed_logs_damage`)."""
+    from coordchannels.pipeline import StageError
+
+    check_results_dir(cfg)
+    damaged = committed_logs_damage(cfg)
+    if damaged:
+        raise StageError(
+            f"stats: per-fold logs changed since their manifest was written ({'; '.join(damaged)}); restore "
+            f"them (git checkout -- {cfg.stats.logs_dir}) or point stats.logs_dir at intact logs"
+        )
+
+
+def committed_logs_damage(cfg: DictConfig) -> list[str]:
+    """The logs under stats.logs_dir that differ from the SHA-256 in the manifest of the result
+    folder holding them (none outside such a folder)."""
+    from coordchannels.verify import check_files, manifest_folder, recorded_files
+
+    logs_dir = Path(str(cfg.stats.logs_dir))
+    folder = manifest_folder(logs_dir, Path(str(cfg.paths.root_dir)))
+    return check_files(folder, recorded_files(folder), logs_dir.resolve()) if folder else []
+
+
+def check_run_logs_intact(cfg: DictConfig) -> None:
+    """In the stats stage, after training: this config's own training logs are those its train
+    stage recorded (a log changed since is refused, naming it, not turned into tables)."""
+    from coordchannels.pipeline import StageError, damaged_outputs, stage_spec
+
+    if not cfg.task.get("models"):
+        return
+    if Path(str(cfg.stats.logs_dir)).resolve() != Path(str(cfg.train.logs_dir)).resolve():
+        return
+    damaged = damaged_outputs(cfg, stage_spec(cfg, "train"))
+    if damaged:
+        raise StageError(
+            f"stats: per-fold logs changed since they were written ({'; '.join(damaged)}); "
+            "run the train stage again to redo them"
         )

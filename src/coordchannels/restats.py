@@ -13,16 +13,20 @@ regenerate it with `make table3 PUBLISHED_LOGS_DIR=... ARGS=stats.replace_result
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from coordchannels.pipeline import run_stages
+from coordchannels.io import write_text
+from coordchannels.pipeline import git_state, run_stages
+from coordchannels.verify import MANIFEST, check_files, file_sums, recorded_files
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,8 @@ def restats_config(folder: Path) -> DictConfig:
     cfg = OmegaConf.load(folder / STATS_CONFIG)
     OmegaConf.update(cfg, "stats.logs_dir", str(logs_of(folder)), merge=False)
     OmegaConf.update(cfg, "stats.out_dir", str(folder), merge=False)
+    # The saved config is resolved: the stage's folder is a literal there, not ${stats.out_dir}.
+    OmegaConf.update(cfg, "stage_defs.stats.out", str(folder), merge=False)
     OmegaConf.update(cfg, "stats.replace_results", True, merge=False)
     OmegaConf.update(cfg, "stages", ["stats"], merge=False)
     OmegaConf.update(cfg, "overwrite", True, merge=False)
@@ -63,6 +69,7 @@ def restats_config(folder: Path) -> DictConfig:
 def summary_config(folder: Path) -> DictConfig:
     cfg = OmegaConf.load(folder / SUMMARY_CONFIG)
     OmegaConf.update(cfg, "replicate.out_dir", str(folder), merge=False)
+    OmegaConf.update(cfg, "stage_defs.replication_summary.out", str(folder), merge=False)
     OmegaConf.update(cfg, "stages", ["replication_summary"], merge=False)
     OmegaConf.update(cfg, "overwrite", True, merge=False)
     return cfg
@@ -82,10 +89,29 @@ def restat(folder: Path) -> None:
             run_stages(restats_config(folder))
             if not same_values(backup / "fold_values.csv", folder / "fold_values.csv"):
                 raise RuntimeError(f"{folder}: its per-fold values changed when recomputed; the folder is restored")
+            update_manifest(folder)
         except BaseException:
             shutil.rmtree(folder)
             shutil.move(backup, folder)
             raise
+
+
+def update_manifest(folder: Path) -> None:
+    """The manifest's checksums of the recomputed tables, and a note of the recomputation. The
+    per-fold logs it lists must be unchanged (they are the numbers the tables come from)."""
+    recorded = recorded_files(folder)
+    if recorded is None:
+        return
+    logs = folder / "fold_logs"
+    damaged = check_files(folder, recorded, logs) if logs.is_dir() else []
+    if damaged:
+        raise RuntimeError(f"{folder}: its per-fold logs differ from its manifest ({'; '.join(damaged)})")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["files"] = file_sums(folder)
+    manifest.setdefault("tables_recomputed", []).append(
+        {"by": "make restats", "commit": git_state(".")["commit"], "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    )
+    write_text(folder / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

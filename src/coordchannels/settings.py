@@ -8,8 +8,9 @@ recorded. Functions that branch on such a value call `choice` too, for callers o
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -63,3 +64,51 @@ def canonical(value: Any) -> str:
     '{"a": [2, 3], "b": 1}'
     """
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def check_added_keys(overrides: Iterable[str], compose: Callable[[list[str]], DictConfig] | None = None) -> None:
+    """Refuse an override that adds a setting the config does not have (`+train.epoch=3`, Hydra's
+    own advice for `train.epoch=3`, would run and be ignored), naming the nearest known setting.
+
+    `compose(overrides)` composes the app's config (default: Hydra's compose, inside the app); the
+    known settings are those of the config composed without the adding overrides (`+key=value`,
+    and `++key=value` of a key it lacks). Adding a config group (`+experiment=...`) is not adding
+    a setting."""
+    from hydra import compose as hydra_compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    compose = compose or (lambda kept: hydra_compose(config_name="config", overrides=kept))
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    adding = [o for o in parsed if (o.is_add() or o.is_force_add()) and not _is_group(o.key_or_group)]
+    if not adding:
+        return
+    known = compose([o.input_line for o in parsed if o not in adding])
+    missing = object()
+    names = list(setting_names(known))
+    for o in adding:
+        if OmegaConf.select(known, o.key_or_group, default=missing) is not missing:
+            continue  # ++key=value of a known key
+        nearest = difflib.get_close_matches(o.key_or_group, names, n=1, cutoff=0.6)
+        hint = f"did you mean {nearest[0]}=...?" if nearest else "see `coordchannels --cfg job` for the settings"
+        raise SettingError(f"{o.input_line}: the config has no setting {o.key_or_group!r} ({hint})")
+
+
+def setting_names(cfg: DictConfig, prefix: str = "") -> Iterator[str]:
+    """Every dotted setting of the config (lists and values are leaves; Hydra's own left out)."""
+    for key in cfg:
+        if not prefix and str(key) == "hydra":
+            continue
+        node = cfg._get_node(key)
+        name = f"{prefix}{key}"
+        yield name
+        if OmegaConf.is_dict(node):
+            yield from setting_names(node, f"{name}.")
+
+
+def _is_group(key: str) -> bool:
+    """Whether an override's key names a config group (`experiment`, `arm@arms.x`, `hydra/launcher`)."""
+    from coordchannels.components import CONF_DIR
+
+    group = key.split("@")[0]
+    return "/" in group or ("." not in group and (CONF_DIR / group).is_dir())

@@ -69,6 +69,10 @@ METRIC_LABELS = {"instability": "Instability", "test_r2": "Test R²", "train_r2"
 METRIC_LATEX = {"instability": "Instability", "test_r2": "Test $R^2$", "train_r2": "Train $R^2$"}
 # Exact enumeration materialises n^n resample means; beyond this it is a memory hazard.
 MAX_EXACT_RESAMPLES = 10_000_000
+# The trainer's mark of a reduced-scale run in each model's log folder (the published layout reads
+# only *_log.csv, so the mark travels with copied logs): the train.limit_* settings the logs had.
+SCALE_MARK = "reduced_scale.json"
+LIMIT_KEYS = ("limit_train", "limit_test")
 # The protocol of the paper: 15 epochs on all samples; fewer makes a run "limited".
 PROTOCOL_EPOCHS = 15
 # A cubic spline (UnivariateSpline's default k = 3) needs k + 1 = 4 points, and through exactly 4
@@ -680,17 +684,24 @@ def complete_run(cfg: DictConfig) -> Expected:
 
 
 def run_limits(cfg: DictConfig, logs_dir: Path) -> list[str]:
-    """train.limit_train / limit_test set in this config or in the job records beside the logs
-    (`<run_dir>/jobs/`, written by the trainer with every finished log)."""
+    """train.limit_train / limit_test set in this config, in the job records beside the logs
+    (`<run_dir>/jobs/`, written by the trainer with every finished log) or in the mark the trainer
+    leaves in each model's log folder (`reduced_scale.json`), which travels with copied logs."""
     found = {}
+    for mark in sorted(Path(logs_dir).glob(f"*/{SCALE_MARK}")):
+        try:
+            found.update({k: v for k, v in json.loads(mark.read_text()).items() if k in LIMIT_KEYS and v is not None})
+        except (OSError, ValueError, AttributeError) as exc:  # unreadable: still say the run was reduced
+            log.warning("stats: could not read %s (%s)", mark, exc)
+            found.setdefault("limit_train", f"unknown ({mark} unreadable)")
     for record in sorted((Path(logs_dir).parent / "jobs").glob("*/*.json")):
         try:
             train = json.loads(record.read_text())["fingerprint"]["train"]
         except (OSError, ValueError, KeyError, TypeError) as exc:  # the trainer checks records properly
             log.warning("stats: could not read the job record %s (%s)", record, exc)
             continue
-        found.update({key: train[key] for key in ("limit_train", "limit_test") if train.get(key) is not None})
-    for key in ("limit_train", "limit_test"):
+        found.update({key: train[key] for key in LIMIT_KEYS if train.get(key) is not None})
+    for key in LIMIT_KEYS:
         value = _setting(cfg, f"train.{key}")
         if value is not None:
             found[key] = value
@@ -712,6 +723,20 @@ def evidence(logs, limits: list[str], protocol_epochs: int) -> dict[str, dict]:
     return out
 
 
+def limited_line(info: dict[str, dict]) -> str | None:
+    """The LIMITED RUN sentence of `evidence` (None for runs at the paper's scale)."""
+    reasons = sorted({r for i in info.values() if i["limited"] for r in i["_reasons"]})
+    if not reasons:
+        return None
+    return f"LIMITED RUN ({', '.join(reasons)}): not the paper's protocol; do not compare with the published numbers."
+
+
+def limited_note(cfg: DictConfig, logs) -> str | None:
+    """The LIMITED RUN sentence for these logs, for the figures' titles."""
+    protocol = int(_setting(cfg, "stats.protocol_epochs", PROTOCOL_EPOCHS))
+    return limited_line(evidence(logs, run_limits(cfg, Path(cfg.stats.logs_dir)), protocol))
+
+
 def evidence_lines(results: pd.DataFrame, info: dict[str, dict], logs, expected: Expected) -> list[str]:
     """Sentences for the table headings: units, epochs, and loudly any limit or gap."""
     groups: dict[tuple, list[str]] = {}
@@ -724,12 +749,9 @@ def evidence_lines(results: pd.DataFrame, info: dict[str, dict], logs, expected:
         n = "/".join(str(u) for u in units)
         parts.append(f"{who}{n} paired (seed, fold) units per comparison, {n_epochs} epochs per fold")
     lines = [f"Evidence: {'; '.join(parts)}; a complete run has {expected.describe()}."]
-    limited = {m: i["_reasons"] for m, i in info.items() if i["limited"]}
+    limited = limited_line(info)
     if limited:
-        reasons = sorted({r for rs in limited.values() for r in rs})
-        lines.append(
-            f"LIMITED RUN ({', '.join(reasons)}): not the paper's protocol; do not compare with the published numbers."
-        )
+        lines.append(limited)
     if logs.missing:
         n_missing = sum(len(paths) for paths in logs.missing.values())
         names = ", ".join(f"{p.parent.name}/{p.name}" for paths in logs.missing.values() for p in paths[:3])

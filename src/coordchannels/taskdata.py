@@ -22,6 +22,9 @@ class TaskData(Protocol):
     # How many training targets estimate the standardisation mean and std (None = all of them;
     # SiPaKMeD's scripts use the first 10000 training samples).
     target_stats_samples: int | None
+    # Optional: the record (patient) of each sample, over which train.limit_train / limit_test draw
+    # their subsets in proportion; a task without it gets a plain seeded random subset.
+    # sample_group: np.ndarray
 
     def split(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
         """(train, test) sample indices of 1-based `fold`, in a fixed order."""

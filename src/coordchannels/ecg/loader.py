@@ -36,6 +36,8 @@ class EcgTaskData:
     x: torch.Tensor
     y: torch.Tensor
     sample_fold: np.ndarray
+    # The record (patient) of each sample: train.limit_train draws its subset over all of them.
+    sample_group: np.ndarray | None = None
     target_names: tuple[str, ...] = ("",)
     target_stats_samples: int | None = None
 
@@ -95,4 +97,9 @@ def load_task_data(cfg: DictConfig, arm: DictConfig, device) -> EcgTaskData:
             )
     x = torch.from_numpy(np.concatenate(arrays, axis=1).astype(np.float32, copy=False)).to(device)
     y = torch.from_numpy(samples["target_s"].to_numpy(np.float32)[:, None]).to(device)
-    return EcgTaskData(x=x, y=y, sample_fold=_sample_folds(Path(cfg.task.folds_dir), samples, cfg.task.data.group_by))
+    return EcgTaskData(
+        x=x,
+        y=y,
+        sample_fold=_sample_folds(Path(cfg.task.folds_dir), samples, cfg.task.data.group_by),
+        sample_group=samples["record"].to_numpy(dtype=str),
+    )

@@ -82,13 +82,22 @@ def job_grid(cfg: DictConfig) -> list[Job]:
     arms = _selected(cfg.train.arms, cfg.arms, "arm", "arms")
     n_folds = int(cfg.task.data.n_folds)
     folds = list(range(1, n_folds + 1)) if cfg.train.folds is None else [int(f) for f in cfg.train.folds]
+    seeds = [int(s) for s in cfg.train.seeds]
+    for key, values in (("models", models), ("arms", arms), ("folds", folds), ("seeds", seeds)):
+        _once_each(key, values)
     bad = [f for f in folds if not 1 <= f <= n_folds]
     if bad:
         raise ValueError(f"train.folds {bad} outside 1..{n_folds} (task.data.n_folds)")
-    seeds = [int(s) for s in cfg.train.seeds]
     if not seeds:
         raise ValueError("train.seeds is empty: give at least one seed")
     return [Job(m, a, s, f) for a in arms for m in models for s in seeds for f in folds]
+
+
+def _once_each(key: str, values: list) -> None:
+    """A name listed twice would be two jobs training into one log under one lock: refused."""
+    twice = sorted({v for v in values if values.count(v) > 1}, key=str)
+    if twice:
+        raise SettingError(f"train.{key}={values}: {twice} listed more than once; give each once")
 
 
 def _selected(wanted, known, what: str, where: str) -> list[str]:

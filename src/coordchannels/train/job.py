@@ -14,6 +14,7 @@ Reproducible and restartable:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import sys
@@ -31,9 +32,10 @@ from sklearn.metrics import r2_score
 from tqdm import tqdm
 
 from coordchannels.entry import UserError
-from coordchannels.io import write_csv
+from coordchannels.io import write_csv, write_text
 from coordchannels.logs import log_columns, log_path
 from coordchannels.settings import canonical, choice, plain
+from coordchannels.stats import LIMIT_KEYS, SCALE_MARK
 from coordchannels.taskdata import TaskData
 from coordchannels.train.device import (
     resolve_device,
@@ -96,9 +98,18 @@ def run_job(cfg: DictConfig, model_name: str, arm_name: str, seed: int, fold: in
             cfg, job, state, lambda model, opt, rows: save_checkpoint(ckpt_path, fingerprint, model, opt, rows)
         )
         write_csv(log_frame(rows, columns), out_log)
-        write_job_record(record_path, fingerprint, epochs)
+        mark_reduced_scale(cfg, out_log.parent)
+        write_job_record(record_path, fingerprint, epochs, out_log)
     log.info("%s: finished, log %s", job, out_log)
     return out_log
+
+
+def mark_reduced_scale(cfg: DictConfig, folder: Path) -> None:
+    """With train.limit_train/limit_test, leave their values beside the logs (`SCALE_MARK`), so that
+    tables made from a copy of the folder still say the run was reduced."""
+    limits = {key: plain(cfg.train.get(key)) for key in LIMIT_KEYS}
+    if any(value is not None for value in limits.values()):
+        write_text(folder / SCALE_MARK, json.dumps(limits, sort_keys=True) + "\n")
 
 
 def train_job(cfg: DictConfig, job: Job, state: dict | None, checkpoint) -> tuple[list[list[float]], list[str]]:
@@ -112,7 +123,7 @@ def train_job(cfg: DictConfig, job: Job, state: dict | None, checkpoint) -> tupl
     tune_malloc()
     data = task_data(cfg, job.arm, device)
     columns = log_columns(tuple(data.target_names))
-    train_idx, test_idx = job_indices(cfg, data, job.fold)
+    train_idx, test_idx = job_indices(cfg, data, job.fold, job.seed)
     mean, std = target_standardisation(data, train_idx)
 
     seed_everything(job.seed)  # the initial weights depend on the seed only, as in the scripts
@@ -224,18 +235,37 @@ def load_data(cfg: DictConfig, arm_cfg: DictConfig, device: torch.device) -> Tas
         ) from exc
 
 
-def job_indices(cfg: DictConfig, data: TaskData, fold: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train and test sample indices of `fold` (int64, CPU), cut to train.limit_train/limit_test."""
+def job_indices(cfg: DictConfig, data: TaskData, fold: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train and test sample indices of `fold` (int64, CPU), cut to train.limit_train/limit_test
+    by a subset seeded from (seed, fold) and stratified over the task's records (`limited`)."""
     train, test = data.split(fold)
-    train = _limit(np.asarray(train), cfg.train.limit_train)
-    test = _limit(np.asarray(test), cfg.train.limit_test)
+    groups = getattr(data, "sample_group", None)
+    train = limited(np.asarray(train), cfg.train.limit_train, groups, (seed, fold, 0))
+    test = limited(np.asarray(test), cfg.train.limit_test, groups, (seed, fold, 1))
     if len(train) == 0 or len(test) == 0:
         raise ValueError(f"fold {fold} has {len(train)} training and {len(test)} test samples; both must be > 0")
     return torch.as_tensor(train, dtype=torch.int64), torch.as_tensor(test, dtype=torch.int64)
 
 
-def _limit(idx: np.ndarray, limit) -> np.ndarray:
-    return idx if limit is None else idx[: int(limit)]
+def limited(idx: np.ndarray, limit, groups: np.ndarray | None, entropy: tuple[int, ...]) -> np.ndarray:
+    """`limit` of the indices `idx` (all of them when None or more), in ascending order.
+
+    Not the first `limit`: those all come from one record, so every fold without that record would
+    train the same model. Each group (record) gets its share of `limit` in proportion to its
+    samples (largest remainders first), drawn at random from a generator seeded by `entropy`;
+    without groups, a seeded random subset."""
+    if limit is None or int(limit) >= len(idx):
+        return idx
+    n = int(limit)
+    rng = np.random.default_rng(np.random.SeedSequence(list(entropy)))
+    if groups is None:
+        return np.sort(rng.choice(idx, n, replace=False))
+    group = np.asarray(groups)[idx]
+    names, counts = np.unique(group, return_counts=True)
+    quota = n * counts / len(idx)
+    share = np.floor(quota).astype(int)
+    share[np.argsort(share - quota, kind="stable")[: n - int(share.sum())]] += 1
+    return np.sort(np.concatenate([rng.choice(idx[group == name], k, replace=False) for name, k in zip(names, share)]))
 
 
 def target_standardisation(data: TaskData, train_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

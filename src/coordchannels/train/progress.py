@@ -257,11 +257,20 @@ TRACKERS = ("tensorboard",)
 
 
 def check_train_settings(cfg: DictConfig) -> None:
-    """The train stage's `check`, run before any stage: the training settings and the tracker."""
+    """The train stage's `check`, run before any stage: the training settings, the tracker, and
+    that the grid's finished jobs were made with these settings (or fewer epochs)."""
     from coordchannels.train.grid import check_settings
+    from coordchannels.train.record import check_finished_jobs
 
     check_settings(cfg)
     check_tracker(cfg)
+    if cfg.task.get("models"):
+        from coordchannels.pipeline import check_upstream, stage_spec
+
+        stage = stage_spec(cfg, "train")
+        if not set(stage.after) & set(cfg.stages):
+            check_upstream(cfg, stage)  # data made with other settings: said as such, first
+        check_finished_jobs(cfg, job_grid(cfg))
 
 
 def check_tracker(cfg: DictConfig) -> None:

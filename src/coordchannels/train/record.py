@@ -26,17 +26,17 @@ import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig
 
+from coordchannels.download import file_sha256
 from coordchannels.io import atomic_path, write_text
-from coordchannels.pipeline import upstream_run_ids
+from coordchannels.pipeline import stage_spec, upstream_run_ids
 from coordchannels.settings import canonical, plain
 from coordchannels.train.grid import Job
 
 log = logging.getLogger(__name__)
 
-# Training settings that change the numbers. Not: epochs (how far, see the record), device, eval
-# batch size, jobs side by side. num_threads is here because CPU kernels sum in another order
-# with another thread count.
-TRAIN_KEYS = ("batch_size", "lr", "limit_train", "limit_test", "precision", "channels_last", "compile", "num_threads")
+# The setting that says how far a job goes, not what its numbers are: a job's record holds it
+# beside the fingerprint, and more of it continues a finished job.
+EPOCHS_KEY = "train.epochs"
 # The parts of a model's and an arm's config that change the numbers (not their labels or colours).
 MODEL_KEYS = ("log_name", "net")
 ARM_KEYS = ("name", "channels", "model_kwargs")
@@ -64,14 +64,18 @@ def save_checkpoint(
         torch.save(state, tmp)
 
 
+def read_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged file: say which and what to do
+        raise RunConfigError(f"{path}: unreadable checkpoint ({exc}); delete it or set overwrite=true") from exc
+
+
 def load_checkpoint(path: Path, fingerprint: dict) -> dict | None:
     """The checkpoint at `path` (None when there is none); refuse one from another configuration."""
     if not path.exists():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged file: say which and what to do
-        raise RunConfigError(f"{path}: unreadable checkpoint ({exc}); delete it or set overwrite=true") from exc
+    state = read_checkpoint(path)
     stored = json.loads(state["fingerprint"])
     if stored != json.loads(canonical(fingerprint)):
         raise RunConfigError(
@@ -102,8 +106,24 @@ def data_fingerprint(cfg: DictConfig) -> dict:
     return fingerprint
 
 
+def train_keys(cfg: DictConfig) -> list[str]:
+    """The training settings in a job's fingerprint (without `train.`): the train stage's declared
+    `settings` (conf/config.yaml, the one list) but the epochs. Not there: device, eval batch size,
+    jobs side by side; num_threads is, as CPU kernels sum in another order with another count."""
+    settings = stage_spec(cfg, "train").settings
+    return [key.removeprefix("train.") for key in settings if key.startswith("train.") and key != EPOCHS_KEY]
+
+
+# How train.limit_train/limit_test choose their samples (coordchannels.train.job.limited): in the
+# fingerprint of limited runs only, so that logs of the earlier rule (the first N) are not reused.
+SUBSET_RULE = "seeded, stratified over records"
+
+
 def train_fingerprint(cfg: DictConfig) -> dict:
-    return {key: plain(cfg.train.get(key)) for key in TRAIN_KEYS}
+    fingerprint = {key: plain(cfg.train.get(key)) for key in train_keys(cfg)}
+    if any(fingerprint.get(key) is not None for key in ("limit_train", "limit_test")):
+        fingerprint["subset"] = SUBSET_RULE
+    return fingerprint
 
 
 def job_fingerprint(cfg: DictConfig, job: Job) -> dict:
@@ -139,17 +159,26 @@ def read_job_record(path: Path) -> dict | None:
         return None
     try:
         record = json.loads(path.read_text())
-        return {"fingerprint": record["fingerprint"], "epochs": int(record["epochs"])}
+        return {
+            "fingerprint": record["fingerprint"],
+            "epochs": int(record["epochs"]),
+            "log_sha256": record.get("log_sha256"),  # absent in records of older versions
+        }
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RunConfigError(
             f"{path}: unreadable job record ({exc}); delete it with its log, or set overwrite=true to retrain"
         ) from exc
 
 
-def write_job_record(path: Path, fingerprint: dict, epochs: int) -> None:
-    """The fingerprint and epochs (what `read_job_record` compares), and where the job ran (for the
-    manifest only: a job's numbers do not depend on it)."""
-    record = {"fingerprint": fingerprint, "epochs": int(epochs), **where_it_ran()}
+def write_job_record(path: Path, fingerprint: dict, epochs: int, log_path: Path) -> None:
+    """The fingerprint, epochs and the SHA-256 of the finished log (what `read_job_record` compares),
+    and where the job ran (for the manifest only: a job's numbers do not depend on it)."""
+    record = {
+        "fingerprint": fingerprint,
+        "epochs": int(epochs),
+        "log_sha256": file_sha256(log_path),
+        **where_it_ran(),
+    }
     write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
@@ -189,16 +218,69 @@ def finished_epochs(cfg: DictConfig, job: Job, log_path: Path, fingerprint: dict
     if not log_path.exists():
         return 0
     if record is None:
-        raise RunConfigError(
-            f"{log_path} has no job record ({job_record_path(cfg, job)}): it cannot be shown to come from this "
-            "configuration; pick another train.run_name or set overwrite=true to retrain"
-        )
+        raise unrecorded_log(cfg, job, log_path)
     if record["fingerprint"] != fingerprint:
         raise RunConfigError(
             f"{log_path} was made with another configuration ({_differences(record['fingerprint'], fingerprint)}); "
             "pick another train.run_name or set overwrite=true to retrain"
         )
+    if not log_intact(log_path, record):
+        log.warning("%s: not the log its job wrote (truncated or changed): redoing it from its checkpoint", log_path)
+        return 0
     return record["epochs"]
+
+
+def log_intact(log_path: Path, record: dict) -> bool:
+    """The log is the one its job record describes: same SHA-256 (older records, without one: a
+    header and one row per recorded epoch)."""
+    if record.get("log_sha256"):
+        return file_sha256(log_path) == record["log_sha256"]
+    return len(log_path.read_text(errors="replace").splitlines()) == record["epochs"] + 1
+
+
+def check_finished_jobs(cfg: DictConfig, jobs: list[Job]) -> None:
+    """Before any stage runs: refuse, in one message naming every differing setting, a grid whose
+    finished (or interrupted: checkpointed) jobs in this run folder were made with other settings or
+    more epochs than asked for. Jobs not trained yet (new seeds, folds, models, arms) and more
+    epochs are not conflicts."""
+    if cfg.overwrite:
+        return
+    from coordchannels.train.job import checkpoint_path, job_log_path
+
+    wanted_epochs, differ, conflicts = int(cfg.train.epochs), {}, 0
+    for job in jobs:
+        record, log_path, ckpt = (
+            read_job_record(job_record_path(cfg, job)),
+            job_log_path(cfg, job),
+            checkpoint_path(cfg, job),
+        )
+        if log_path.exists() and record is None:
+            raise unrecorded_log(cfg, job, log_path)
+        if log_path.exists():
+            stored, epochs = record["fingerprint"], record["epochs"]
+        elif ckpt.exists():  # interrupted: its checkpoint says what it was trained with
+            state = read_checkpoint(ckpt)
+            stored, epochs = json.loads(state["fingerprint"]), len(state["rows"])
+        else:
+            continue
+        found = differences(stored, job_fingerprint(cfg, job))
+        if epochs > wanted_epochs:
+            found[EPOCHS_KEY] = f"stored {epochs}, now {wanted_epochs} (fewer epochs cannot be had from them)"
+        conflicts += bool(found)
+        differ.update(found)
+    if differ:
+        raise RunConfigError(
+            f"{conflicts} trained job(s) in {cfg.train.run_dir} were made with other settings "
+            f"({'; '.join(f'{key}: {change}' for key, change in sorted(differ.items()))}); "
+            "pick another train.run_name (or train.run_dir) to keep them, or set overwrite=true to retrain"
+        )
+
+
+def unrecorded_log(cfg: DictConfig, job: Job, log_path: Path) -> RunConfigError:
+    return RunConfigError(
+        f"{log_path} has no job record ({job_record_path(cfg, job)}): it cannot be shown to come from this "
+        "configuration; pick another train.run_name or set overwrite=true to retrain"
+    )
 
 
 @contextmanager
@@ -223,17 +305,23 @@ def job_lock(cfg: DictConfig, job: Job) -> Iterator[None]:
         lock.release()
 
 
-def _differences(stored: Any, current: Any, prefix: str = "") -> str:
-    """'key: stored -> now' for the first few differing leaves of two nested dicts."""
+def differences(stored: Any, current: Any) -> dict[str, str]:
+    """{dotted key: 'stored a, now b'} for every differing leaf of two nested dicts."""
     stored, current = json.loads(canonical(stored)), json.loads(canonical(current))
-    diffs: list[str] = []
+    diffs: dict[str, str] = {}
 
     def walk(a: Any, b: Any, key: str) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
                 walk(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{key}.{k}" if key else k)
         elif a != b:
-            diffs.append(f"{key or 'value'}: stored {a!r}, now {b!r}")
+            diffs[key or "value"] = f"stored {a!r}, now {b!r}"
 
-    walk(stored, current, prefix)
+    walk(stored, current, "")
+    return diffs
+
+
+def _differences(stored: Any, current: Any) -> str:
+    """'key: stored -> now' for the first few differing leaves of two nested dicts."""
+    diffs = [f"{key}: {change}" for key, change in differences(stored, current).items()]
     return ", ".join(diffs[:5]) + (f" and {len(diffs) - 5} more" if len(diffs) > 5 else "")
