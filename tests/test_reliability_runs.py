@@ -216,7 +216,6 @@ def junk_external_data(folder: Path) -> Path:
 ENTRY_ERRORS = {
     "app": ("coordchannels", ["task=ecg", "train.arms=[bogus]"], "unknown arm"),
     "app, unknown key": ("coordchannels", ["train.epoch=3"], "train.epoch"),
-    "replicate, unknown config": ("coordchannels.replicate", ["experiment=ecg_replication"], "ecg_replications"),
     "fanout": ("coordchannels.train.fanout", ["hydra/launcher=submitit_local", "train.seeds=[]"], "train.seeds"),
     "replicate": ("coordchannels.replicate", ["experiment=ecg_replications", "replicate.first=9"], "replicate.first"),
     "final-epoch script": ("scripts/summarise_authors_ecg.py", ["--out", "{tmp}/out", "ours={tmp}/none"], "none"),
@@ -231,17 +230,42 @@ ENTRY_ERRORS = {
 }
 
 
+def run_in_process(module: str, argv: list[str], capsys) -> tuple[int, str]:
+    """A script or argparse entry point run here, as `python` runs it (no Hydra, no new process)."""
+    import runpy
+
+    target = str(REPO / module) if module.endswith(".py") else module
+    old_argv = sys.argv
+    sys.argv = [target, *argv]
+    try:
+        if module.endswith(".py"):
+            runpy.run_path(target, run_name="__main__")
+        else:
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old_argv
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("entry", ENTRY_ERRORS)
-def test_every_entry_point_ends_an_error_with_one_line_and_no_traceback(tmp_path, entry):
+def test_every_entry_point_ends_an_error_with_one_line_and_no_traceback(tmp_path, entry, capsys, monkeypatch):
     module, argv, named = ENTRY_ERRORS[entry]
     junk_external_data(tmp_path / "external")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    hydra = not module.endswith(".py") and module != "coordchannels.compare_replication"
-    run = run_entry(module, *argv, *([f"paths.root_dir={tmp_path}"] if hydra else []))
-    assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
-    assert "Traceback" not in run.stderr and "Traceback" not in run.stdout
-    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and named in errors[0], run.stderr[-2000:]
+    monkeypatch.delenv("COORDCHANNELS_DEBUG", raising=False)
+    if module.endswith(".py") or module == "coordchannels.compare_replication":
+        code, stderr = run_in_process(module, argv, capsys)
+    else:  # a Hydra app: its own process, as a user starts it
+        run = run_entry(module, *argv, f"paths.root_dir={tmp_path}")
+        code, stderr = run.returncode, run.stderr
+        assert "Traceback" not in run.stdout
+    assert code == 1, stderr[-2000:]
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and named in errors[0], stderr[-2000:]
     assert "make data" not in errors[0]  # external data are not rebuilt by the data stages
 
 

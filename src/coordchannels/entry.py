@@ -42,20 +42,35 @@ def debugging() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+# The project's errors whose messages name the setting or file and the way out. Known by name, so
+# that this module imports nothing of the package and any module may use it.
+OWN_ERRORS = {"SettingError", "StageError", "RunConfigError", "LogError", "UserError"}
+# Of those, the refusals: a setting or input a stage will not use (not a failure of its work).
+REFUSALS = {"SettingError", "StageError", "RunConfigError"}
+
+
+def _is(exc: BaseException, names: set[str]) -> bool:
+    return any(c.__name__ in names and c.__module__.startswith("coordchannels") for c in type(exc).__mro__)
+
+
+def own_error(exc: BaseException) -> bool:
+    return _is(exc, OWN_ERRORS)
+
+
+def refusal(exc: BaseException) -> bool:
+    """Whether `exc` refuses a setting or input (the runner then leaves the stage's log as it was)."""
+    return _is(exc, REFUSALS)
+
+
 def error_line(exc: BaseException) -> str:
     """`error: <what> (<what to do>)` for `exc`; an unforeseen error says how to see where it came from."""
-    from coordchannels.logs import LogError
-    from coordchannels.pipeline import StageError
-    from coordchannels.settings import SettingError
-    from coordchannels.train.record import RunConfigError
-
     message = str(exc).strip() or type(exc).__name__
     if isinstance(exc, OSError) and exc.filename is not None:  # raised by the OS, not with our message
         if isinstance(exc, FileNotFoundError):
             return f"error: {exc.filename} not found (check the path given)"
         return f"error: {exc.filename}: {exc.strerror} (check the file or folder named)"
     # The project's own errors and the missing-file errors of its stages say what to do themselves.
-    if isinstance(exc, (SettingError, StageError, RunConfigError, LogError, FileNotFoundError, UserError)):
+    if own_error(exc) or isinstance(exc, FileNotFoundError):
         return f"error: {message}"
     if isinstance(exc, ValueError):  # a bad value read from a setting or a file
         return f"error: {message} (check the setting or file named; {DEBUG_ENV}=1 shows where it was raised)"

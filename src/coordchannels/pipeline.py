@@ -46,8 +46,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.components import complete_arms
 from coordchannels.download import file_sha256
+from coordchannels.entry import refusal
 from coordchannels.io import write_text
-from coordchannels.settings import SettingError, canonical, plain, validate_choices
+from coordchannels.settings import canonical, plain, validate_choices
 
 log = logging.getLogger(__name__)
 
@@ -444,13 +445,6 @@ def run_stage(cfg: DictConfig, stage: Stage, commit: str | None = None) -> None:
     finally:
         root.removeHandler(handler)
         handler.close()
-
-
-def refusal(exc: BaseException) -> bool:
-    """Whether `exc` is a refusal (a setting or input the stage will not use), not a failure of its work."""
-    from coordchannels.train.record import RunConfigError
-
-    return isinstance(exc, (SettingError, StageError, RunConfigError))
 
 
 def restore_log(log_file: Path, size: int | None, made: list[Path]) -> None:
