@@ -42,8 +42,8 @@ PUBLISH := 'paths.outputs_dir=$${paths.results_dir}'
 SMOKE_DIR := data/smoke
 
 .PHONY: help setup lint format docs test test-slow reproduce data train stats table3 ecg-record ecg-arms \
-  ecg-arms-episode ecg-arms-record ecg-seeds-record coordgate smoke plan restats results-index verify replicate mechanisms \
-  mechanisms-results mechanisms-plan demo gpu-check bench-gpu clean-runs
+  ecg-arms-episode ecg-arms-record ecg-seeds-record coordgate smoke plan restats results-index verify replicate \
+  ecg-replications compare-replication mechanisms mechanisms-results mechanisms-plan demo gpu-check bench-gpu clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -155,8 +155,17 @@ results-index: setup ## regenerate results/README.md, the index of every committ
 verify: setup ## check every committed result under results/ against the SHA-256 in its manifest
 	$(PY) -m coordchannels.verify
 
-replicate: setup ## independent re-runs of the ECG study under both groupings -> results/ecg_replications (hours on a CPU)
+replicate: setup ## independent re-runs of the ECG study under both groupings -> data/results/ecg_replications (hours on a CPU)
 	$(PY) -m coordchannels.replicate experiment=ecg_replications $(MIRRORS) $(ARGS)
+
+ecg-replications: setup ## regenerate the committed replications -> results/ecg_replications (on the CPU model they were made on)
+	$(PY) -m coordchannels.replicate experiment=ecg_replications $(PUBLISH) $(MIRRORS) $(ARGS)
+	$(PY) -m coordchannels.index
+
+FRESH ?= data/results/ecg_replications
+COMMITTED ?= results/ecg_replications
+compare-replication: setup ## compare a fresh replication (FRESH, default data/results/ecg_replications) with the committed one by statistic
+	$(PY) -m coordchannels.compare_replication '$(FRESH)' '$(COMMITTED)' $(ARGS)
 
 # The mechanisms study (docs/mechanisms.md): writes to data/results/ecg_mechanisms (scratch);
 # mechanisms-results publishes to results/ecg_mechanisms.

@@ -81,7 +81,7 @@ def fake_published(folder: Path) -> None:
 
 
 def test_the_summary_comes_from_the_replications_logs_alone(tmp_path):
-    out = tmp_path / "results" / "ecg_replications"
+    out = tmp_path / "data" / "results" / "ecg_replications"  # a new replication's default folder
     fake_replications(out, 2)
     fake_published(tmp_path / "published")
     cfg = compose_config(
@@ -132,7 +132,14 @@ def test_a_committed_replication_with_other_settings_is_refused_before_any_train
     from coordchannels.replicate import run_replications
     from coordchannels.settings import SettingError
 
-    cfg = compose_config(["experiment=ecg_replications", f"paths.root_dir={tmp_path}", "replicate.n=2"])
+    cfg = compose_config(
+        [
+            "experiment=ecg_replications",
+            f"paths.root_dir={tmp_path}",
+            "replicate.n=2",
+            "paths.outputs_dir=${paths.results_dir}",  # publishing (make ecg-replications)
+        ]
+    )
     committed = replication_config(cfg, "record", 2)
     OmegaConf.update(committed, "train.models", ["nimeshanet"], merge=False)
     logs = Path(str(committed.stats.out_dir)) / "logs"
@@ -167,5 +174,5 @@ def test_replicate_first_runs_only_the_later_replications(tmp_path, capsys):
     assert "replication_episode_3" in printed
     assert "replication_episode_1" not in printed and "replication_episode_2" not in printed
     cfg.replicate.first = 4
-    with pytest.raises(ValueError, match=r"replicate\.first=4"):
+    with pytest.raises(ValueError, match=r"replicate\.first=4"):  # a SettingError is a ValueError
         run_replications(cfg)

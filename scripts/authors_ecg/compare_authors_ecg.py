@@ -42,6 +42,7 @@ from scipy import stats
 from coordchannels.ecg import augment as our_augment
 from coordchannels.ecg import features as our_features
 from coordchannels.ecg import loader as our_loader
+from coordchannels.entry import reports_errors
 from coordchannels.models import NimeshaNet as OurNimeshaNet
 from coordchannels.tables import markdown_table
 from coordchannels.train import Execution, r2_per_target, target_standardisation, train_step
@@ -680,6 +681,7 @@ def write_report(out: Path):
     (out / "stages.md").write_text("\n".join(lines))
 
 
+@reports_errors
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="scratch/authors_ecg", help="work folder of authors_scripts_ecg.py")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from coordchannels.entry import UserError, reports_errors
 from coordchannels.logs import read_log
 from coordchannels.stats import fold_metrics
 from coordchannels.tables import markdown_table
@@ -42,6 +43,7 @@ def collect(label: str, root: Path, models: list[str]) -> list[dict]:
     return rows
 
 
+@reports_errors
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sources", nargs="+", help="label=folder, in the order of the table's columns")
@@ -50,9 +52,17 @@ def main(argv=None):
     a = p.parse_args(argv)
     labels, rows = [], []
     for s in a.sources:
-        label, folder = s.split("=", 1)
+        label, sep, folder = s.partition("=")
+        if not sep or not label or not folder:
+            raise UserError(f"source {s!r}: give it as label=folder (e.g. ours=results/ecg/fold_logs)")
+        found = collect(label, Path(folder), a.models)
+        if not found:
+            raise UserError(
+                f"{folder} (source {label}) holds no per-fold log of {', '.join(a.models)} "
+                "(give a folder in the published layout: <model>/<arm>_set_fold_<k>_log.csv)"
+            )
         labels.append(label)
-        rows += collect(label, Path(folder), a.models)
+        rows += found
     df = pd.DataFrame(rows)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

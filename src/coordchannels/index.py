@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
+from coordchannels.entry import reports_errors
 from coordchannels.stats import format_bootstrap_p, format_exact_p, format_p
 from coordchannels.tables import markdown_table
 
@@ -256,6 +257,7 @@ def build_index(results: Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+@reports_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write results/README.md, the index of the committed results.")
     parser.add_argument("--results", type=Path, default=Path("results"))

@@ -116,6 +116,48 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+# A set of files (`atomic_files`) is filled in a hidden folder beside them; this file inside it says
+# the set is complete, so that renaming it into place may be finished by a later process.
+SET_PREFIX = ".set."
+SET_COMPLETE = ".complete"
+
+
+@contextlib.contextmanager
+def atomic_files(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder; the files written into it replace their namesakes in `folder` as
+    one set, only if the block succeeds. A failure while filling it (a full disk, a kill) leaves the
+    previous set as it was; a kill while the complete set is renamed into place is finished by the
+    next `atomic_files` of the same folder (`finish_file_sets`). Other files of `folder` are kept."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    finish_file_sets(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=SET_PREFIX, suffix=".part", dir=folder))
+    try:
+        yield tmp
+        (tmp / SET_COMPLETE).touch()
+        _move_set(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def finish_file_sets(folder: Path) -> None:
+    """Complete the renaming of a set a killed process had finished filling; drop unfinished sets."""
+    for tmp in sorted(folder.glob(f"{SET_PREFIX}*.part")):
+        if (tmp / SET_COMPLETE).is_file():
+            log.info("finishing the interrupted replacement of %s's files from %s", folder, tmp.name)
+            _move_set(tmp, folder)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_set(tmp: Path, folder: Path) -> None:
+    for path in sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != SET_COMPLETE):
+        target = folder / path.relative_to(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    shutil.rmtree(tmp)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -46,6 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.components import complete_arms
 from coordchannels.download import file_sha256
+from coordchannels.entry import refusal
 from coordchannels.io import write_text
 from coordchannels.settings import canonical, plain, validate_choices
 
@@ -236,7 +237,8 @@ def run_stages(cfg: DictConfig) -> list[str]:
     if cfg.get("dry_run"):
         from coordchannels.train.progress import dry_run_lines
 
-        print("\n".join(dry_run_lines(cfg)), flush=True)
+        for line in dry_run_lines(cfg):  # a refusal is raised after the lines before it
+            print(line, flush=True)
         return []
     stages = preflight(cfg)
     # The code a run used is the commit it started from, whatever is committed while it runs.
@@ -407,11 +409,15 @@ def needs_run(cfg: DictConfig, stage: Stage, record: dict) -> bool:
 
 
 def run_stage(cfg: DictConfig, stage: Stage, commit: str | None = None) -> None:
-    """Run one stage with its log file in `out/logs/`; on success, its resolved config and wall time."""
+    """Run one stage with its log file in `out/logs/`; on success, its resolved config and wall time.
+    A refused stage (a setting or input it will not use) leaves its folder and log as they were."""
     fn = stage_function(stage)
     logs = stage.out / "logs"
+    log_file = logs / f"{stage.name}.log"
+    made = [d for d in (stage.out, logs) if not d.exists()]
+    before = log_file.stat().st_size if log_file.exists() else None
     logs.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(logs / f"{stage.name}.log")
+    handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
@@ -427,13 +433,32 @@ def run_stage(cfg: DictConfig, stage: Stage, commit: str | None = None) -> None:
         write_text(logs / f"{stage.name}.config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         record_timing(stage, seconds, commit)
     except BaseException as exc:
-        log.error(
-            "stage %s failed after %.1f s: %s", stage.name, time.perf_counter() - start, exc or type(exc).__name__
-        )
+        if refusal(exc):
+            root.removeHandler(handler)
+            handler.close()
+            restore_log(log_file, before, made)
+        else:
+            log.error(
+                "stage %s failed after %.1f s: %s", stage.name, time.perf_counter() - start, exc or type(exc).__name__
+            )
         raise
     finally:
         root.removeHandler(handler)
         handler.close()
+
+
+def restore_log(log_file: Path, size: int | None, made: list[Path]) -> None:
+    """Undo what a refused stage wrote to its log: cut the log back to `size` bytes (remove it when
+    it did not exist) and remove the folders `made` for it when they are still empty. The refusal
+    itself reaches the console; a committed log must not change because a run was refused."""
+    if size is None:
+        log_file.unlink(missing_ok=True)
+    else:
+        with open(log_file, "r+b") as fh:
+            fh.truncate(size)
+    for folder in reversed(made):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def require_input(path: Path, stage: str, task: str) -> Path:

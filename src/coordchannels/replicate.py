@@ -36,12 +36,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
+from coordchannels.entry import hydra_entry, reports_errors
 from coordchannels.inference import pool_replications
-from coordchannels.io import write_csv, write_text
+from coordchannels.io import atomic_files, write_csv, write_text
 from coordchannels.logs import load_logs, order_models
-from coordchannels.pipeline import preflight, run_stages
+from coordchannels.pipeline import StageError, preflight, run_stages
 from coordchannels.report import STYLE, save_png
-from coordchannels.settings import check_added_keys
+from coordchannels.settings import SettingError, check_added_keys
 from coordchannels.stats import INSTABILITY_FITS, METRIC_LABELS, compare, fold_values, paired_differences, pooled
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ SUMMARY_COLUMNS = [
 ]
 SENSITIVITY_COLUMNS = ["grouping", "model", "fit", "n_replications", "n_same_direction", *SUMMARY_COLUMNS[7:17]]
 METRICS = ("train_r2", "test_r2", "instability")
+GROUPINGS = {"episode", "record"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,9 +102,13 @@ def run_replications(cfg: DictConfig) -> None:
     n, groupings = int(cfg.replicate.n), list(cfg.replicate.groupings)
     first = int(cfg.replicate.get("first", 1))
     if n < 1:
-        raise ValueError(f"replicate.n={n}: give at least one replication")
+        raise SettingError(f"replicate.n={n}: give at least one replication")
     if not 1 <= first <= n:
-        raise ValueError(f"replicate.first={first}: give a replication between 1 and replicate.n={n}")
+        raise SettingError(f"replicate.first={first}: give a replication between 1 and replicate.n={n}")
+    if not groupings or set(groupings) - GROUPINGS:
+        raise SettingError(
+            f"replicate.groupings={groupings}: give one or more of {sorted(GROUPINGS)} (e.g. replicate.groupings=[record])"
+        )
     # Replications before `first` are left as they are (e.g. committed ones trained on another machine,
     # whose run folders are not here); the summary still reads every replication's committed logs.
     runs = [(grouping, r, replication_config(cfg, grouping, r)) for grouping in groupings for r in range(first, n + 1)]
@@ -117,7 +123,9 @@ def run_replications(cfg: DictConfig) -> None:
     run_stages(summary)
 
 
+@hydra_entry
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@reports_errors
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -213,7 +221,7 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
                 }
             )
     if not summary:
-        raise FileNotFoundError(f"no finished replication under {out}: run `make replicate` first")
+        raise StageError(f"no finished replication under {out} (run `make replicate` first)")
     table = pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
     per_rep = pd.concat(per_rep, ignore_index=True).drop(columns="diffs")
     pub_levels = published_values[published_values.metric == "test_r2"].groupby(["model", "arm"])["value"].mean()
@@ -227,14 +235,15 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
     sensitivity = pd.DataFrame(
         [row for g in table.grouping.unique() for row in sensitivity_rows(out, g, cfg)], columns=SENSITIVITY_COLUMNS
     )
-    write_csv(sensitivity, out / "instability_sensitivity.csv")
-    write_text(out / "instability_sensitivity.md", sensitivity_markdown(sensitivity))
-    write_csv(table, out / "replication_summary.csv")
-    write_csv(per_rep, out / "replications.csv")
-    write_csv(levels, out / "arm_levels.csv")
-    write_text(out / "replication_summary.md", summary_markdown(table, cfg, k))
-    for name, fig in figures.items():
-        save_png(fig, out / name)
+    with atomic_files(out) as tmp:  # one set, as the stats stage writes its tables and figures
+        write_csv(sensitivity, tmp / "instability_sensitivity.csv")
+        write_text(tmp / "instability_sensitivity.md", sensitivity_markdown(sensitivity))
+        write_csv(table, tmp / "replication_summary.csv")
+        write_csv(per_rep, tmp / "replications.csv")
+        write_csv(levels, tmp / "arm_levels.csv")
+        write_text(tmp / "replication_summary.md", summary_markdown(table, cfg, k))
+        for name, fig in figures.items():
+            save_png(fig, tmp / name)
     log.info(
         "replication_summary: %d rows from %d replication(s) -> %s",
         len(table),

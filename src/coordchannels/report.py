@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.components import arm_style
 from coordchannels.figures import STYLE, save_figure, save_png
+from coordchannels.io import atomic_files
 from coordchannels.logs import FoldLog
 from coordchannels.settings import SettingError, plain
 from coordchannels.stats import build_outputs, limited_note, load_checked_logs, table_names, write_outputs
@@ -264,9 +265,9 @@ def stats_stage(cfg: DictConfig, out: Path) -> None:
     """The `stats` stage: compare arms on a folder of per-fold logs and draw their learning curves,
     into `out` (stats.out_dir).
 
-    Tables and figure come from one reading of the logs and are all computed before the first file
-    is written, so that a failure leaves the previous set whole and a new set is never paired with
-    an old figure.
+    Tables and figures come from one reading of the logs and are written as one set (a temporary
+    folder renamed into place), so that a failure leaves the previous set whole and a new set is
+    never paired with an old figure.
     """
     check_committed_logs(cfg, out)
     check_run_logs_intact(cfg)
@@ -279,9 +280,11 @@ def stats_stage(cfg: DictConfig, out: Path) -> None:
     figure = learning_curves_figure(summary, titles)
     values = next(v for k, v in outputs.items() if k.startswith("fold_values"))
     finals = final_values_figure(values, titles, float(cfg.stats.confidence))
-    write_outputs(outputs, out)
-    save_figure(figure, out / FIGURE_NAME, summary, out / CURVES_NAME)
-    save_png(finals, out / FINALS_NAME)
+    # One set: a failure while writing leaves the previous tables and figures, never a mixture.
+    with atomic_files(out) as tmp:
+        write_outputs(outputs, tmp)
+        save_figure(figure, tmp / FIGURE_NAME, summary, tmp / CURVES_NAME)
+        save_png(finals, tmp / FINALS_NAME)
     log.info("stats: wrote %s, %s, %s and %s to %s", ", ".join(outputs), CURVES_NAME, FIGURE_NAME, FINALS_NAME, out)
 
 
@@ -361,6 +364,38 @@ def check_results_dir(cfg: DictConfig) -> None:
             f"({'; '.join(differ)}). Write elsewhere (leave stats.out_dir and paths.outputs_dir at their "
             "defaults: data/results/), or set stats.replace_results=true to replace them on purpose."
         )
+    check_training_machine(cfg, folder)
+
+
+def check_training_machine(cfg: DictConfig, folder: Path) -> None:
+    """Before any job trains: logs trained here for a committed result would differ from its logs
+    (they are bit-identical only on the same CPU model and torch build), so the statistics would be
+    refused after hours of training. Refuse now when this run trains any of its jobs on another
+    machine than the committed result's (its manifest's hardware)."""
+    manifest = folder / "manifest.json"
+    same_logs = Path(str(cfg.stats.logs_dir)).resolve() == Path(str(cfg.train.logs_dir)).resolve()
+    if "train" not in cfg.stages or not same_logs or not manifest.is_file() or not cfg.task.get("models"):
+        return
+    import torch
+
+    from coordchannels.environment import cpu_name
+    from coordchannels.train.grid import job_grid
+    from coordchannels.train.progress import done_epochs
+
+    made = json.loads(manifest.read_text()).get("hardware") or {}
+    here = {"cpu": cpu_name(), "torch": torch.__version__}
+    if all(made.get(k) == v for k, v in here.items()):
+        return
+    epochs = int(cfg.train.epochs)
+    if all(done_epochs(cfg, job) >= epochs for job in job_grid(cfg)):
+        return  # nothing trains here: the statistics read logs already made
+    raise SettingError(
+        f"stats.out_dir={cfg.stats.out_dir} holds committed results trained on {made.get('cpu')!r} with torch "
+        f"{made.get('torch')}; logs trained here ({here['cpu']!r}, torch {here['torch']}) are not bit-identical "
+        "to those and would be refused after training. Write to the default folder under data/results/ "
+        "and compare by statistic (`make compare-replication` for replications), or set "
+        "stats.replace_results=true to replace the committed results on purpose."
+    )
 
 
 def check_committed_logs(cfg: DictConfig, out: Path) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from coordchannels.entry import reports_errors
 from coordchannels.io import write_text
 from coordchannels.pipeline import git_state, run_stages
 from coordchannels.verify import MANIFEST, check_files, file_sums, recorded_files
@@ -114,6 +115,7 @@ def update_manifest(folder: Path) -> None:
     write_text(folder / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
 
 
+@reports_errors
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = sys.argv[1:] if argv is None else argv

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from coordchannels.download import file_sha256
+from coordchannels.entry import reports_errors
 
 MANIFEST = "manifest.json"
 # The stages' own records beside a result, not results: see the module docstring.
@@ -122,6 +123,7 @@ def default_results_dir() -> Path:
     return Path(str(cfg.paths.results_dir))
 
 
+@reports_errors
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     results_dir = Path(args[0]) if args else default_results_dir()

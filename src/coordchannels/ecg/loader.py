@@ -70,15 +70,25 @@ def _sample_folds(folds_dir: Path, samples: pd.DataFrame, group_by: str) -> np.n
     return samples["episode"].map(mapping).to_numpy(dtype=np.int64)
 
 
+def _array(path: Path) -> np.ndarray:
+    """A memory-mapped .npy, or an error naming the file that is not one."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{path} is not a readable .npy array ({exc})") from exc
+
+
 def load_task_data(cfg: DictConfig, arm: DictConfig, device) -> EcgTaskData:
     """leads.npy (+ extra_<arm.channels>.npy) as one float32 tensor on `device`, with targets and folds."""
     out = Path(cfg.task.processed_dir)
     samples = pd.read_csv(require_input(out / AUGMENTED_CSV, "augment", "ecg"), dtype={"record": str})
-    arrays = [np.load(require_input(out / LEADS_NPY, "features", "ecg"), mmap_mode="r")]
+    if "target_s" not in samples.columns:
+        raise ValueError(f"{out / AUGMENTED_CSV} has no column 'target_s': not an augment stage output")
+    arrays = [_array(require_input(out / LEADS_NPY, "features", "ecg"))]
     if arm.channels != "none":
         if arm.channels not in KINDS:
             raise ValueError(f"arm {arm.name!r}: unknown channel kind {arm.channels!r}; expected one of {KINDS}")
-        arrays.append(np.load(require_input(out / extra_npy(arm.channels), "features", "ecg"), mmap_mode="r"))
+        arrays.append(_array(require_input(out / extra_npy(arm.channels), "features", "ecg")))
     for arr in arrays:
         if len(arr) != len(samples):
             raise ValueError(

@@ -11,7 +11,10 @@ multirun job each, `stages=[train] train.models=[m] train.arms=[a] train.folds=[
 waits for all of them, and names every failed one with its submitit logs. Rerunning the command
 submits only what is still unfinished; an interrupted job resumes from its last epoch checkpoint,
 and so does one that SLURM preempts or stops at its time limit (submitit requeues it through the
-launcher's `checkpoint`, up to `hydra.launcher.max_num_timeout` times).
+launcher's `checkpoint`, up to `hydra.launcher.max_num_timeout` times). The submitted job ids are
+recorded in the run folder: a submitter killed while its jobs run is restarted with the same
+command, which waits for those still running instead of submitting them again, and says how to
+cancel them (coordchannels.train.submissions).
 
 Concurrency: the jobs start at once on a shared filesystem and write only their own files: the
 per-fold log, job record, checkpoint and lock (coordchannels.train.record), each written to a
@@ -46,6 +49,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from coordchannels.components import complete_arms
+from coordchannels.entry import UserError, hydra_entry, reports_errors
 from coordchannels.io import write_text
 from coordchannels.pipeline import StageError, check_upstream, run_stages, stage_spec
 from coordchannels.settings import SettingError, validate_choices
@@ -53,6 +57,7 @@ from coordchannels.train.grid import Job, job_grid
 from coordchannels.train.job import job_log_path, run_job
 from coordchannels.train.record import finished_epochs, job_fingerprint, where_it_ran
 from coordchannels.train.stage import threads_per_job, torch_threads
+from coordchannels.train.submissions import reattach, record_submission, write_submitted
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,7 @@ log = logging.getLogger(__name__)
 JOB_KEYS = ("stages", "train.models", "train.arms", "train.folds", "fanout.seed")
 
 
-class FanOutError(RuntimeError):
+class FanOutError(UserError):
     """Fanned-out jobs failed or did not finish; the message names each with its logs."""
 
 
@@ -96,12 +101,14 @@ class FanOut:
             f"+fanout.seed={job.seed}",
         ]
 
-    def run(self, jobs: list[Job]) -> list[Outcome]:
-        """Submit `jobs` (one array of them on SLURM) and wait for every one."""
+    def run(self, cfg: DictConfig, jobs: list[Job]) -> list[Outcome]:
+        """Submit `jobs` (one array of them on SLURM), record their ids in the run folder (a restart
+        finds them there: coordchannels.train.submissions) and wait for every one."""
         import submitit
 
         submitted = self.submit(jobs)
         local = self.launcher._EXECUTOR == "local"
+        record_submission(cfg, jobs, submitted, self.launcher._EXECUTOR)
         outcomes = {}
         try:
             for done in submitit.helpers.as_completed(submitted, poll_frequency=1 if local else 15):
@@ -123,6 +130,7 @@ class FanOut:
                 for s in submitted:
                     s.cancel(check=False)
                 log.warning("interrupted: the %d local jobs were stopped", len(submitted))
+                write_submitted(cfg, [])
             else:
                 log.warning(
                     "interrupted: the jobs go on in the queue (array %s; `scancel` stops them); "
@@ -130,6 +138,7 @@ class FanOut:
                     submitted[0].job_id.split("_")[0],
                 )
             raise
+        write_submitted(cfg, [])  # every job has ended
         return [outcomes[job] for job in jobs]
 
     def submit(self, jobs: list[Job]) -> list:
@@ -170,7 +179,10 @@ def outcome(job: Job, submitted) -> Outcome:
         ended.ran = submitted.result().return_value  # a failed Hydra job raises its exception here
     except Exception as exc:  # the job's error, a killed process, a time-out past its requeues
         lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-        ended.error = f"{type(exc).__name__}: {lines[-1] if lines else ''} (state {_state(submitted)})"
+        state = _state(submitted)
+        # submitit says FINISHED (local) or COMPLETED of a process that exited, finished job or not
+        ended_how = "its process ended" if state in ("FINISHED", "COMPLETED") else f"scheduler state {state}"
+        ended.error = f"{type(exc).__name__}: {lines[-1] if lines else ''} (not finished; {ended_how})"
     return ended
 
 
@@ -209,7 +221,8 @@ def fanout_stage(cfg: DictConfig, out: Path | None = None) -> None:
         log.info("task %s trains no models (its experiment stage trains its own): nothing to do", cfg.task.name)
         return
     jobs = job_grid(cfg)
-    todo = unfinished(cfg, jobs)
+    # Jobs of an earlier submission still running are waited for, not submitted beside themselves.
+    todo = reattach(cfg, unfinished(cfg, jobs), lambda some: unfinished(cfg, some))
     log.info(
         "%d of %d jobs to run through hydra/launcher=%s (%d finished are kept); sweep folder %s",
         len(todo),
@@ -220,7 +233,7 @@ def fanout_stage(cfg: DictConfig, out: Path | None = None) -> None:
     )
     if todo:
         start = time.perf_counter()
-        outcomes = fan.run(todo)
+        outcomes = fan.run(cfg, todo)
         write_summary(fan, outcomes, time.perf_counter() - start)
         failed = [o for o in outcomes if o.error]
         if failed:
@@ -348,7 +361,9 @@ def check_launcher(name: str, launcher: DictConfig) -> None:
         )
 
 
+@hydra_entry
 @hydra.main(version_base="1.3", config_path="pkg://coordchannels.conf", config_name="config")
+@reports_errors
 def main(cfg: DictConfig) -> None:
     """`python -m coordchannels`, with the train stage fanned out through `hydra/launcher` (with
     Hydra's basic launcher, the default, it is the app itself)."""

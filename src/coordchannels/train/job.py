@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from omegaconf import DictConfig
 from sklearn.metrics import r2_score
 from tqdm import tqdm
 
+from coordchannels.entry import UserError
 from coordchannels.io import write_csv, write_text
 from coordchannels.logs import log_columns, log_path
 from coordchannels.settings import canonical, choice, plain
@@ -182,7 +184,7 @@ def build_model(model_cfg: DictConfig, arm_cfg: DictConfig, n_channels: int) -> 
 def log_epoch(job: Job, row: list[float], columns: list[str], seconds: float) -> None:
     """One progress line per epoch (also the hook the tests use to interrupt a job)."""
     values = " ".join(f"{name}={value:.4f}" for name, value in zip(columns[1:], row[1:]))
-    log.info("%s: epoch %d %s (%.1f s)", job, int(row[0]), values, seconds)
+    log.info("%s: epoch %d %s (%.3f s)", job, int(row[0]), values, seconds)  # read back by the plan
 
 
 def log_frame(rows: list[list[float]], columns: list[str]) -> pd.DataFrame:
@@ -206,9 +208,31 @@ def task_data(cfg: DictConfig, arm_name: str, device: torch.device) -> TaskData:
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()  # hold one arm's data at a time
         start = time.perf_counter()
-        _DATA_CACHE[key] = get_method(cfg.task.loader)(cfg, arm_cfg, device)
+        _DATA_CACHE[key] = load_data(cfg, arm_cfg, device)
         log.info("loaded %s data for arm %s in %.1f s", cfg.task.name, arm_name, time.perf_counter() - start)
     return _DATA_CACHE[key]
+
+
+# A loader's advice to rebuild with the data stages, which does not apply to external data.
+_REBUILD_ADVICE = re.compile(r"[:;,]?\s*\(?(re)?run[^:;]*`make data[^`]*`\)?")
+
+
+def load_data(cfg: DictConfig, arm_cfg: DictConfig, device: torch.device) -> TaskData:
+    """The task's loader; with external_data=true an unusable file is named as external data (the
+    data stages did not make it, so rebuilding them is not the way out)."""
+    try:
+        return get_method(cfg.task.loader)(cfg, arm_cfg, device)
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        if not cfg.get("external_data"):
+            raise
+        detail = _REBUILD_ADVICE.sub("", str(exc)).strip() or type(exc).__name__
+        if isinstance(exc, KeyError):
+            detail = f"no column {detail}"
+        raise UserError(
+            f"external data in {cfg.task.processed_dir} (external_data=true) are unusable: {detail} "
+            f"(write the {cfg.task.name} processed layout there again, e.g. with scripts/compare_authors_ecg.py "
+            "--export, or point task.processed_dir at a complete export)"
+        ) from exc
 
 
 def job_indices(cfg: DictConfig, data: TaskData, fold: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,8 +2,10 @@
 
 The plan says how many jobs the grid has and how many are already finished, the device, how many
 run side by side and an estimated wall time. The estimate comes from the per-epoch times of this
-run folder's own training log when it has some (`<run_dir>/logs/train.log`), else from the
-measured cost in the task's config (`task.cost`, seconds per epoch per job on a stated machine).
+run folder's own training log (`<run_dir>/logs/train.log`) timed under the same timing settings,
+an unfinished run's included, else from the measured cost in the task's config (`task.cost`,
+seconds per epoch per job on a stated machine). The plan counts finished jobs as the run does and
+names the jobs the run would refuse; a dry run judges every stage with the runner's own checks.
 Progress lines are plain log lines (no terminal needed): job k/N, elapsed time, time left.
 `dry_run=true` (`make plan`) prints the plan and stops before any stage runs.
 """
@@ -17,14 +19,14 @@ import re
 import statistics
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from coordchannels.train.device import resolve_device
 from coordchannels.train.grid import Job, job_grid
-from coordchannels.train.record import RunConfigError, job_fingerprint, job_record_path, read_job_record
+from coordchannels.train.record import RunConfigError, finished_epochs, job_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class Plan:
     side_by_side: int
     epoch_s: float | None
     source: str
+    refused: dict[Job, str] = field(default_factory=dict)  # jobs the run would refuse, and why
 
     @property
     def finished(self) -> int:
@@ -80,38 +83,39 @@ class Plan:
 
 
 def done_epochs(cfg: DictConfig, job: Job) -> int:
-    """Epochs of `job` finished with this configuration (0 when none, or made with another one)."""
+    """Epochs of `job` finished with this configuration, as the run counts them (0 with
+    overwrite=true); raises the run's RunConfigError for a log it would refuse."""
     from coordchannels.train.job import job_log_path
 
-    record = None
-    try:
-        record = read_job_record(job_record_path(cfg, job))
-    except RunConfigError:
+    if cfg.overwrite:
         return 0
-    if record is None or not job_log_path(cfg, job).exists() or record["fingerprint"] != job_fingerprint(cfg, job):
-        return 0
-    return int(record["epochs"])
+    return finished_epochs(cfg, job, job_log_path(cfg, job), job_fingerprint(cfg, job))
+
+
+# The settings a per-epoch time depends on; the train stage logs them before its first epoch, so
+# that the epoch times of an unfinished run (no train.config.yaml yet) can be used for the plan.
+TIMING_KEYS = ("device", "batch_size", "limit_train", "limit_test", "n_jobs", "num_threads")
+TIMING_LINE = "timing settings:"
+
+
+def timing_settings(cfg: DictConfig) -> str:
+    return " ".join(f"{key}={cfg.train.get(key)}" for key in TIMING_KEYS)
 
 
 def recorded_epoch_seconds(cfg: DictConfig) -> float | None:
-    """Median per-epoch seconds of this run folder's training log, when it was made with the same
-    device, batch size and sample limits; None when there is none."""
-    logs = Path(str(cfg.train.run_dir)) / "logs"
-    log_file, config_file = logs / "train.log", logs / "train.config.yaml"
-    if not log_file.is_file() or not config_file.is_file():
+    """Median per-epoch seconds in this run folder's training log (`<run_dir>/logs/train.log`),
+    from the runs of the train stage made with the same timing settings (the line the stage logs
+    before training); None when there are none. A run still going, or killed after its first jobs,
+    counts: its epochs were timed."""
+    log_file = Path(str(cfg.train.run_dir)) / "logs" / "train.log"
+    if not log_file.is_file():
         return None
-    try:
-        before = OmegaConf.load(config_file).train
-    except Exception:  # an unreadable old config: no recorded timing
-        return None
-    for key in ("device", "batch_size", "limit_train", "limit_test"):
-        if str(before.get(key)) != str(cfg.train.get(key)):
-            return None
-    seconds = [
-        float(m.group(1))
-        for line in log_file.read_text(errors="replace").splitlines()[-2000:]
-        if (m := EPOCH_LINE.search(line))
-    ]
+    wanted, same, seconds = timing_settings(cfg), False, []
+    for line in log_file.read_text(errors="replace").splitlines()[-5000:]:
+        if TIMING_LINE in line:
+            same = line.split(TIMING_LINE, 1)[1].strip() == wanted
+        elif same and (m := EPOCH_LINE.search(line)):
+            seconds.append(float(m.group(1)))
     return statistics.median(seconds) if seconds else None
 
 
@@ -139,15 +143,13 @@ def make_plan(cfg: DictConfig) -> Plan:
         epoch_s, source = recorded, f"median epoch time in {Path(str(cfg.train.run_dir)) / 'logs' / 'train.log'}"
     else:
         epoch_s, source = configured_epoch_seconds(cfg, device)
-    return Plan(
-        jobs,
-        {j: done_epochs(cfg, j) for j in jobs},
-        int(cfg.train.epochs),
-        device,
-        jobs_side_by_side(cfg, len(jobs)),
-        epoch_s,
-        source,
-    )
+    done, refused = {}, {}
+    for job in jobs:
+        try:
+            done[job] = done_epochs(cfg, job)
+        except RunConfigError as exc:  # the run stops at this job: say so now
+            done[job], refused[job] = 0, str(exc)
+    return Plan(jobs, done, int(cfg.train.epochs), device, jobs_side_by_side(cfg, len(jobs)), epoch_s, source, refused)
 
 
 def plan_lines(cfg: DictConfig, plan: Plan | None = None) -> list[str]:
@@ -164,6 +166,8 @@ def plan_lines(cfg: DictConfig, plan: Plan | None = None) -> list[str]:
         f"({plan.remaining_epochs} job-epochs); device {plan.device}, {plan.side_by_side} job(s) side by side",
     ]
     estimate = plan.estimate_s
+    if plan.refused:
+        lines.append(f"plan: the run would refuse {len(plan.refused)} job(s), e.g. {next(iter(plan.refused.values()))}")
     if n == finished:
         lines.append("plan: nothing to train")
     elif estimate is None:
@@ -180,6 +184,7 @@ def plan_lines(cfg: DictConfig, plan: Plan | None = None) -> list[str]:
 
 def log_plan(cfg: DictConfig) -> Plan:
     plan = make_plan(cfg)
+    log.info("%s %s", TIMING_LINE, timing_settings(cfg))  # marks the epoch times that follow
     for line in plan_lines(cfg, plan):
         log.info("%s", line)
     return plan
@@ -217,37 +222,32 @@ class Progress:
         log.info("progress: job %d/%d finished (%s); elapsed %s%s", self.k, self.total, job, duration(elapsed), eta)
 
 
-def dry_run_lines(cfg: DictConfig) -> list[str]:
-    """What `cfg` would do, stage by stage, and the training plan; reads, never writes (dry_run=true)."""
-    from hydra.utils import get_method
+def dry_run_lines(cfg: DictConfig) -> Iterator[str]:
+    """What `cfg` would do, stage by stage, and the training plan; reads, never writes (dry_run=true).
 
-    from coordchannels.components import complete_arms
-    from coordchannels.pipeline import read_record, stage_record, stage_spec
-    from coordchannels.settings import validate_choices
+    The stages are judged by the runner's own functions (`needs_run`, `check_upstream`), so the
+    plan says what the run will do: a stage the run would refuse ends the plan with its reason and
+    the same error as the run (after the lines before it)."""
+    from coordchannels.pipeline import check_upstream, needs_run, preflight, stage_record
 
-    complete_arms(cfg)
-    validate_choices(cfg)
-    stages = [stage_spec(cfg, name) for name in cfg.stages]
-    for stage in stages:
-        if stage.check:
-            get_method(stage.check)(cfg)
-    lines = [f"dry run (task {cfg.task.name}): nothing is written"]
+    stages = preflight(cfg)  # every setting and every stage's check, as the run makes them first
+    yield f"dry run (task {cfg.task.name}): nothing is written"
+    will_run: set[str] = set()
     for stage in stages:
         try:
-            names = get_method(stage.outputs)(cfg) if isinstance(stage.outputs, str) else stage.outputs
-            done = (
-                not cfg.overwrite
-                and read_record(stage) == stage_record(cfg, stage)
-                and all((stage.out / n).exists() or Path(n).exists() for n in names)
-            )
-        except Exception as exc:  # an unreadable record or missing input: it would run (or say why)
-            done, why = False, f" ({exc})"
-        else:
-            why = ""
-        lines.append(f"stage {stage.name}: {'done, would be skipped' if done else 'would run' + why} -> {stage.out}")
+            if not will_run & set(stage.after):  # rebuilt first by this run: checked after that
+                check_upstream(cfg, stage)
+            done = not needs_run(cfg, stage, stage_record(cfg, stage))
+        except Exception as exc:
+            yield f"stage {stage.name}: the run would stop here: {exc}"
+            raise
+        will_run |= set() if done else {stage.name}
+        yield f"stage {stage.name}: {'done, would be skipped' if done else 'would run'} -> {stage.out}"
         if stage.name == "train" and cfg.task.get("models") and not done:
-            lines.extend(plan_lines(cfg))
-    return lines
+            plan = make_plan(cfg)
+            yield from plan_lines(cfg, plan)
+            if plan.refused:
+                raise RunConfigError(next(iter(plan.refused.values())))
 
 
 # --------------------------------------------------------------------------------------------
