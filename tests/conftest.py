@@ -129,7 +129,7 @@ def call_stage(cfg: DictConfig, name: str):
     skip and upstream checks (those are tested through `run_stages` in test_pipeline.py)."""
     from hydra.utils import get_method
 
-    from coordchannels.pipeline import stage_spec
+    from coordchannels.stages import stage_spec
 
     stage = stage_spec(cfg, name)
     return get_method(stage.fn)(cfg, stage.out)

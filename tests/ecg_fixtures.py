@@ -11,10 +11,15 @@ section 1: (record, episode_index, label, onset_sample, window_start, relative_t
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import wfdb
+
+from coordchannels import download
+from coordchannels.download import file_sha256
 
 FS = 250
 GAIN = 200.0
@@ -149,3 +154,13 @@ def fixture_cfg(root: Path, raw: Path, *overrides: str):
             *overrides,
         ]
     )
+
+
+@contextlib.contextmanager
+def registered(mirror):
+    """The fixture records' checksums in the VFDB registry, as the real records' are."""
+    sums = {p.name: file_sha256(p) for p in Path(mirror).iterdir()}
+    real = download.registry
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(download, "registry", lambda which: sums if which == "vfdb" else real(which))
+        yield

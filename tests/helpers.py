@@ -8,12 +8,14 @@ channels appended by the real channel code.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import open_dict
 
 from coordchannels import train
 from coordchannels.channels import extra_channels_1d, extra_channels_2d
@@ -116,3 +118,51 @@ def read(path) -> pd.DataFrame:
 
 def job_log(cfg, model="nimeshanet", arm="study", fold=1):
     return train.job_log_path(cfg, train.Job(model, arm, 42, fold))
+
+
+# ---- probe stages for the runner's tests (test_pipeline, test_reliability)
+CALLS: list[str] = []
+
+
+def make_stage(cfg, out: Path) -> None:
+    """A data stage: writes made.txt with the settings it was made from."""
+    CALLS.append("make")
+    logging.getLogger("probe").info("make running")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "made.txt").write_text(f"{cfg.task.data.label_match} {cfg.seed}{cfg.get('probe_extra', '')}")
+
+
+def use_stage(cfg, out: Path) -> None:
+    """A stage reading make's output."""
+    CALLS.append("use")
+    (out / "used.txt").write_text((out.parent / "make" / "made.txt").read_text())
+
+
+def failing_stage(cfg, out: Path) -> None:
+    raise RuntimeError("the probe broke")
+
+
+def with_probes(tmp_path, *overrides: str):
+    from tests.conftest import compose_config  # conftest imports this module
+    cfg = compose_config([f"paths.root_dir={tmp_path}", *overrides])
+    with open_dict(cfg):
+        cfg.stage_defs.make = {
+            "fn": "tests.helpers.make_stage",
+            "out": str(tmp_path / "make"),
+            "outputs": ["made.txt"],
+            "settings": ["task.data.label_match"],
+        }
+        cfg.stage_defs.use = {
+            "fn": "tests.helpers.use_stage",
+            "out": str(tmp_path / "use"),
+            "outputs": ["used.txt"],
+            "settings": ["seed"],
+            "after": ["make"],
+        }
+        cfg.stage_defs.broken = {
+            "fn": "tests.helpers.failing_stage",
+            "out": str(tmp_path / "broken"),
+            "outputs": ["never.txt"],
+        }
+    CALLS.clear()
+    return cfg

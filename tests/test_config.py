@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 
 from coordchannels.channels import KINDS
 from coordchannels.components import CONF_DIR, arm_order, group_files, model_order
-from coordchannels.pipeline import output_paths, stage_function, stage_names, stage_record, stage_spec
 from coordchannels.settings import SettingError, validate_choices
+from coordchannels.stages import output_paths, stage_function, stage_names, stage_record, stage_spec
 from coordchannels.train import build_model
 from tests.conftest import compose_config
 

@@ -15,7 +15,8 @@ from coordchannels.coordgate.fit import psnr_db
 from coordchannels.coordgate.nets import CNN1d, CoordGateNet, ModelSpec, build_model, model_grid, n_params, random_map
 from coordchannels.coordgate.stage import conditions
 from coordchannels.coordgate.summary import COLUMNS, claim_a, claim_b, claim_c, claim_random_map
-from coordchannels.pipeline import run_stages, stage_spec
+from coordchannels.pipeline import run_stages
+from coordchannels.stages import stage_spec
 from tests.conftest import call_stage
 
 # 500 signals, one plain 1-layer CNN and one CoordGate layer, 15 epochs, one condition: about two seconds.
@@ -368,7 +369,7 @@ def test_extra_conditions_run_into_their_folders_and_the_summary_compares_them(m
 
 def test_the_experiment_writes_to_data_unless_asked_to_publish(make_cfg):
     """Only `make coordgate` (paths.outputs_dir = the committed results/) writes into results/."""
-    from coordchannels.pipeline import stage_spec
+    from coordchannels.stages import stage_spec
 
     cfg = make_cfg("task=coordgate")
     for name in ("experiment", "manifest"):

@@ -292,7 +292,7 @@ def test_vfdb_registry_matches_the_shared_checksums():
 def test_config_names_these_stages(make_cfg):
     from hydra.utils import get_method
 
-    from coordchannels.pipeline import stage_spec
+    from coordchannels.stages import stage_spec
 
     cfg = make_cfg("task=ecg")
     assert get_method(stage_spec(cfg, "download").fn) is ecg_download.download_stage

@@ -4,16 +4,15 @@ statistics; a rerun that redoes nothing; training that refuses data made with ot
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from coordchannels import download
-from coordchannels.pipeline import StageError, file_sha256, run_stages
-from tests.ecg_fixtures import fixture_cfg, write_fixture_records
+from coordchannels.pipeline import run_stages
+from coordchannels.stages import StageError
+from tests.ecg_fixtures import fixture_cfg, registered, write_fixture_records
 
 ARMS = ["none", "control", "study", "intensity", "coordconv_norm", "coordgate"]
 STAGES = "[download,extract,augment,features,folds,train,stats,manifest]"
@@ -43,16 +42,6 @@ def pipeline(tmp_path_factory):
     with registered(mirror):
         run_stages(cfg)
     return cfg
-
-
-@contextlib.contextmanager
-def registered(mirror):
-    """The fixture records' checksums in the VFDB registry, as the real records' are."""
-    sums = {p.name: file_sha256(p) for p in Path(mirror).iterdir()}
-    real = download.registry
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(download, "registry", lambda which: sums if which == "vfdb" else real(which))
-        yield
 
 
 def test_every_arm_of_both_models_leaves_a_complete_log(pipeline):

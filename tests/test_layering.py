@@ -8,8 +8,32 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "coordchannels"
-# The entry points may import the runner; nothing else may.
-ENTRY_POINTS = {"coordchannels.__main__", "coordchannels.replicate", "coordchannels.restats"}
+# The entry points (each a command of its own: the app, the replications, the mechanisms study,
+# the fan-out launcher, the recomputation of committed tables) may import the runner; nothing else may.
+ENTRY_POINTS = {
+    "coordchannels.__main__",
+    "coordchannels.replicate",
+    "coordchannels.mechanisms",
+    "coordchannels.restats",
+    "coordchannels.train.fanout",
+}
+# The bottom layer: data formats, settings, models and layers, statistics' arithmetic. It imports
+# nothing above it (no stage, task, trainer or runner).
+CORE = {
+    "coordchannels.io",
+    "coordchannels.settings",
+    "coordchannels.components",
+    "coordchannels.channels",
+    "coordchannels.heads",
+    "coordchannels.models",
+    "coordchannels.coordgate",
+    "coordchannels.coordgate.layer",
+    "coordchannels.folds",
+    "coordchannels.taskdata",
+    "coordchannels.inference",
+    "coordchannels.environment",
+    "coordchannels.entry",
+}
 
 
 def module_name(path: Path) -> str:
@@ -86,3 +110,14 @@ def test_there_is_no_import_cycle_in_the_package():
 def test_only_entry_points_import_the_runner():
     importers = sorted(m for m, deps in graph().items() if "coordchannels.pipeline" in deps)
     assert set(importers) <= ENTRY_POINTS, f"modules importing the runner: {importers}"
+
+
+def test_the_core_imports_nothing_above_it():
+    edges = graph()
+    upward = {m: sorted(d - CORE) for m, d in edges.items() if m in CORE and d - CORE}
+    assert not upward, f"core modules importing stages, tasks, the trainer or the runner: {upward}"
+
+
+def test_the_stage_contract_does_not_import_the_runner_or_the_trainer():
+    deps = graph()["coordchannels.stages"]
+    assert not {d for d in deps if d == "coordchannels.pipeline" or d.startswith("coordchannels.train")}

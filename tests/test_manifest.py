@@ -6,7 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from coordchannels.pipeline import record_timing, stage_spec
+from coordchannels.pipeline import record_timing
+from coordchannels.stages import stage_spec
 from tests.conftest import call_stage
 
 

@@ -239,8 +239,7 @@ def test_a_tiny_study_end_to_end_with_reuse(tmp_path):
     reusing the first one's logs (its results folders have the committed layout): the reused
     logs and the retrained ones are the same numbers, and one replication whose manifest says
     another learning rate is refused for reuse and trained."""
-    from tests.ecg_fixtures import fixture_cfg, write_fixture_records
-    from tests.test_ecg_pipeline import registered
+    from tests.ecg_fixtures import fixture_cfg, registered, write_fixture_records
 
     mirror = tmp_path / "mirror"
     write_fixture_records(mirror)

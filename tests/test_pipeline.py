@@ -4,59 +4,15 @@ without writing anything, chains settings through upstream stages, and refuses s
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from coordchannels.pipeline import StageError, run_stages
+from coordchannels.pipeline import run_stages
+from coordchannels.stages import StageError
 from tests.conftest import compose_config
-
-CALLS: list[str] = []
-
-
-def make_stage(cfg, out: Path) -> None:
-    """A data stage: writes made.txt with the settings it was made from."""
-    CALLS.append("make")
-    logging.getLogger("probe").info("make running")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "made.txt").write_text(f"{cfg.task.data.label_match} {cfg.seed}{cfg.get('probe_extra', '')}")
-
-
-def use_stage(cfg, out: Path) -> None:
-    """A stage reading make's output."""
-    CALLS.append("use")
-    (out / "used.txt").write_text((out.parent / "make" / "made.txt").read_text())
-
-
-def failing_stage(cfg, out: Path) -> None:
-    raise RuntimeError("the probe broke")
-
-
-def with_probes(tmp_path, *overrides: str):
-    cfg = compose_config([f"paths.root_dir={tmp_path}", *overrides])
-    with open_dict(cfg):
-        cfg.stage_defs.make = {
-            "fn": "tests.test_pipeline.make_stage",
-            "out": str(tmp_path / "make"),
-            "outputs": ["made.txt"],
-            "settings": ["task.data.label_match"],
-        }
-        cfg.stage_defs.use = {
-            "fn": "tests.test_pipeline.use_stage",
-            "out": str(tmp_path / "use"),
-            "outputs": ["used.txt"],
-            "settings": ["seed"],
-            "after": ["make"],
-        }
-        cfg.stage_defs.broken = {
-            "fn": "tests.test_pipeline.failing_stage",
-            "out": str(tmp_path / "broken"),
-            "outputs": ["never.txt"],
-        }
-    CALLS.clear()
-    return cfg
+from tests.helpers import CALLS, with_probes
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
@@ -229,7 +185,7 @@ def test_a_rebuilt_upstream_stage_makes_its_readers_run_again(tmp_path):
 
 def test_the_train_stage_is_seen_done_with_relative_paths(tmp_path, monkeypatch):
     """With the default relative root (`.`), a finished grid's logs are found where they are."""
-    from coordchannels.pipeline import output_paths, stage_spec
+    from coordchannels.stages import output_paths, stage_spec
 
     monkeypatch.chdir(tmp_path)
     cfg = compose_config(["paths.root_dir=.", "train.models=[nimeshanet]", "train.arms=[control]", "train.folds=[1]"])

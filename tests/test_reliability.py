@@ -16,11 +16,11 @@ import torch
 from omegaconf import open_dict
 
 from coordchannels import report, train, verify
-from coordchannels.pipeline import StageError, produced, run_stages, stage_spec
+from coordchannels.pipeline import run_stages
 from coordchannels.settings import SettingError, check_added_keys, setting_names
+from coordchannels.stages import StageError, produced, stage_spec
 from tests.conftest import REPO, compose_config, train_killed_after_epoch
-from tests.test_pipeline import with_probes
-from tests.test_train import job_log, read, tiny_cfg  # noqa: F401 (tiny_cfg is a fixture)
+from tests.helpers import job_log, read, with_probes
 
 ONE_JOB = ("ecg", "train.models=[nimeshanet]", "train.arms=[study]", "stages=[train]", "external_data=true")
 

@@ -17,7 +17,7 @@ from coordchannels import report
 from coordchannels.pipeline import run_stages
 from coordchannels.settings import SettingError
 from tests.conftest import REPO, compose_config
-from tests.test_logs import write_set
+from tests.helpers import write_set
 
 
 def git(repo: Path, *args: str) -> str:
@@ -218,8 +218,8 @@ ENTRY_ERRORS = {
     "app, unknown key": ("coordchannels", ["train.epoch=3"], "train.epoch"),
     "fanout": ("coordchannels.train.fanout", ["hydra/launcher=submitit_local", "train.seeds=[]"], "train.seeds"),
     "replicate": ("coordchannels.replicate", ["experiment=ecg_replications", "replicate.first=9"], "replicate.first"),
-    "final-epoch script": ("scripts/summarise_authors_ecg.py", ["--out", "{tmp}/out", "ours={tmp}/none"], "none"),
-    "authors comparison script": ("scripts/compare_authors_ecg.py", ["--work", "{tmp}/none"], "not found"),
+    "final-epoch script": ("scripts/authors_ecg/summarise_authors_ecg.py", ["--out", "{tmp}/out", "ours={tmp}/none"], "none"),
+    "authors comparison script": ("scripts/authors_ecg/compare_authors_ecg.py", ["--work", "{tmp}/none"], "not found"),
     "compare-replication": ("coordchannels.compare_replication", ["{tmp}/a", "{tmp}/b"], "replications.csv"),
     "external data": (
         "coordchannels",
@@ -274,7 +274,7 @@ def test_every_entry_point_ends_an_error_with_one_line_and_no_traceback(tmp_path
 # --------------------------------------------------------------------------------------------
 def finished_job(cfg, job) -> None:
     """A job finished under `cfg`, as the trainer leaves it: its log and its record."""
-    from coordchannels.train.job import job_log_path
+    from coordchannels.train.paths import job_log_path
     from coordchannels.train.record import job_fingerprint, job_record_path, write_job_record
 
     log = job_log_path(cfg, job)
@@ -284,7 +284,8 @@ def finished_job(cfg, job) -> None:
 
 
 def test_plan_with_overwrite_trains_every_job_again(make_cfg):
-    from coordchannels.train.progress import dry_run_lines, make_plan
+    from coordchannels.pipeline import dry_run_lines
+    from coordchannels.train.progress import make_plan
 
     cfg = make_cfg("task=ecg", "train.models=[nimeshanet]", "train.epochs=15", "stages=[train]", "external_data=true")
     for job in make_plan(cfg).jobs:
@@ -314,7 +315,7 @@ def test_plan_names_a_job_the_run_would_refuse(make_cfg, capsys):
 
 
 def test_plan_names_a_stage_the_run_would_refuse(make_cfg, capsys):
-    from coordchannels.pipeline import StageError, stage_record, stage_spec
+    from coordchannels.stages import StageError, stage_record, stage_spec
 
     cfg = make_cfg("task=ecg", "train.epochs=15", "dry_run=true")
     folds = stage_spec(cfg, "folds")

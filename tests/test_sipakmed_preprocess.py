@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from coordchannels.folds import sipakmed_folds
-from coordchannels.pipeline import StageError, run_stages
+from coordchannels.pipeline import run_stages
 from coordchannels.sipakmed.cells import (
     area_weights,
     fit_cell,
@@ -36,6 +36,7 @@ from coordchannels.sipakmed.preprocess import (
     VARIANTS_CSV,
 )
 from coordchannels.sipakmed.synthetic import make_fake_sipakmed
+from coordchannels.stages import StageError
 from tests.conftest import call_stage
 
 N_CELLS, N_INVALID = 15, 2

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from coordchannels.pipeline import dry_run_lines
 from coordchannels.report import check_results_dir
 from coordchannels.settings import SettingError
-from coordchannels.train.progress import Progress, dry_run_lines, duration, make_plan
+from coordchannels.train.progress import Progress, duration, make_plan
 from tests.conftest import REPO, VFDB_DIR, compose_config, require
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "src/coordchannels/conf/experiment").glob("*.yaml"))
@@ -166,7 +167,7 @@ def test_dry_run_from_the_command_line_leaves_nothing_behind(tmp_path):
 def test_tracker_writes_tensorboard_event_files_per_job(make_cfg):
     pytest.importorskip("tensorboard")
     from coordchannels.train.grid import Job
-    from coordchannels.train.progress import job_tracker, tracker_dir
+    from coordchannels.train.tracker import job_tracker, tracker_dir
 
     cfg = make_cfg("task=ecg", "train.tracker=tensorboard")
     job = Job("nimeshanet", "study", 42, 3)

@@ -268,7 +268,7 @@ def test_a_task_without_models_trains_nothing(make_cfg):
 
 
 def test_auto_runs_one_job_per_core_on_a_cpu(make_cfg, monkeypatch):
-    monkeypatch.setattr(train.stage, "_cores", lambda: 2)
+    monkeypatch.setattr(train.device, "_cores", lambda: 2)
     cfg = make_cfg("train.n_jobs=auto", "train.device=cpu")
     assert train.jobs_side_by_side(cfg, 20) == 2
     assert train.jobs_side_by_side(cfg, 1) == 1

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from coordchannels.download import file_sha256
 from coordchannels.environment import hardware, package_versions
 from coordchannels.io import atomic_dir, write_text
-from coordchannels.pipeline import git_state, read_record, stage_spec, stage_timings, tree_sha256
+from coordchannels.stages import git_state, read_record, stage_spec, stage_timings, tree_sha256
 from coordchannels.stats import SCALE_MARK
 from coordchannels.train.grid import job_grid
 from coordchannels.train.record import job_record_path

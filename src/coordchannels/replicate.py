@@ -40,9 +40,10 @@ from coordchannels.entry import hydra_entry, reports_errors
 from coordchannels.inference import pool_replications
 from coordchannels.io import atomic_files, write_csv, write_text
 from coordchannels.logs import load_logs, order_models
-from coordchannels.pipeline import StageError, preflight, run_stages
+from coordchannels.pipeline import preflight, run_stages
 from coordchannels.report import STYLE, save_png
 from coordchannels.settings import SettingError, check_added_keys
+from coordchannels.stages import StageError
 from coordchannels.stats import INSTABILITY_FITS, METRIC_LABELS, compare, fold_values, paired_differences, pooled
 
 log = logging.getLogger(__name__)

@@ -331,7 +331,7 @@ def _replacing(cfg: DictConfig) -> bool:
 
 
 def _compared_keys(cfg: DictConfig) -> list[str]:
-    from coordchannels.pipeline import stage_spec
+    from coordchannels.stages import stage_spec
 
     keys = [k for k in stage_spec(cfg, "stats").settings]
     if Path(str(cfg.stats.logs_dir)).resolve() == Path(str(cfg.train.logs_dir)).resolve():
@@ -401,7 +401,7 @@ def check_training_machine(cfg: DictConfig, folder: Path) -> None:
 def check_committed_logs(cfg: DictConfig, out: Path) -> None:
     """In the stats stage, before anything is written: a committed result folder is replaced only
     by statistics of the same per-fold logs (their digest in its logs/stats.inputs.json)."""
-    from coordchannels.pipeline import stage_record, stage_spec
+    from coordchannels.stages import stage_record, stage_spec
 
     record = Path(out) / "logs" / "stats.inputs.json"
     if committed_folder(cfg) is None or _replacing(cfg) or not record.is_file():
@@ -420,7 +420,7 @@ def check_committed_logs(cfg: DictConfig, out: Path) -> None:
 def check_stats_stage(cfg: DictConfig) -> None:
     """The stats stage's `check`, before any stage runs: the committed result it would replace, and
     the logs of a result folder it would read (`committed_logs_damage`)."""
-    from coordchannels.pipeline import StageError
+    from coordchannels.stages import StageError
 
     check_results_dir(cfg)
     damaged = committed_logs_damage(cfg)
@@ -444,7 +444,7 @@ def committed_logs_damage(cfg: DictConfig) -> list[str]:
 def check_run_logs_intact(cfg: DictConfig) -> None:
     """In the stats stage, after training: this config's own training logs are those its train
     stage recorded (a log changed since is refused, naming it, not turned into tables)."""
-    from coordchannels.pipeline import StageError, damaged_outputs, stage_spec
+    from coordchannels.stages import StageError, damaged_outputs, stage_spec
 
     if not cfg.task.get("models"):
         return

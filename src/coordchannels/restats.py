@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.entry import reports_errors
 from coordchannels.io import write_text
-from coordchannels.pipeline import git_state, run_stages
+from coordchannels.pipeline import run_stages
+from coordchannels.stages import git_state
 from coordchannels.verify import MANIFEST, check_files, file_sums, recorded_files
 
 log = logging.getLogger(__name__)

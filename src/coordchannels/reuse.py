@@ -35,7 +35,7 @@ from coordchannels.io import atomic_path, write_text
 from coordchannels.logs import log_path
 from coordchannels.manifest import data_checksums
 from coordchannels.train.grid import Job, job_grid
-from coordchannels.train.job import job_log_path
+from coordchannels.train.paths import job_log_path
 from coordchannels.train.record import _differences, job_fingerprint, job_record_path, read_job_record
 
 log = logging.getLogger(__name__)

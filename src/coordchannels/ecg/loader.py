@@ -17,7 +17,7 @@ from coordchannels.channels import KINDS
 from coordchannels.ecg.augment import AUGMENTED_CSV
 from coordchannels.ecg.features import LEADS_NPY, extra_npy
 from coordchannels.ecg.folds import FOLDS_CSV
-from coordchannels.pipeline import require_input
+from coordchannels.stages import require_input
 from coordchannels.taskdata import folds_present
 
 log = logging.getLogger(__name__)

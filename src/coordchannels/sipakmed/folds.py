@@ -10,8 +10,8 @@ from omegaconf import DictConfig
 
 from coordchannels.folds import SIPAKMED_GROUPINGS, sipakmed_folds, slide_of
 from coordchannels.io import write_csv
-from coordchannels.pipeline import require_input
 from coordchannels.sipakmed.preprocess import SAMPLES_CSV
+from coordchannels.stages import require_input
 
 log = logging.getLogger(__name__)
 

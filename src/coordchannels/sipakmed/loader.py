@@ -16,12 +16,12 @@ from omegaconf import DictConfig
 
 from coordchannels.channels import KINDS, N_EXTRA, extra_channels_2d
 from coordchannels.folds import SIPAKMED_GROUPINGS
-from coordchannels.pipeline import require_input
 from coordchannels.settings import choice
 from coordchannels.sipakmed import warp
 from coordchannels.sipakmed.cells import CENTRES
 from coordchannels.sipakmed.folds import FOLDS_CSV
 from coordchannels.sipakmed.preprocess import CACHE_NPZ, IMAGES_NPY, VARIANTS_CSV
+from coordchannels.stages import require_input
 from coordchannels.taskdata import folds_present
 
 log = logging.getLogger(__name__)

@@ -4,20 +4,28 @@
 - `stage`: the train stage, jobs one after another or side by side;
 - `job`: one job's training loop, evaluation and per-fold log;
 - `record`: checkpoints, fingerprints and the run record that guard resuming and skipping;
-- `device`: device, seeds and determinism.
+- `paths`: where a job's log and checkpoint live;
+- `progress`: the plan before training (the stage's `plan` hook) and a line per finished job;
+- `tracker`: optional TensorBoard event files per job;
+- `device`: device, seeds, determinism, threads and how many jobs run side by side;
+- `fanout`, `submissions`: the jobs through a Hydra launcher (SLURM, submitit) and their record.
 """
 
 from __future__ import annotations
 
-from coordchannels.train.device import resolve_device, seed_everything, set_determinism
+from coordchannels.train.device import (
+    jobs_side_by_side,
+    resolve_device,
+    seed_everything,
+    set_determinism,
+    threads_per_job,
+)
 from coordchannels.train.grid import Job, job_grid
 from coordchannels.train.job import (
     Execution,
     build_model,
-    checkpoint_path,
     epoch_generator,
     job_indices,
-    job_log_path,
     log_epoch,
     predict,
     r2_per_target,
@@ -26,13 +34,9 @@ from coordchannels.train.job import (
     train_one_epoch,
     train_step,
 )
+from coordchannels.train.paths import checkpoint_path, job_log_path
 from coordchannels.train.record import RunConfigError, job_fingerprint
-from coordchannels.train.stage import (
-    expected_logs,
-    jobs_side_by_side,
-    threads_per_job,
-    train_stage,
-)
+from coordchannels.train.stage import expected_logs, train_stage
 
 __all__ = [
     "Execution",

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
 import random
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +64,34 @@ def tune_malloc() -> None:
         libc.mallopt(m_trim_threshold, 1024 * 1024 * 1024)
     except (OSError, AttributeError):  # not glibc (e.g. musl): keep the defaults
         pass
+
+
+def jobs_side_by_side(cfg: DictConfig, n_jobs_total: int) -> int:
+    """cfg.train.n_jobs, where `auto` = one job per core on a CPU (the small models gain little
+    from more threads per job) and one at a time on a GPU (which a single job keeps busy)."""
+    wanted = cfg.train.n_jobs
+    if str(wanted) == "auto":
+        wanted = 1 if resolve_device(cfg.train.device).type == "cuda" else _cores()
+    return max(1, min(int(wanted), n_jobs_total))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_per_job(cfg: DictConfig, n_jobs: int) -> int:
+    """cfg.train.num_threads: a fixed number, part of the job's fingerprint, never derived from the
+    cores or from how many jobs run side by side (CPU kernels sum in another order with another
+    thread count, so a job's numbers would depend on how it was scheduled)."""
+    return int(cfg.train.num_threads)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Use n torch threads inside the block, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -51,12 +51,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from coordchannels.components import complete_arms
 from coordchannels.entry import UserError, hydra_entry, reports_errors
 from coordchannels.io import write_text
-from coordchannels.pipeline import StageError, check_upstream, run_stages, stage_spec
+from coordchannels.pipeline import run_stages
 from coordchannels.settings import SettingError, validate_choices
+from coordchannels.stages import StageError, check_upstream, stage_spec
+from coordchannels.train.device import threads_per_job, torch_threads
 from coordchannels.train.grid import Job, job_grid
-from coordchannels.train.job import job_log_path, run_job
+from coordchannels.train.job import run_job
+from coordchannels.train.paths import job_log_path
 from coordchannels.train.record import finished_epochs, job_fingerprint, where_it_ran
-from coordchannels.train.stage import threads_per_job, torch_threads
 from coordchannels.train.submissions import reattach, record_submission, write_submitted
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from coordchannels.entry import UserError
 from coordchannels.io import write_csv, write_text
-from coordchannels.logs import log_columns, log_path
+from coordchannels.logs import log_columns
 from coordchannels.settings import canonical, choice, plain
 from coordchannels.stats import LIMIT_KEYS, SCALE_MARK
 from coordchannels.taskdata import TaskData
@@ -44,7 +44,7 @@ from coordchannels.train.device import (
     tune_malloc,
 )
 from coordchannels.train.grid import Job
-from coordchannels.train.progress import job_tracker
+from coordchannels.train.paths import checkpoint_path, job_log_path
 from coordchannels.train.record import (
     RunConfigError,
     finished_epochs,
@@ -55,6 +55,7 @@ from coordchannels.train.record import (
     save_checkpoint,
     write_job_record,
 )
+from coordchannels.train.tracker import job_tracker
 
 log = logging.getLogger(__name__)
 
@@ -164,17 +165,6 @@ def train_job(cfg: DictConfig, job: Job, state: dict | None, checkpoint) -> tupl
     return rows, columns
 
 
-def job_log_path(cfg: DictConfig, job: Job) -> Path:
-    """The published-layout log of a job; seeds are named only when the run has several."""
-    seed = job.seed if len(cfg.train.seeds) > 1 else None
-    return log_path(cfg.train.logs_dir, cfg.task.models[job.model].log_name, job.arm, job.fold, seed)
-
-
-def checkpoint_path(cfg: DictConfig, job: Job) -> Path:
-    log_name = cfg.task.models[job.model].log_name
-    return Path(cfg.train.run_dir) / "checkpoints" / log_name / f"{job.arm}_seed_{job.seed}_fold_{job.fold}.pt"
-
-
 def build_model(model_cfg: DictConfig, arm_cfg: DictConfig, n_channels: int) -> torch.nn.Module:
     """The model of `model_cfg.net` for `n_channels` inputs, with the arm's extra keyword arguments."""
     kwargs = plain(arm_cfg.get("model_kwargs")) or {}
@@ -230,7 +220,7 @@ def load_data(cfg: DictConfig, arm_cfg: DictConfig, device: torch.device) -> Tas
             detail = f"no column {detail}"
         raise UserError(
             f"external data in {cfg.task.processed_dir} (external_data=true) are unusable: {detail} "
-            f"(write the {cfg.task.name} processed layout there again, e.g. with scripts/compare_authors_ecg.py "
+            f"(write the {cfg.task.name} processed layout there again, e.g. with scripts/authors_ecg/compare_authors_ecg.py "
             "--export, or point task.processed_dir at a complete export)"
         ) from exc
 

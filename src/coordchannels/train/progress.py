@@ -12,7 +12,6 @@ Progress lines are plain log lines (no terminal needed): job k/N, elapsed time, 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
@@ -27,6 +26,7 @@ from omegaconf import DictConfig
 from coordchannels.train.device import resolve_device
 from coordchannels.train.grid import Job, job_grid
 from coordchannels.train.record import RunConfigError, finished_epochs, job_fingerprint
+from coordchannels.train.tracker import check_tracker
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Plan:
 def done_epochs(cfg: DictConfig, job: Job) -> int:
     """Epochs of `job` finished with this configuration, as the run counts them (0 with
     overwrite=true); raises the run's RunConfigError for a log it would refuse."""
-    from coordchannels.train.job import job_log_path
+    from coordchannels.train.paths import job_log_path
 
     if cfg.overwrite:
         return 0
@@ -133,7 +133,7 @@ def configured_epoch_seconds(cfg: DictConfig, device: str) -> tuple[float | None
 
 
 def make_plan(cfg: DictConfig) -> Plan:
-    from coordchannels.train.stage import jobs_side_by_side
+    from coordchannels.train.device import jobs_side_by_side
 
     check_tracker(cfg)
     jobs = job_grid(cfg)
@@ -195,7 +195,7 @@ class Progress:
     jobs trained so far in this run (already-finished jobs count as done, not as time)."""
 
     def __init__(self, cfg: DictConfig, jobs: list[Job]):
-        from coordchannels.train.job import job_log_path
+        from coordchannels.train.paths import job_log_path
 
         self.plan = log_plan(cfg)
         self.by_log = {job_log_path(cfg, j): j for j in jobs}
@@ -222,38 +222,15 @@ class Progress:
         log.info("progress: job %d/%d finished (%s); elapsed %s%s", self.k, self.total, job, duration(elapsed), eta)
 
 
-def dry_run_lines(cfg: DictConfig) -> Iterator[str]:
-    """What `cfg` would do, stage by stage, and the training plan; reads, never writes (dry_run=true).
-
-    The stages are judged by the runner's own functions (`needs_run`, `check_upstream`), so the
-    plan says what the run will do: a stage the run would refuse ends the plan with its reason and
-    the same error as the run (after the lines before it)."""
-    from coordchannels.pipeline import check_upstream, needs_run, preflight, stage_record
-
-    stages = preflight(cfg)  # every setting and every stage's check, as the run makes them first
-    yield f"dry run (task {cfg.task.name}): nothing is written"
-    will_run: set[str] = set()
-    for stage in stages:
-        try:
-            if not will_run & set(stage.after):  # rebuilt first by this run: checked after that
-                check_upstream(cfg, stage)
-            done = not needs_run(cfg, stage, stage_record(cfg, stage))
-        except Exception as exc:
-            yield f"stage {stage.name}: the run would stop here: {exc}"
-            raise
-        will_run |= set() if done else {stage.name}
-        yield f"stage {stage.name}: {'done, would be skipped' if done else 'would run'} -> {stage.out}"
-        if stage.name == "train" and cfg.task.get("models") and not done:
-            plan = make_plan(cfg)
-            yield from plan_lines(cfg, plan)
-            if plan.refused:
-                raise RunConfigError(next(iter(plan.refused.values())))
-
-
-# --------------------------------------------------------------------------------------------
-# An optional tracker: TensorBoard event files per job (train.tracker=tensorboard)
-# --------------------------------------------------------------------------------------------
-TRACKERS = ("tensorboard",)
+def training_plan(cfg: DictConfig) -> Iterator[str]:
+    """The train stage's `plan` (the runner's dry run, `make plan`): jobs, device and estimated
+    time; a job the run would refuse ends it with the run's own error."""
+    if not cfg.task.get("models"):
+        return
+    plan = make_plan(cfg)
+    yield from plan_lines(cfg, plan)
+    if plan.refused:
+        raise RunConfigError(next(iter(plan.refused.values())))
 
 
 def check_train_settings(cfg: DictConfig) -> None:
@@ -265,55 +242,9 @@ def check_train_settings(cfg: DictConfig) -> None:
     check_settings(cfg)
     check_tracker(cfg)
     if cfg.task.get("models"):
-        from coordchannels.pipeline import check_upstream, stage_spec
+        from coordchannels.stages import check_upstream, stage_spec
 
         stage = stage_spec(cfg, "train")
         if not set(stage.after) & set(cfg.stages):
             check_upstream(cfg, stage)  # data made with other settings: said as such, first
         check_finished_jobs(cfg, job_grid(cfg))
-
-
-def check_tracker(cfg: DictConfig) -> None:
-    """train.tracker is null or a known tracker whose package is installed (checked before training)."""
-    kind = cfg.train.get("tracker")
-    if kind in (None, "", False):
-        return
-    from coordchannels.settings import SettingError
-
-    if str(kind) not in TRACKERS:
-        raise SettingError(f"train.tracker={kind!r}: expected null or one of {list(TRACKERS)}")
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError as exc:
-        raise SettingError(
-            "train.tracker=tensorboard needs the `tensorboard` package: "
-            "`.venv/bin/pip install tensorboard` (then `tensorboard --logdir <run_dir>/tensorboard`)"
-        ) from exc
-
-
-def tracker_dir(cfg: DictConfig, job: Job) -> Path:
-    """`<run_dir>/tensorboard/<Model>/<arm>_seed_<seed>_fold_<fold>`: one TensorBoard run per job."""
-    log_name = cfg.task.models[job.model].log_name
-    return Path(str(cfg.train.run_dir)) / "tensorboard" / log_name / f"{job.arm}_seed_{job.seed}_fold_{job.fold}"
-
-
-@contextlib.contextmanager
-def job_tracker(cfg: DictConfig, job: Job) -> Iterator:
-    """A function `track(row, columns)` that records one epoch's log row (a no-op without a tracker)."""
-    if cfg.train.get("tracker") in (None, "", False):
-        yield lambda row, columns: None
-        return
-    check_tracker(cfg)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(log_dir=str(tracker_dir(cfg, job)))
-
-    def track(row, columns) -> None:
-        for name, value in zip(columns[1:], row[1:]):
-            writer.add_scalar(name, float(value), int(row[0]))
-        writer.flush()
-
-    try:
-        yield track
-    finally:
-        writer.close()

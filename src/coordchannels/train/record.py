@@ -28,8 +28,8 @@ from omegaconf import DictConfig
 
 from coordchannels.download import file_sha256
 from coordchannels.io import atomic_path, write_text
-from coordchannels.pipeline import stage_spec, upstream_run_ids
 from coordchannels.settings import canonical, plain
+from coordchannels.stages import stage_spec, upstream_run_ids
 from coordchannels.train.grid import Job
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def job_fingerprint(cfg: DictConfig, job: Job) -> dict:
 def job_record_path(cfg: DictConfig, job: Job) -> Path:
     """`<run_dir>/jobs/<Model>/<log name>.json`: named as the job's log is, so that a record and a
     log always pair up (a single-seed run's logs carry no seed; its records carry the seed inside)."""
-    from coordchannels.train.job import job_log_path  # the log's name is the job module's business
+    from coordchannels.train.paths import job_log_path
 
     log_path = job_log_path(cfg, job)
     return Path(cfg.train.run_dir) / "jobs" / log_path.parent.name / log_path.with_suffix(".json").name
@@ -245,7 +245,7 @@ def check_finished_jobs(cfg: DictConfig, jobs: list[Job]) -> None:
     epochs are not conflicts."""
     if cfg.overwrite:
         return
-    from coordchannels.train.job import checkpoint_path, job_log_path
+    from coordchannels.train.paths import checkpoint_path, job_log_path
 
     wanted_epochs, differ, conflicts = int(cfg.train.epochs), {}, 0
     for job in jobs:

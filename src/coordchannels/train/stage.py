@@ -5,20 +5,19 @@ Jobs share nothing but read-only data, so they can also be fanned out by a Hydra
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from coordchannels.train.device import resolve_device
+from coordchannels.train.device import jobs_side_by_side, threads_per_job, torch_threads
 from coordchannels.train.grid import Job, job_grid
-from coordchannels.train.job import _DATA_CACHE, job_log_path, run_job
+from coordchannels.train.job import _DATA_CACHE, run_job
+from coordchannels.train.paths import job_log_path
 from coordchannels.train.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -74,26 +73,6 @@ def train_stage(cfg: DictConfig, out: Path | None = None) -> None:
             )
         ]
     log.info("%d per-fold logs under %s (%.1f s)", len(paths), cfg.train.logs_dir, time.perf_counter() - start)
-
-
-def jobs_side_by_side(cfg: DictConfig, n_jobs_total: int) -> int:
-    """cfg.train.n_jobs, where `auto` = one job per core on a CPU (the small models gain little
-    from more threads per job) and one at a time on a GPU (which a single job keeps busy)."""
-    wanted = cfg.train.n_jobs
-    if str(wanted) == "auto":
-        wanted = 1 if resolve_device(cfg.train.device).type == "cuda" else _cores()
-    return max(1, min(int(wanted), n_jobs_total))
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def threads_per_job(cfg: DictConfig, n_jobs: int) -> int:
-    """cfg.train.num_threads: a fixed number, part of the job's fingerprint, never derived from the
-    cores or from how many jobs run side by side (CPU kernels sum in another order with another
-    thread count, so a job's numbers would depend on how it was scheduled)."""
-    return int(cfg.train.num_threads)
 
 
 def _job_args(job: Job) -> tuple[str, str, int, int]:
@@ -159,14 +138,3 @@ def _worker_logging(level: int, log_files: list[str]) -> None:
         handler.setFormatter(fmt)
         root.addHandler(handler)
     _WORKER_HANDLERS[key] = handlers
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Use n torch threads inside the block, then restore the caller's setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
