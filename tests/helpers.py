@@ -144,6 +144,7 @@ def failing_stage(cfg, out: Path) -> None:
 
 def with_probes(tmp_path, *overrides: str):
     from tests.conftest import compose_config  # conftest imports this module
+
     cfg = compose_config([f"paths.root_dir={tmp_path}", *overrides])
     with open_dict(cfg):
         cfg.stage_defs.make = {

@@ -218,7 +218,11 @@ ENTRY_ERRORS = {
     "app, unknown key": ("coordchannels", ["train.epoch=3"], "train.epoch"),
     "fanout": ("coordchannels.train.fanout", ["hydra/launcher=submitit_local", "train.seeds=[]"], "train.seeds"),
     "replicate": ("coordchannels.replicate", ["experiment=ecg_replications", "replicate.first=9"], "replicate.first"),
-    "final-epoch script": ("scripts/authors_ecg/summarise_authors_ecg.py", ["--out", "{tmp}/out", "ours={tmp}/none"], "none"),
+    "final-epoch script": (
+        "scripts/authors_ecg/summarise_authors_ecg.py",
+        ["--out", "{tmp}/out", "ours={tmp}/none"],
+        "none",
+    ),
     "authors comparison script": ("scripts/authors_ecg/compare_authors_ecg.py", ["--work", "{tmp}/none"], "not found"),
     "compare-replication": ("coordchannels.compare_replication", ["{tmp}/a", "{tmp}/b"], "replications.csv"),
     "external data": (
