@@ -65,8 +65,11 @@ def psf_field(size: int, lens: Lens) -> np.ndarray:
     k = lens.kernel_size
     d = np.arange(k) - k // 2
     dy, dx = np.meshgrid(d, d, indexing="ij")  # (K, K)
-    norm = np.maximum(np.sqrt(ry**2 + rx**2), 1e-12)
-    uy, ux = ry / norm, rx / norm  # radial unit vector (any direction at the centre: isotropic there)
+    norm = np.sqrt(ry**2 + rx**2)
+    at_centre = norm < 1e-12
+    # Radial unit vector; at the exact centre (odd sizes) any direction will do, the PSF is round there.
+    uy = np.where(at_centre, 1.0, ry / np.where(at_centre, 1.0, norm))
+    ux = np.where(at_centre, 0.0, rx / np.where(at_centre, 1.0, norm))
     radial = dy[None, None] * uy[..., None, None] + dx[None, None] * ux[..., None, None]
     tangential = -dy[None, None] * ux[..., None, None] + dx[None, None] * uy[..., None, None]
     # A floor on the width keeps an in-focus PSF a (numerically exact) delta without dividing by 0.

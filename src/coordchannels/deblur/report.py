@@ -132,7 +132,7 @@ def claim_lines(cfg: DictConfig, table: pd.DataFrame, ev: dict[str, Evaluation])
 
     def need(*models: str) -> str | None:
         absent = [m for m in models if m not in ev]
-        return f"not tested: {', '.join(absent)} did not finish" if absent else None
+        return f"not tested: {', '.join(absent)} not trained (in this run's grid or finished)" if absent else None
 
     unets = table[table.family == "unet"].sort_values("depth")
     if len(unets) >= 3:
@@ -153,7 +153,7 @@ def claim_lines(cfg: DictConfig, table: pd.DataFrame, ev: dict[str, Evaluation])
             f"{by.n_params['unet1_coordgate']:,} vs {by.n_params['unet6']:,})"
         )
     else:
-        lines.append(f"(b) U-Net(1) + CoordGate beats U-Net(6): {why}")
+        lines.append(f"(b) U-Net(1) + CoordGate beats U-Net(6) with about 60x fewer parameters: {why}")
     if (why := need("unet6_coordgate", "unet1_coordgate")) is None:
         d = paired(ev["unet6_coordgate"], ev["unet1_coordgate"], cfg)
         lines.append(
