@@ -22,6 +22,19 @@ def _title(fig: Figure, heading: str, title: str) -> None:
     fig.suptitle(text, fontsize=10)
 
 
+def _panels(n: int, extra_width: float, cols: int = 4) -> tuple[Figure, np.ndarray]:
+    """A figure of n image panels in rows of `cols`, without ticks; unused cells hidden."""
+    rows = -(-n // cols)
+    fig = Figure(figsize=(3.0 * cols + extra_width, 3.2 * rows + 1.0), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(rows, cols))
+    for k, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k >= n:
+            ax.set_axis_off()
+    return fig, axes
+
+
 def psf_grid(field: np.ndarray, path: Path, heading: str, n: int = 5) -> None:
     """The PSF at an n x n grid of field positions, each on its own colour scale."""
     h, w, k, _ = field.shape
@@ -46,18 +59,10 @@ def restored(sharp, blurred, evaluations: dict[str, Evaluation], labels: dict[st
     for model, ev in evaluations.items():
         out = ev.examples[0]
         panels.append((f"{labels[model]}\n{psnr(out[None], sharp[None])[0]:.2f} dB", out))
-    cols = 4
-    rows = -(-len(panels) // cols)
-    fig = Figure(figsize=(3.0 * cols, 3.2 * rows + 1.0), layout="constrained")
-    axes = np.atleast_2d(fig.subplots(rows, cols))
+    fig, axes = _panels(len(panels), extra_width=0.0)
     for ax, (name, img) in zip(axes.flat, panels):
         ax.imshow(np.clip(img, 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(name, fontsize=9)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_axis_off()
     _title(fig, heading, "A validation image: sharp, blurred and restored by each model (PSNR of this image)")
     save_png(fig, path)
 
@@ -85,20 +90,12 @@ def psnr_vs_params(table, path: Path, heading: str, blurred_psnr: float) -> None
 
 def error_maps(maps: dict[str, np.ndarray], path: Path, heading: str) -> None:
     """Per-position mean squared error of each model (and of the blurred input), one colour scale."""
-    cols = 4
-    rows = -(-len(maps) // cols)
     vmax = max(float(m.max()) for m in maps.values())
-    fig = Figure(figsize=(3.0 * cols + 1.0, 3.0 * rows + 1.0), layout="constrained")
-    axes = np.atleast_2d(fig.subplots(rows, cols))
+    fig, axes = _panels(len(maps), extra_width=1.0)
     image = None
     for ax, (name, emap) in zip(axes.flat, maps.items()):
         image = ax.imshow(emap, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
         ax.set_title(name, fontsize=9)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    for ax in list(axes.flat)[len(maps) :]:
-        ax.set_axis_off()
     fig.colorbar(image, ax=axes, shrink=0.7, label="mean squared error per pixel")
     _title(fig, heading, "Squared error by position over the validation images (claim g: lower near the centre)")
     save_png(fig, path)

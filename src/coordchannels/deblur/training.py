@@ -97,12 +97,5 @@ def train_epoch(model, optimizer, data, train_idx: torch.Tensor, batch_size: int
 
 def restore(model, data, idx: torch.Tensor, batch_size: int, run: Execution | None = None):
     """(restored, sharp) of images `idx` in eval mode, as (N, H, W) float32 numpy arrays."""
-    run = run or Execution()
-    model.eval()
-    preds, trues = [], []
-    with torch.inference_mode(), run.autocast():
-        for start in range(0, len(idx), batch_size):
-            batch = idx[start : start + batch_size]
-            preds.append(model(run.prepare(data.inputs(batch))).float()[:, 0].cpu())
-            trues.append(data.targets(batch)[:, 0].cpu())
-    return torch.cat(preds).numpy(), torch.cat(trues).numpy()
+    pred, true = trainer.predict(model, data, idx, batch_size, run)
+    return pred[:, 0], true[:, 0]
