@@ -42,11 +42,11 @@ PUBLISH := 'paths.outputs_dir=$${paths.results_dir}'
 SMOKE_DIR := data/smoke
 
 .PHONY: help setup lint format test test-slow reproduce data train stats table3 ecg-record ecg-arms \
-  ecg-arms-episode ecg-arms-record ecg-seeds-record smoke plan results-index replicate demo gpu-check bench-gpu clean-runs
+  ecg-arms-episode ecg-arms-record ecg-seeds-record deblur smoke plan results-index replicate demo gpu-check bench-gpu clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
-	@echo "Variables: TASK=ecg|coordgate|sipakmed|all (default all)  ARGS='<hydra overrides>'"
+	@echo "Variables: TASK=ecg|coordgate|sipakmed|deblur|all (default all: not deblur)  ARGS='<hydra overrides>'"
 	@echo "           LAUNCHER=local|slurm|submitit_local (reproduce, train; default local)"
 	@echo "           VFDB_DIR=<local VFDB mirror>  SIPAKMED_DIR=<local SiPaKMeD archives or tree>"
 	@echo "           PUBLISHED_LOGS_DIR=<local copy of the authors' published per-fold logs> (for make table3)"
@@ -126,6 +126,11 @@ ecg-arms-record: setup ## regenerate NimeshaNet with every arm, record grouping 
 
 ecg-seeds-record: setup ## regenerate study vs control over 3 seeds, record grouping -> results/ecg_arms/record_3seeds
 	$(APP) experiment=ecg_seeds_record $(PUBLISH) $(MIRRORS) $(ARGS)
+	$(PY) -m coordchannels.index
+
+deblur: setup ## regenerate the deblurring result (task=deblur, CPU scale, ~40 min on 2 cores; docs/deblur.md) -> results/deblur
+	$(APP) task=deblur $(PUBLISH) $(ARGS)
+	$(PY) scripts/bench_deblur.py --out results/benchmarks/deblur_train_cpu
 	$(PY) -m coordchannels.index
 
 smoke: setup ## every ECG stage with tiny settings into data/smoke (from scratch, ~1 min; its numbers mean nothing)
