@@ -309,3 +309,50 @@ def test_a_killed_job_resumes_to_the_log_of_an_uninterrupted_one(tmp_path, monke
     train.train_stage(killed)
     pd.testing.assert_frame_equal(pd.read_csv(train.job_log_path(killed, train.job_grid(killed)[0])), uninterrupted)
     assert math.isfinite(uninterrupted.val_psnr.iloc[-1])
+
+
+# ------------------------------------------------------------------------------------ statistics
+def _evaluation(model: str, psnr_by_seed: list[float], n_params: int, centre: float = 1.0, edge: float = 1.0):
+    """An Evaluation with per-image PSNR = the seed's value + a fixed image pattern; an error map
+    that is `centre` near the centre and `edge` at the edge."""
+    from coordchannels.deblur.evaluate import Evaluation
+
+    pattern = np.linspace(-0.5, 0.5, 50)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 16), np.linspace(-1, 1, 16), indexing="ij")
+    emap = np.where(np.sqrt(yy**2 + xx**2) / np.sqrt(2) < 0.5, centre, edge)
+    return Evaluation(
+        model,
+        list(range(len(psnr_by_seed))),
+        n_params,
+        np.array([p + pattern for p in psnr_by_seed]),
+        np.array([0.5 + p / 100 + 0 * pattern for p in psnr_by_seed]),
+        emap,
+        np.zeros((1, 16, 16)),
+    )
+
+
+def test_the_claims_are_judged_from_the_numbers_and_seeds_give_a_spread():
+    from coordchannels.deblur.report import claim_lines, metrics_table
+
+    cfg = compose_config(["task=deblur"])
+    ev = {
+        **{f"unet{d}": _evaluation(f"unet{d}", [20.0 + d, 20.2 + d], 1000 * 4**d) for d in range(1, 7)},
+        "unet1_coordgate": _evaluation("unet1_coordgate", [28.0, 28.4], 1100, centre=0.1, edge=1.0),
+        "unet6_coordgate": _evaluation("unet6_coordgate", [29.0, 29.2], 4_100_000, centre=0.2, edge=1.0),
+        "coordconv_unet6": _evaluation("coordconv_unet6", [26.1, 26.3], 4_096_100),
+        "multiwiener6": _evaluation("multiwiener6", [27.0, 27.2], 4_097_000),
+    }
+    table = metrics_table(cfg, ev, 500, 0, 0.95)
+    assert list(table.model) == list(cfg.task.models)  # the paper's order
+    row = table.set_index("model").loc["unet1_coordgate"]
+    assert row.psnr == pytest.approx(28.2) and row.psnr_seed_sd == pytest.approx(np.std([28.0, 28.4], ddof=1))
+    assert row.psnr_low < 28.2 < row.psnr_high and row.centre_edge_ratio == pytest.approx(0.1)
+    lines = claim_lines(cfg, table, ev)
+    assert [line[:3] for line in lines] == ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)"]
+    assert all("**holds**" in line for line in lines), lines
+    assert "3724x fewer parameters" in lines[1]
+    ev["coordconv_unet6"] = _evaluation("coordconv_unet6", [24.0, 24.2], 4_096_100)  # 2 dB below U-Net(6)
+    ev["unet1_coordgate"] = _evaluation("unet1_coordgate", [25.0, 25.2], 1100, centre=0.9, edge=1.0)
+    lines = claim_lines(cfg, metrics_table(cfg, ev, 500, 0, 0.95), ev)
+    for claim in ("(b)", "(d)", "(e)", "(g)"):
+        assert "**does not hold**" in next(line for line in lines if line.startswith(claim)), claim
