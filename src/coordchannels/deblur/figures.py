@@ -89,13 +89,17 @@ def psnr_vs_params(table, path: Path, heading: str, blurred_psnr: float) -> None
 
 
 def error_maps(maps: dict[str, np.ndarray], path: Path, heading: str) -> None:
-    """Per-position mean squared error of each model (and of the blurred input), one colour scale."""
-    vmax = max(float(m.max()) for m in maps.values())
-    fig, axes = _panels(len(maps), extra_width=1.0)
-    image = None
+    """Per-position mean squared error of each model (and of the blurred input), each panel on its
+    own colour scale (from 0), so that the shape of every map shows whatever its level."""
+    fig, axes = _panels(len(maps), extra_width=2.0)
     for ax, (name, emap) in zip(axes.flat, maps.items()):
-        image = ax.imshow(emap, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-    fig.colorbar(image, ax=axes, shrink=0.7, label="mean squared error per pixel")
-    _title(fig, heading, "Squared error by position over the validation images (claim g: lower near the centre)")
+        image = ax.imshow(emap, cmap="viridis", vmin=0, interpolation="nearest")
+        ax.set_title(f"{name}\nmean {emap.mean():.2e}", fontsize=9)
+        fig.colorbar(image, ax=ax, shrink=0.8, format="%.0e")
+    _title(
+        fig,
+        heading,
+        "Mean squared error by position over the validation images, each panel on its own scale "
+        "(claim g: lower near the centre)",
+    )
     save_png(fig, path)
