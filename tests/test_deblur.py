@@ -351,6 +351,12 @@ def test_the_claims_are_judged_from_the_numbers_and_seeds_give_a_spread():
     assert [line[:3] for line in lines] == ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)"]
     assert all("**holds**" in line for line in lines), lines
     assert "3724x fewer parameters" in lines[1]
+    from coordchannels.deblur.report import gate_gains
+
+    gains = gate_gains(cfg, ev)
+    assert gains[0].startswith("CoordGate on U-Net(1): +7.10 dB") and gains[1].startswith(
+        "CoordGate on U-Net(6): +3.00 dB"
+    )
     ev["coordconv_unet6"] = _evaluation("coordconv_unet6", [24.0, 24.2], 4_096_100)  # 2 dB below U-Net(6)
     ev["unet1_coordgate"] = _evaluation("unet1_coordgate", [25.0, 25.2], 1100, centre=0.9, edge=1.0)
     lines = claim_lines(cfg, metrics_table(cfg, ev, 500, 0, 0.95), ev)
