@@ -180,6 +180,21 @@ def test_a_unet_refuses_other_sizes_clearly(size, depth):
         UNet(depth=depth, size=size)
 
 
+def test_a_patch_size_the_models_cannot_take_is_refused_before_any_stage_runs(tmp_path):
+    from coordchannels.pipeline import preflight
+    from coordchannels.settings import SettingError
+
+    cfg = compose_config(["task=deblur", f"paths.root_dir={tmp_path}", "task.data.patch_size=48"])
+    with pytest.raises(SettingError, match=r"task.data.patch_size=48 does not suit model unet5: .*multiple of 2\^5"):
+        preflight(cfg)
+    assert not (tmp_path / "data").exists()
+    preflight(
+        compose_config(
+            ["task=deblur", f"paths.root_dir={tmp_path}", "task.data.patch_size=48", "train.models=[unet1,unet4]"]
+        )
+    )  # 48 = 3 x 2^4 suits these
+
+
 def test_a_unet_refuses_an_input_of_another_size():
     with pytest.raises(ValueError, match="built for 32x32 images"):
         UNet(depth=2, size=32)(torch.rand(1, 1, 64, 64))

@@ -23,7 +23,7 @@ from coordchannels.deblur.images import CellSettings, folder_patches, generate
 from coordchannels.deblur.psf import Lens, PSFBasis, blur_direct, psf_field, relative_error
 from coordchannels.io import save_npy, write_text
 from coordchannels.pipeline import require_input
-from coordchannels.settings import choice
+from coordchannels.settings import SettingError, choice
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,27 @@ SOURCES = ("generated", "folder")
 APPLY = ("direct", "basis")
 BLUR_CHUNK = 64  # images blurred at once (bounds memory: K*K*S*S floats per image)
 BASIS_CHECK = 64  # images on which the basis approximation's error is measured
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """The `images` stage's check, before any stage runs: the patch size suits every model of the
+    grid (U-Net(d) halves it d times), and the split leaves images on both sides."""
+    from coordchannels.deblur.unet import check_size
+
+    d = cfg.task.data
+    size = int(d.patch_size)
+    selected = cfg.train.models if cfg.train.get("models") is not None else list(cfg.task.models)
+    for name in selected:
+        depth = cfg.task.models[name].net.get("depth") if name in cfg.task.models else None
+        if depth is not None:
+            try:
+                check_size(size, int(depth))
+            except ValueError as exc:
+                raise SettingError(f"task.data.patch_size={size} does not suit model {name}: {exc}") from None
+    if not 0 < float(d.val_fraction) < 1:
+        raise SettingError(f"task.data.val_fraction={d.val_fraction}: must be between 0 and 1")
+    if int(d.n_images) < 2:
+        raise SettingError(f"task.data.n_images={d.n_images}: need at least 2 (training and validation)")
 
 
 def images_stage(cfg: DictConfig, out: Path) -> None:
