@@ -315,7 +315,7 @@ def test_a_killed_job_resumes_to_the_log_of_an_uninterrupted_one(tmp_path, monke
         return compose_config([*TINY, "train.models=[unet1]", f"paths.root_dir={tmp_path}", f"train.run_name={run}"])
 
     whole = config("whole")
-    run_stages(compose_config([*TINY, f"paths.root_dir={tmp_path}", "stages=[images,blur]"]))
+    run_stages(compose_config([*TINY, "train.models=[unet1]", f"paths.root_dir={tmp_path}", "stages=[images,blur]"]))
     train.train_stage(whole)
     uninterrupted = pd.read_csv(train.job_log_path(whole, train.job_grid(whole)[0]))
     assert list(uninterrupted.columns) == ["epoch", "train_loss", "val_loss", "val_psnr", "val_ssim", "lr"]
