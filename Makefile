@@ -42,12 +42,12 @@ PUBLISH := 'paths.outputs_dir=$${paths.results_dir}'
 SMOKE_DIR := data/smoke
 
 .PHONY: help setup lint format docs test test-slow reproduce data train stats table3 ecg-record ecg-arms \
-  ecg-arms-episode ecg-arms-record ecg-seeds-record coordgate smoke plan restats results-index verify replicate \
+  ecg-arms-episode ecg-arms-record ecg-seeds-record coordgate deblur smoke plan restats results-index verify replicate \
   ecg-replications compare-replication mechanisms mechanisms-results mechanisms-plan demo gpu-check bench-gpu clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
-	@echo "Variables: TASK=ecg|coordgate|sipakmed|all (default all)  ARGS='<hydra overrides>'"
+	@echo "Variables: TASK=ecg|coordgate|sipakmed|deblur|all (default all: not deblur)  ARGS='<hydra overrides>'"
 	@echo "           LAUNCHER=local|slurm|submitit_local (reproduce, train; default local)"
 	@echo "           VFDB_DIR=<local VFDB mirror>  SIPAKMED_DIR=<local SiPaKMeD archives or tree>"
 	@echo "           PUBLISHED_LOGS_DIR=<local copy of the authors' published per-fold logs> (for make table3)"
@@ -134,6 +134,11 @@ ecg-seeds-record: setup ## regenerate study vs control over 3 seeds, record grou
 
 coordgate: setup ## regenerate the committed CoordGate 1-D experiment -> results/coordgate (about 40 min on 2 CPU cores)
 	$(APP) task=coordgate $(PUBLISH) $(ARGS)
+	$(PY) -m coordchannels.index
+
+deblur: setup ## regenerate the deblurring result (task=deblur, CPU scale, ~40 min on 2 cores; docs/deblur.md) -> results/deblur
+	$(APP) task=deblur $(PUBLISH) $(ARGS)
+	$(PY) scripts/bench_deblur.py --out results/benchmarks/deblur_train_cpu
 	$(PY) -m coordchannels.index
 
 smoke: setup ## every ECG stage with tiny settings into data/smoke (from scratch, ~1 min; its numbers mean nothing)

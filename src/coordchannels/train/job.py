@@ -95,7 +95,7 @@ def run_job(cfg: DictConfig, model_name: str, arm_name: str, seed: int, fold: in
         # never leave them beside the new checkpoint and be mistaken for finished.
         record_path.unlink(missing_ok=True)
         out_log.unlink(missing_ok=True)
-        rows, columns = train_job(
+        rows, columns = job_loop(cfg)(
             cfg, job, state, lambda model, opt, rows: save_checkpoint(ckpt_path, fingerprint, model, opt, rows)
         )
         write_csv(log_frame(rows, columns), out_log)
@@ -111,6 +111,14 @@ def mark_reduced_scale(cfg: DictConfig, folder: Path) -> None:
     limits = {key: plain(cfg.train.get(key)) for key in LIMIT_KEYS}
     if any(value is not None for value in limits.values()):
         write_text(folder / SCALE_MARK, json.dumps(limits, sort_keys=True) + "\n")
+
+
+def job_loop(cfg: DictConfig):
+    """The training loop of the task's jobs: `task.loop.fn` when the task declares one (an
+    image-to-image task trains on another loss and logs other measures), else `train_job`, the
+    regression loop. Everything around it (locks, checkpoints, records, logs) is the same."""
+    loop = cfg.task.get("loop")
+    return get_method(loop.fn) if loop is not None and loop.get("fn") else train_job
 
 
 def train_job(cfg: DictConfig, job: Job, state: dict | None, checkpoint) -> tuple[list[list[float]], list[str]]:

@@ -129,17 +129,18 @@ def train_fingerprint(cfg: DictConfig) -> dict:
 def job_fingerprint(cfg: DictConfig, job: Job) -> dict:
     """Everything that changes a job's numbers: data, model, arm, hyper-parameters and seed."""
     model, arm = plain(cfg.task.models[job.model]), plain(cfg.arms[job.arm])
-    return json.loads(
-        canonical(
-            {
-                "task": data_fingerprint(cfg),
-                "train": train_fingerprint(cfg),
-                "model": {k: model.get(k) for k in MODEL_KEYS},
-                "arm": {k: arm.get(k) for k in ARM_KEYS},
-                "seed": job.seed,
-            }
-        )
-    )
+    fingerprint = {
+        "task": data_fingerprint(cfg),
+        "train": train_fingerprint(cfg),
+        "model": {k: model.get(k) for k in MODEL_KEYS},
+        "arm": {k: arm.get(k) for k in ARM_KEYS},
+        "seed": job.seed,
+    }
+    # A task's own training loop and its settings (a learning-rate schedule) change the numbers too;
+    # tasks without one keep the fingerprints their runs were made with.
+    if cfg.task.get("loop") is not None:
+        fingerprint["loop"] = plain(cfg.task.loop)
+    return json.loads(canonical(fingerprint))
 
 
 # --------------------------------------------------------------------------------------------
