@@ -42,7 +42,7 @@ PUBLISH := 'paths.outputs_dir=$${paths.results_dir}'
 SMOKE_DIR := data/smoke
 
 .PHONY: help setup lint format docs test test-slow reproduce data train stats table3 ecg-record ecg-arms \
-  ecg-arms-episode ecg-arms-record ecg-seeds-record coordgate deblur smoke plan restats results-index verify replicate \
+  ecg-arms-episode ecg-arms-record ecg-seeds-record coordgate deblur deblur-paper smoke plan restats results-index verify replicate \
   ecg-replications compare-replication mechanisms mechanisms-results mechanisms-plan demo gpu-check bench-gpu clean-runs
 
 help: ## list the targets
@@ -140,6 +140,9 @@ deblur: setup ## regenerate the deblurring result (task=deblur, CPU scale, ~40 m
 	$(APP) task=deblur $(PUBLISH) $(ARGS)
 	$(PY) scripts/bench_deblur.py --out results/benchmarks/deblur_train_cpu
 	$(PY) -m coordchannels.index
+
+deblur-paper: setup ## CoordGate's deblurring at the paper's scale (20000 images, 600 epochs: for a GPU; `make plan TASK=deblur ARGS=experiment=deblur_paper` first) -> data/results/deblur
+	$(APP) experiment=deblur_paper $(ARGS)
 
 smoke: setup ## every ECG stage with tiny settings into data/smoke (from scratch, ~1 min; its numbers mean nothing)
 	rm -rf $(SMOKE_DIR)

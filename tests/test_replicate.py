@@ -176,3 +176,16 @@ def test_replicate_first_runs_only_the_later_replications(tmp_path, capsys):
     cfg.replicate.first = 4
     with pytest.raises(ValueError, match=r"replicate\.first=4"):  # a SettingError is a ValueError
         run_replications(cfg)
+
+
+def test_the_summary_reads_replications_1_to_n_only(tmp_path):
+    """A replication beyond replicate.n (committed on the way to a larger n) leaves the summary of
+    n replications as it is."""
+    from coordchannels.replicate import summarised_folders
+
+    for r in (1, 2, 3):
+        (tmp_path / "episode" / f"replication_{r}" / "fold_logs").mkdir(parents=True)
+    cfg = compose_config(["experiment=ecg_replications", "replicate.n=2"])
+    assert [r for r, _ in summarised_folders(tmp_path, "episode", cfg)] == [1, 2]
+    cfg.replicate.n = 3
+    assert [r for r, _ in summarised_folders(tmp_path, "episode", cfg)] == [1, 2, 3]

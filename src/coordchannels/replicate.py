@@ -145,6 +145,12 @@ def replication_folders(out: Path, grouping: str) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def summarised_folders(out: Path, grouping: str, cfg: DictConfig) -> list[tuple[int, Path]]:
+    """Replications 1..replicate.n of `grouping`: a later one already there (a run towards a larger
+    n, committed as each replication finishes) changes the summary only when n says so."""
+    return [(r, folder) for r, folder in replication_folders(out, grouping) if r <= int(cfg.replicate.n)]
+
+
 def replication_rows(folder: Path, final_epochs: int, cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """From one replication's per-fold logs: (its comparison rows, its per-fold values), with the
     test R² also as the mean of the last `final_epochs` epochs (metric `test_r2_last<k>`)."""
@@ -187,7 +193,7 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
     published, published_values = published_rows(cfg)
     summary, levels, per_rep = [], [], []
     for grouping in cfg.replicate.groupings:
-        folders = replication_folders(out, grouping)
+        folders = summarised_folders(out, grouping, cfg)
         if not folders:
             log.warning("replication_summary: no finished replication under %s", out / grouping)
             continue
@@ -273,7 +279,7 @@ def sensitivity_rows(out: Path, grouping: str, cfg: DictConfig) -> list[dict]:
     """The instability study - control difference under each fit of the smooth trend
     (stats.smooth_curve): does any conclusion depend on the scripts' spline?"""
     rows = []
-    folders = replication_folders(out, grouping)
+    folders = summarised_folders(out, grouping, cfg)
     logs = [load_logs(folder / "fold_logs", ["study", "control"]) for _, folder in folders]
     for fit in INSTABILITY_FITS:
         values = [fold_values(lg, cfg.stats.instability, 1, fit) for lg in logs]

@@ -37,7 +37,9 @@ class Evaluation:
 
 def evaluate_grid(cfg: DictConfig, data) -> tuple[dict[str, Evaluation], list[Job], np.ndarray]:
     """({model: Evaluation} of the finished jobs, the unfinished jobs, validation indices)."""
-    _, val_idx = job_indices(cfg, data, 1)
+    # The held-out images every model is scored on: those of the first seed's jobs (the same for every
+    # seed unless train.limit_test draws a subset).
+    _, val_idx = job_indices(cfg, data, 1, int(cfg.train.seeds[0]))
     finished: dict[str, list] = {}
     missing = []
     with torch_threads(int(cfg.train.num_threads)):

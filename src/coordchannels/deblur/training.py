@@ -48,7 +48,7 @@ def train_job(cfg: DictConfig, job: Job, state: dict | None, checkpoint) -> tupl
     set_determinism(bool(cfg.train.deterministic), device)
     tune_malloc()
     data = task_data(cfg, job.arm, device)
-    train_idx, val_idx = job_indices(cfg, data, job.fold)
+    train_idx, val_idx = job_indices(cfg, data, job.fold, job.seed)
     seed_everything(job.seed)
     run = Execution.from_config(cfg.train, device)
     model = run.place(build_model(cfg.task.models[job.model], cfg.arms[job.arm], data.n_channels).to(device))
