@@ -173,8 +173,12 @@ def test_replicate_first_runs_only_the_later_replications(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "replication_episode_3" in printed
     assert "replication_episode_1" not in printed and "replication_episode_2" not in printed
-    cfg.replicate.first = 4
-    with pytest.raises(ValueError, match=r"replicate\.first=4"):  # a SettingError is a ValueError
+    cfg.replicate.first = 4  # n + 1: no replication runs, only the summary
+    run_replications(cfg)
+    printed = capsys.readouterr().out
+    assert "replication_episode" not in printed and "replication_summary" in printed
+    cfg.replicate.first = 5
+    with pytest.raises(ValueError, match=r"replicate\.first=5"):  # a SettingError is a ValueError
         run_replications(cfg)
 
 

@@ -104,8 +104,13 @@ def run_replications(cfg: DictConfig) -> None:
     first = int(cfg.replicate.get("first", 1))
     if n < 1:
         raise SettingError(f"replicate.n={n}: give at least one replication")
-    if not 1 <= first <= n:
-        raise SettingError(f"replicate.first={first}: give a replication between 1 and replicate.n={n}")
+    # first = n + 1 runs no replication, only the summary of replications 1..n (e.g. 10 committed
+    # episode replications beside 5 record ones).
+    if not 1 <= first <= n + 1:
+        raise SettingError(
+            f"replicate.first={first}: give a replication between 1 and replicate.n={n} "
+            f"(or {n + 1}: only the summary)"
+        )
     if not groupings or set(groupings) - GROUPINGS:
         raise SettingError(
             f"replicate.groupings={groupings}: give one or more of {sorted(GROUPINGS)} (e.g. replicate.groupings=[record])"
