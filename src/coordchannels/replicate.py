@@ -108,8 +108,7 @@ def run_replications(cfg: DictConfig) -> None:
     # episode replications beside 5 record ones).
     if not 1 <= first <= n + 1:
         raise SettingError(
-            f"replicate.first={first}: give a replication between 1 and replicate.n={n} "
-            f"(or {n + 1}: only the summary)"
+            f"replicate.first={first}: give a replication between 1 and replicate.n={n} (or {n + 1}: only the summary)"
         )
     if not groupings or set(groupings) - GROUPINGS:
         raise SettingError(
