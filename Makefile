@@ -154,7 +154,7 @@ plan: setup ## print the training plan of TASK (jobs, device, estimated time) an
 	  hydra/job_logging=stdout $(MIRRORS) $(ARGS) || exit 1; done
 
 restats: setup ## recompute every committed table from its committed per-fold logs (per-fold values must not change)
-	$(PY) -m coordchannels.restats
+	$(PY) -m coordchannels.stats.restats
 	$(PY) -m coordchannels.index
 
 results-index: setup ## regenerate results/README.md, the index of every committed result

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from coordchannels.restats import restats_config, stats_folders
-from coordchannels.stats import build_outputs
+from coordchannels.stats.comparison import build_outputs
+from coordchannels.stats.restats import restats_config, stats_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = stats_folders(ROOT / "results") if (ROOT / "results").is_dir() else []
@@ -49,7 +49,7 @@ def test_the_committed_replication_summary_recomputes_from_the_replications_logs
     from omegaconf import OmegaConf
 
     from coordchannels.replicate import summary_outputs, summary_stage
-    from coordchannels.restats import summary_config
+    from coordchannels.stats.restats import summary_config
 
     committed = ROOT / "results" / "ecg_replications"
     if not (committed / "logs" / "replication_summary.config.yaml").is_file():
@@ -75,7 +75,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
 def test_restats_updates_the_manifest_and_restores_a_folder_whose_logs_changed(tmp_path):
     import shutil
 
-    from coordchannels.restats import restat
+    from coordchannels.stats.restats import restat
     from coordchannels.verify import check_files, recorded_files
 
     committed = ROOT / "results" / "ecg"

@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 from coordchannels.figures import save_figure
 from coordchannels.logs import load_logs
 from coordchannels.pipeline import run_stages
-from coordchannels.report import curve_summary, final_values_figure, learning_curves_figure
 from coordchannels.settings import SettingError
+from coordchannels.stats.stage import curve_summary, final_values_figure, learning_curves_figure
 from tests.helpers import write_set
 
 ARMS = ("none", "control", "study", "intensity")

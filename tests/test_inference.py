@@ -1,4 +1,4 @@
-"""The exact sign-flip test and the replication-level random-effects pool (coordchannels.inference)."""
+"""The exact sign-flip test and the replication-level random-effects pool (coordchannels.stats.inference)."""
 
 import itertools
 import warnings
@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from coordchannels.inference import pool_replications, random_effects, sign_flip, sign_flip_floor, within_variance
+from coordchannels.stats.inference import pool_replications, random_effects, sign_flip, sign_flip_floor, within_variance
 
 
 def test_sign_flip_all_positive_five_folds_reaches_exactly_the_floor():
@@ -108,7 +108,7 @@ def test_the_percentile_bootstrap_over_five_folds_covers_less_than_it_says():
     """The README's reason for the exact test: with 5 normal paired differences the paper's "95%"
     percentile-bootstrap interval covers the true mean only about 84% of the time (seeded
     simulation, 2000 data sets of 5, 2000 resamples each, in coordchannels.stats.montecarlo_means)."""
-    from coordchannels.stats import montecarlo_means
+    from coordchannels.stats.comparison import montecarlo_means
 
     rng = np.random.default_rng(0)
     hits = 0

@@ -14,7 +14,7 @@ ENTRY_POINTS = {
     "coordchannels.__main__",
     "coordchannels.replicate",
     "coordchannels.mechanisms",
-    "coordchannels.restats",
+    "coordchannels.stats.restats",
     "coordchannels.train.fanout",
 }
 # The bottom layer: data formats, settings, models and layers, statistics' arithmetic. It imports
@@ -30,7 +30,7 @@ CORE = {
     "coordchannels.coordgate.layer",
     "coordchannels.folds",
     "coordchannels.taskdata",
-    "coordchannels.inference",
+    "coordchannels.stats.inference",
     "coordchannels.environment",
     "coordchannels.entry",
 }

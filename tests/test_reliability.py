@@ -15,10 +15,11 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from coordchannels import report, train, verify
+from coordchannels import train, verify
 from coordchannels.pipeline import run_stages
 from coordchannels.settings import SettingError, check_added_keys, setting_names
 from coordchannels.stages import StageError, produced, stage_spec
+from coordchannels.stats import stage as report
 from tests.conftest import REPO, compose_config, train_killed_after_epoch
 from tests.helpers import job_log, read, with_probes
 

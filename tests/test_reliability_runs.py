@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from coordchannels import report
 from coordchannels.pipeline import run_stages
 from coordchannels.settings import SettingError
+from coordchannels.stats import stage as report
 from tests.conftest import REPO, compose_config
 from tests.helpers import write_set
 

@@ -14,7 +14,7 @@ import torch
 from coordchannels.folds import ecg_folds
 from coordchannels.pipeline import run_stages
 from coordchannels.replicate import replication_config
-from coordchannels.stats import hierarchical_exact, hierarchical_means
+from coordchannels.stats.comparison import hierarchical_exact, hierarchical_means
 from coordchannels.train import build_model, seed_everything
 from tests.conftest import compose_config
 from tests.helpers import write_set

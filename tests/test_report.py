@@ -11,7 +11,7 @@ from PIL import Image
 
 from coordchannels.logs import LogError, load_logs, log_path
 from coordchannels.pipeline import run_stages
-from coordchannels.report import curve_summary, learning_curves_figure
+from coordchannels.stats.stage import curve_summary, learning_curves_figure
 from tests.conftest import PUBLISHED_LOGS, call_stage, require
 from tests.helpers import write_set
 

@@ -12,8 +12,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from coordchannels.pipeline import dry_run_lines
-from coordchannels.report import check_results_dir
 from coordchannels.settings import SettingError
+from coordchannels.stats.stage import check_results_dir
 from coordchannels.train.progress import Progress, duration, make_plan
 from tests.conftest import REPO, VFDB_DIR, compose_config, require
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from coordchannels.logs import LogError, log_path
-from coordchannels.stats import (
+from coordchannels.stats.comparison import (
     TABLE_COLUMNS,
     compare,
     effect_size,

@@ -19,7 +19,7 @@ import pandas as pd
 
 from coordchannels.entry import UserError, reports_errors
 from coordchannels.logs import read_log
-from coordchannels.stats import fold_metrics
+from coordchannels.stats.comparison import fold_metrics
 from coordchannels.tables import markdown_table
 
 METRICS = ["train_r2", "test_r2", "instability", "test_r2_mean_last5"]

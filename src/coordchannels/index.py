@@ -21,7 +21,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from coordchannels.entry import reports_errors
-from coordchannels.stats import format_bootstrap_p, format_exact_p, format_p
+from coordchannels.stats.comparison import format_bootstrap_p, format_exact_p, format_p
 from coordchannels.tables import markdown_table
 
 PUBLISHED = "published_table3"

@@ -17,7 +17,7 @@ from coordchannels.download import file_sha256
 from coordchannels.environment import hardware, package_versions
 from coordchannels.io import atomic_dir, write_text
 from coordchannels.stages import git_state, read_record, stage_spec, stage_timings, tree_sha256
-from coordchannels.stats import SCALE_MARK
+from coordchannels.stats.comparison import SCALE_MARK
 from coordchannels.train.grid import job_grid
 from coordchannels.train.record import job_record_path
 from coordchannels.verify import MANIFEST, file_sums

@@ -41,13 +41,13 @@ from omegaconf import DictConfig
 from scipy import stats as sps
 
 from coordchannels.components import arm_order, arm_style, ordered
-from coordchannels.inference import pool_replications
 from coordchannels.io import write_csv, write_text
 from coordchannels.logs import load_logs
 from coordchannels.replicate import replication_folders
-from coordchannels.report import STYLE, save_png
 from coordchannels.settings import SettingError
-from coordchannels.stats import METRIC_LABELS, fold_values, holm, paired_differences
+from coordchannels.stats.comparison import METRIC_LABELS, fold_values, holm, paired_differences
+from coordchannels.stats.inference import pool_replications
+from coordchannels.stats.stage import STYLE, save_png
 
 log = logging.getLogger(__name__)
 

@@ -37,14 +37,21 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.entry import hydra_entry, reports_errors
-from coordchannels.inference import pool_replications
 from coordchannels.io import atomic_files, write_csv, write_text
 from coordchannels.logs import load_logs, order_models
 from coordchannels.pipeline import preflight, run_stages
-from coordchannels.report import STYLE, save_png
 from coordchannels.settings import SettingError, check_added_keys
 from coordchannels.stages import StageError
-from coordchannels.stats import INSTABILITY_FITS, METRIC_LABELS, compare, fold_values, paired_differences, pooled
+from coordchannels.stats.comparison import (
+    INSTABILITY_FITS,
+    METRIC_LABELS,
+    compare,
+    fold_values,
+    paired_differences,
+    pooled,
+)
+from coordchannels.stats.inference import pool_replications
+from coordchannels.stats.stage import STYLE, save_png
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +271,7 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
 
 
 def replication_pool(groups: list, confidence: float) -> dict:
-    """The summary's inference columns: replications as the unit (coordchannels.inference)."""
+    """The summary's inference columns: replications as the unit (coordchannels.stats.inference)."""
     pool = pool_replications(groups, confidence)
     return {
         "re_estimate": pool["estimate"],

@@ -1,6 +1,6 @@
 """The deblurring task's figures: the PSF across the field, sharp / blurred / restored images
 (the paper's Fig. 5), PSNR against parameters (Fig. 4b) and the per-position error maps (claim g).
-Drawn on matplotlib's Agg canvas and written atomically (coordchannels.report.save_png)."""
+Drawn on matplotlib's Agg canvas and written atomically (coordchannels.stats.stage.save_png)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from coordchannels.deblur.evaluate import Evaluation
-from coordchannels.report import save_png
+from coordchannels.stats.stage import save_png
 
 FAMILY_STYLE = {"unet": ("tab:blue", "o"), "coordgate": ("tab:red", "s"), "coordconv": ("tab:green", "^")}
 FAMILY_STYLE["wiener"] = ("tab:orange", "D")

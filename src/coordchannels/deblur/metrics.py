@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.metrics import structural_similarity
 
-from coordchannels.stats import montecarlo_means
+from coordchannels.stats.comparison import montecarlo_means
 
 DATA_RANGE = 1.0  # images are in [0, 1]
 

@@ -22,7 +22,7 @@ from coordchannels.deblur.data import load_task_data
 from coordchannels.deblur.evaluate import Evaluation, evaluate_grid
 from coordchannels.deblur.metrics import centre_edge_ratio, error_map, mean_ci, psnr, ssim
 from coordchannels.io import write_csv, write_text
-from coordchannels.stats import montecarlo_means
+from coordchannels.stats.comparison import montecarlo_means
 
 log = logging.getLogger(__name__)
 

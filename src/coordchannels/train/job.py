@@ -35,7 +35,7 @@ from coordchannels.entry import UserError
 from coordchannels.io import write_csv, write_text
 from coordchannels.logs import log_columns
 from coordchannels.settings import canonical, choice, plain
-from coordchannels.stats import LIMIT_KEYS, SCALE_MARK
+from coordchannels.stats.comparison import LIMIT_KEYS, SCALE_MARK
 from coordchannels.taskdata import TaskData
 from coordchannels.train.device import (
     resolve_device,

@@ -33,7 +33,7 @@ from coordchannels.figures import STYLE, save_figure, save_png
 from coordchannels.io import atomic_files
 from coordchannels.logs import FoldLog
 from coordchannels.settings import SettingError, plain
-from coordchannels.stats import build_outputs, limited_note, load_checked_logs, table_names, write_outputs
+from coordchannels.stats.comparison import build_outputs, limited_note, load_checked_logs, table_names, write_outputs
 
 log = logging.getLogger(__name__)
 

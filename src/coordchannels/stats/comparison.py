@@ -4,7 +4,7 @@ Per model and (seed, fold) the final-epoch train and test R^2 and the instabilit
 curve (squared residuals of a smoothing spline, mean by default) are compared between two arms,
 paired by fold: d_i = a_i - b_i. The bootstrap resamples the d_i with replacement, either
 Monte-Carlo (`numpy.random.default_rng(seed)`, fresh per comparison: this reproduces the
-published confidence intervals) or by enumerating all n^n resamples. `coordchannels.report.stats_stage` writes the
+published confidence intervals) or by enumerating all n^n resamples. `coordchannels.stats.stage.stats_stage` writes the
 comparison table (csv, md, tex), every per-fold value and every per-fold difference.
 
 Thin or incomplete evidence is refused or flagged, never silently turned into a conclusion:
@@ -42,9 +42,9 @@ import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from scipy.interpolate import LSQUnivariateSpline, UnivariateSpline, make_smoothing_spline
 
-from coordchannels.inference import sign_flip
 from coordchannels.io import write_csv, write_text
 from coordchannels.logs import MIN_EPOCHS, Expected, FoldLog, LogError, load_logs, order_arms, unit_key
+from coordchannels.stats.inference import sign_flip
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ METRICS = ("instability", "test_r2", "train_r2")
 # How much evidence stands behind each row, stated in every table.
 EVIDENCE_COLUMNS = ["n_units", "n_epochs", "limited", "complete"]
 # p_value and conclusion are the paper's method (one-sided bootstrap p, 95% bootstrap CI); the exact
-# sign-flip p-values stand beside them (coordchannels.inference).
+# sign-flip p-values stand beside them (coordchannels.stats.inference).
 EXACT_COLUMNS = ["p_exact_one_sided", "p_exact_two_sided", "conclusion_exact", "all_same_sign"]
 TABLE_COLUMNS = [
     "model",
