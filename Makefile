@@ -163,11 +163,15 @@ results-index: setup ## regenerate results/README.md, the index of every committ
 verify: setup ## check every committed result under results/ against the SHA-256 in its manifest
 	$(PY) -m coordchannels.verify
 
+# A study of replications is one Hydra sweep of the app (-m): each replication (every grouping of
+# replicate.groupings x replicate.first..replicate.n) an ordinary run, one after another, then the
+# summary stage once (conf/study/replications.yaml, coordchannels.sweep). ARGS="replicate.n=10
+# replicate.first=6" adds replications 6-10 without touching 1-5; replicate.first=n+1: only the summary.
 replicate: setup ## independent re-runs of the ECG study under both groupings -> data/results/ecg_replications (hours on a CPU)
-	$(PY) -m coordchannels.replicate experiment=ecg_replications $(MIRRORS) $(ARGS)
+	$(APP) -m experiment=ecg_replications $(MIRRORS) $(ARGS)
 
 ecg-replications: setup ## regenerate the committed replications -> results/ecg_replications (on the CPU model they were made on)
-	$(PY) -m coordchannels.replicate experiment=ecg_replications $(PUBLISH) $(MIRRORS) $(ARGS)
+	$(APP) -m experiment=ecg_replications $(PUBLISH) $(MIRRORS) $(ARGS)
 	$(PY) -m coordchannels.index
 
 FRESH ?= data/results/ecg_replications
@@ -175,9 +179,9 @@ COMMITTED ?= results/ecg_replications
 compare-replication: setup ## compare a fresh replication (FRESH, default data/results/ecg_replications) with the committed one by statistic
 	$(PY) -m coordchannels.compare_replication '$(FRESH)' '$(COMMITTED)' $(ARGS)
 
-# The mechanisms study (docs/mechanisms.md): writes to data/results/ecg_mechanisms (scratch);
-# mechanisms-results publishes to results/ecg_mechanisms.
-MECHANISMS := $(PY) -m coordchannels.mechanisms experiment=ecg_mechanisms $(MIRRORS)
+# The mechanisms study (docs/mechanisms.md), a sweep of its replications as above: writes to
+# data/results/ecg_mechanisms (scratch); mechanisms-results publishes to results/ecg_mechanisms.
+MECHANISMS := $(APP) -m experiment=ecg_mechanisms $(MIRRORS)
 
 mechanisms: setup ## every arm x 5 folds x 5 replications per grouping, pre-stated analysis -> data/results/ecg_mechanisms (hours)
 	$(MECHANISMS) $(ARGS)
@@ -187,7 +191,7 @@ mechanisms-results: setup ## the mechanisms study, published -> results/ecg_mech
 	$(PY) -m coordchannels.index
 
 mechanisms-plan: setup ## print the mechanisms study's jobs, reusable committed logs and estimate; writes nothing
-	$(MECHANISMS) dry_run=true hydra.run.dir=. hydra.output_subdir=null hydra/job_logging=stdout $(ARGS)
+	$(MECHANISMS) dry_run=true $(ARGS)
 
 demo: setup ## a generated 100-cell SiPaKMeD through every 2-D stage on a CPU, into data/demo
 	test -d data/demo/fake_sipakmed || $(PY) -m coordchannels.sipakmed.synthetic data/demo/fake_sipakmed --cells 100 --tree

@@ -59,6 +59,22 @@ def _composed(groups: tuple[str, ...]) -> DictConfig:
     return cfg
 
 
+def sweep_config(*overrides: str) -> DictConfig:
+    """The config of a sweep (`-m`) as Hydra's multirun composes it: its fixed overrides applied,
+    Hydra's own settings included (`hydra.sweeper.params`), and every override given, swept ones
+    too, in `hydra.overrides.task` (what `coordchannels.sweep.sweep_overrides` expands)."""
+    fixed = [
+        o.input_line for o in OverridesParser.create().parse_overrides(list(overrides)) if not o.is_sweep_override()
+    ]
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="coordchannels.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=fixed, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    OmegaConf.set_readonly(cfg, False)
+    OmegaConf.update(cfg, "hydra.overrides.task", list(overrides), merge=False)
+    return cfg
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     """Factory: the real config for a task, with every path under tmp_path and training shrunk."""

@@ -167,3 +167,39 @@ def with_probes(tmp_path, *overrides: str):
         }
     CALLS.clear()
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# The app, run in this process as a user's command runs it
+# ---------------------------------------------------------------------------------------------
+def run_app(*argv: str) -> int:
+    """`coordchannels argv...` (Hydra and its sweeps `-m` included) in this process, so that a test
+    may patch what it calls; its exit status (a one-line error goes to stderr). The root logger is
+    restored afterwards (Hydra configures it for the run)."""
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from coordchannels.__main__ import main
+
+    root = logging.getLogger()
+    handlers, level, old_argv = root.handlers[:], root.level, sys.argv
+    GlobalHydra.instance().clear()
+    sys.argv = ["coordchannels", *argv]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old_argv
+        GlobalHydra.instance().clear()
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
+    return code

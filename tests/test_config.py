@@ -158,14 +158,25 @@ def model_task(model: str) -> str:
     return tasks[0]
 
 
+def study_experiment(study: str) -> str:
+    """The experiment whose defaults list places the study file (its replications are that
+    experiment's: the study reads the experiment's `replicate` settings)."""
+    line = re.compile(rf"^\s*- /study: {study}\b", re.M)
+    experiments = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if line.search(p.read_text()))
+    assert experiments, f"study file {study}.yaml is used by no experiment"
+    return experiments[0]
+
+
 def compose_option(group: str, option: str):
     """The app's config with one group option selected, as the command line would select it; the
     model and arm files, which tasks and the defaults list place under a package, are added
-    under a package of their own."""
+    under a package of their own, and a study file through an experiment that uses it."""
     override = {
         "model": f"+model@task.models.probe={option}",
         "arm": f"+arm@arms.probe={option}",
     }.get(group, f"{group}={option}")
+    if group == "study":
+        override = f"experiment={study_experiment(option)}"
     task = model_task(option) if group == "model" else "ecg" if group == "debug" else None
     overrides = [override] + ([f"task={task}"] if task else [])
     GlobalHydra.instance().clear()

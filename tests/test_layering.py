@@ -8,12 +8,12 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "coordchannels"
-# The entry points (each a command of its own: the app, the replications, the mechanisms study,
-# the fan-out launcher, the recomputation of committed tables) may import the runner; nothing else may.
+# The entry points (each a command of its own: the app, the fan-out launcher, the recomputation of
+# committed tables) and the app's sweep callback (a study of replications: coordchannels.sweep) may
+# import the runner; nothing else may.
 ENTRY_POINTS = {
     "coordchannels.__main__",
-    "coordchannels.replicate",
-    "coordchannels.mechanisms",
+    "coordchannels.sweep",
     "coordchannels.stats.restats",
     "coordchannels.train.fanout",
 }

@@ -3,7 +3,9 @@
 Each line of a ```bash block is a command with an optional `# comment`. A `make` command must be a
 target that `make -n` accepts; the app commands it expands to (and `coordchannels ...` or
 `python -m coordchannels...` typed directly) must compose the real config and pass the settings
-checks. What the comment claims is then checked on the composed config: `one job` trains one job,
+checks; a sweep (`-m`, the studies of replications) is composed run by run, its runs must keep
+apart (their own run and results folders), and the summary stage after them is one more run.
+What the comment claims is then checked on the composed configs: `one job` trains one job,
 `-> <folder>` and `the committed results/<x>` write there, `writes nothing` is a dry run, a local
 copy is used when the comment says offline, and so on (CLAIMS).
 """
@@ -17,13 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
 
 from coordchannels.settings import validate_choices
+from coordchannels.stages import stage_spec
+from coordchannels.sweep import sweep_overrides
 from coordchannels.train.grid import job_grid
-from tests.conftest import REPO, compose_config
+from tests.conftest import REPO, compose_config, sweep_config
 
-APP = re.compile(r"-m (coordchannels(?:\.train\.fanout|\.replicate)?)[ \t]+(.*?)(?:\|\||;|$)", re.M)
+APP = re.compile(r"-m (coordchannels(?:\.train\.fanout)?)[ \t]+(.*?)(?:\|\||;|$)", re.M)
+MULTIRUN = ("-m", "--multirun")
 LOOP = re.compile(r"for t in ([^;]+);")
 
 
@@ -47,11 +53,13 @@ def readme_commands() -> list[Command]:
 
 @dataclass
 class AppRun:
-    """One run of a Hydra entry point: its module, launcher and composed config."""
+    """One run of a Hydra entry point: its module, launcher and composed config (`summary`: the
+    summary stage a study's sweep runs after its replications)."""
 
     module: str
     launcher: str | None
     cfg: DictConfig
+    summary: bool = False
 
 
 def app_runs(command: str, root: Path) -> list[AppRun]:
@@ -73,19 +81,41 @@ def app_runs(command: str, root: Path) -> list[AppRun]:
         return []
     runs = []
     for module, args in lines:
-        assert "-m" not in args, f"`{command}`: a Hydra multirun (-m) shares one run folder between its members"
+        multirun = any(a in MULTIRUN for a in args)
+        args = [a for a in args if a not in MULTIRUN]
         launcher = next((a.split("=", 1)[1] for a in args if a.startswith("hydra/launcher=")), None)
         overrides = [a for a in args if not a.startswith("hydra")]
+        if multirun:
+            runs += sweep_runs(command, module, launcher, [*overrides, f"paths.root_dir={root}"])
+            continue
         cfg = compose_config([*overrides, f"paths.root_dir={root}"])
         validate_choices(cfg)
-        runs.append(AppRun(module, launcher, cfg))
+        summary = OmegaConf.select(cfg, "replicate.summary")  # a study's summary stage run alone
+        runs.append(AppRun(module, launcher, cfg, summary=bool(summary) and list(cfg.stages) == [summary]))
+    return runs
+
+
+def sweep_runs(command: str, module: str, launcher: str | None, overrides: list[str]) -> list[AppRun]:
+    """The runs of a sweep, as `coordchannels.sweep` expands it, then its summary stage (if any)."""
+    sweep = sweep_config(*overrides)
+    runs = [AppRun(module, launcher, compose_config(members)) for members in sweep_overrides(sweep)]
+    for run in runs:
+        validate_choices(run.cfg)
+    for folder in ("train.run_dir", "stats.out_dir"):
+        paths = [OmegaConf.select(run.cfg, folder) for run in runs]
+        assert len(set(paths)) == len(paths), f"`{command}`: the runs of a Hydra multirun (-m) share a {folder}"
+    summary = OmegaConf.select(sweep, "replicate.summary")
+    if summary:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        runs.append(AppRun(module, launcher, compose_config([*fixed, f"stages=[{summary}]"]), summary=True))
     return runs
 
 
 def out_dir(run: AppRun, root: Path) -> Path:
     """Where the run writes its tables, relative to the repository root (the folder make runs in)."""
     cfg = run.cfg
-    path = Path(str(cfg.replicate.out_dir if run.module.endswith("replicate") else cfg.stats.out_dir))
+    path = stage_spec(cfg, cfg.stages[0]).out if run.summary else Path(str(cfg.stats.out_dir))
     return path.relative_to(root) if path.is_relative_to(root) else path
 
 
@@ -101,6 +131,8 @@ CLAIMS = [
     (r"continues finished 15-epoch", lambda runs, m, root: int(runs[0].cfg.train.epochs) > 15),
     (r"own process", lambda runs, m, root: runs[0].module.endswith("fanout") and runs[0].launcher is not None),
     (r"tiny settings", lambda runs, m, root: runs[-1].cfg.train.limit_train is not None),
+    (r"\bno training\b", lambda runs, m, root: runs and all(r.summary for r in runs)),
+    (r"(\d+) replications?\b", lambda runs, m, root: sum(not r.summary for r in runs) == int(m.group(1))),
 ]
 
 
@@ -119,7 +151,10 @@ def test_the_readme_checks_catch_a_misleading_command(tmp_path):
     """The commands issue 23 found misleading fail these checks."""
     two_jobs = app_runs("coordchannels task=ecg stages=[train] train.arms=[study] train.folds=[3]", tmp_path)
     assert len(job_grid(two_jobs[0].cfg)) == 2  # 'one job' would fail
-    with pytest.raises(AssertionError, match="multirun"):
+    with pytest.raises(AssertionError, match="multirun"):  # both runs in one run folder
         app_runs("coordchannels -m task=ecg stages=[train] train.folds=[1],[2] hydra/launcher=joblib", tmp_path)
+    study = app_runs("make replicate ARGS='replicate.n=3 replicate.groupings=[record]'", tmp_path)
+    assert [r.summary for r in study] == [False, False, False, True]  # 3 replications, then the summary
+    assert [r.cfg.train.seeds[0] for r in study[:3]] == [42, 43, 44]
     offline = app_runs("make table3", tmp_path)
     assert offline[0].cfg.paths.published_logs_mirror is None  # 'offline' would fail

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,12 +56,13 @@ def test_a_refused_stats_run_leaves_the_committed_log_unchanged(tmp_path, make_c
     assert git(repo, "status", "--porcelain") == ""  # results/mine/logs/stats.log gained no line
 
 
-def test_replicate_with_no_grouping_is_refused_before_writing_anything(tmp_path):
-    from coordchannels.replicate import run_replications
+def test_replicate_with_no_grouping_is_refused_before_writing_anything(tmp_path, capsys):
+    from tests.helpers import run_app
 
-    cfg = compose_config(["experiment=ecg_replications", f"paths.root_dir={tmp_path}", "replicate.groupings=[]"])
-    with pytest.raises(SettingError, match=r"replicate\.groupings=\[\]"):
-        run_replications(cfg)
+    assert run_app("-m", "experiment=ecg_replications", f"paths.root_dir={tmp_path}", "replicate.groupings=[]") == 1
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1].startswith("error: replicate.groupings=[]: give one or more")
+    )
     assert list(tmp_path.rglob("*")) == []
 
 
@@ -69,22 +71,24 @@ def test_replicate_with_no_grouping_is_refused_before_writing_anything(tmp_path)
 #     before any job trains; fresh and committed replications are compared by statistic
 # --------------------------------------------------------------------------------------------
 def test_make_replicate_writes_under_data_not_into_committed_results(tmp_path):
-    from coordchannels.replicate import replication_config
-
     cfg = compose_config(["experiment=ecg_replications", f"paths.root_dir={tmp_path}"])
     assert Path(cfg.replicate.out_dir) == tmp_path / "data" / "results" / "ecg_replications"
-    assert Path(replication_config(cfg, "record", 3).stats.out_dir).is_relative_to(tmp_path / "data")
+    three = compose_config(
+        ["experiment=ecg_replications", f"paths.root_dir={tmp_path}", "replicate.grouping=record", "replicate.index=3"]
+    )
+    assert Path(three.stats.out_dir).is_relative_to(tmp_path / "data")
     published = compose_config(
         ["experiment=ecg_replications", f"paths.root_dir={tmp_path}", "paths.outputs_dir=${paths.results_dir}"]
     )
     assert Path(published.replicate.out_dir) == tmp_path / "results" / "ecg_replications"
     make = subprocess.run(["make", "-n", "replicate", "ecg-replications"], cwd=REPO, capture_output=True, text=True)
-    replicate, publish = [line for line in make.stdout.splitlines() if "coordchannels.replicate" in line]
+    replicate, publish = [line for line in make.stdout.splitlines() if "experiment=ecg_replications" in line]
+    assert "-m coordchannels -m experiment=ecg_replications" in replicate  # the sweep of every replication
     assert "paths.outputs_dir" not in replicate and "paths.outputs_dir=${paths.results_dir}" in publish
 
 
-def test_a_committed_replication_trained_on_another_cpu_is_refused_before_training(tmp_path, monkeypatch):
-    from coordchannels.replicate import replication_config, run_replications
+def test_a_committed_replication_trained_on_another_cpu_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    from tests.helpers import run_app
 
     overrides = [
         "experiment=ecg_replications",
@@ -93,17 +97,16 @@ def test_a_committed_replication_trained_on_another_cpu_is_refused_before_traini
         "replicate.n=2",
         "replicate.groupings=[record]",
     ]
-    cfg = compose_config(overrides)
-    committed = replication_config(cfg, "record", 2)
+    committed = compose_config([*overrides, "replicate.grouping=record", "replicate.index=2"])
     folder = Path(str(committed.stats.out_dir))
     (folder / "logs").mkdir(parents=True)
     OmegaConf.save(committed, folder / "logs" / "stats.config.yaml")
     (folder / "manifest.json").write_text(json.dumps({"hardware": {"cpu": "Another CPU", "torch": "0.0"}}))
     planted = {p for p in tmp_path.rglob("*") if p.is_file()}
     trained = []
-    monkeypatch.setattr("coordchannels.replicate.run_stages", lambda c: trained.append(c))
-    with pytest.raises(SettingError, match="trained on 'Another CPU'.*not bit-identical"):
-        run_replications(cfg)
+    monkeypatch.setattr("coordchannels.__main__.run_stages", lambda c: trained.append(c))
+    assert run_app("-m", *overrides) == 1
+    assert re.search("trained on 'Another CPU'.*not bit-identical", capsys.readouterr().err.strip().splitlines()[-1])
     assert trained == [] and {p for p in tmp_path.rglob("*") if p.is_file()} == planted
 
 
@@ -193,17 +196,20 @@ def run_entry(module: str, *argv: str, cwd: Path = REPO) -> subprocess.Completed
 @pytest.mark.parametrize(
     "module, argv",
     [
-        ("coordchannels.replicate", ["experiment=ecg_replications", "replicate.n=1", "replicate.groupings=[record]"]),
+        ("coordchannels", ["-m", "experiment=ecg_replications", "replicate.n=1", "replicate.groupings=[record]"]),
         ("coordchannels.train.fanout", ["hydra/launcher=submitit_local", "task=ecg"]),
     ],
 )
-def test_a_dry_run_of_replicate_and_fanout_writes_nothing_anywhere(tmp_path, module, argv):
-    cwd = tmp_path / "cwd"
+def test_a_dry_run_of_replicate_and_fanout_writes_nothing_anywhere(tmp_path, module, argv, monkeypatch):
+    """The replications' sweep too: its sweeper's own file goes to a temporary folder, removed."""
+    cwd, scratch = tmp_path / "cwd", tmp_path / "tmp"
     cwd.mkdir()
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
     run = run_entry(module, *argv, "dry_run=true", f"paths.root_dir={tmp_path / 'root'}", cwd=cwd)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "dry run (task ecg): nothing is written" in run.stdout
-    assert list(tmp_path.rglob("*")) == [cwd]  # no data/, no logs, no Hydra output folder
+    assert sorted(tmp_path.rglob("*")) == [cwd, scratch]  # no data/, no logs, no Hydra output folder
 
 
 def junk_external_data(folder: Path) -> Path:
@@ -217,7 +223,16 @@ ENTRY_ERRORS = {
     "app": ("coordchannels", ["task=ecg", "train.arms=[bogus]"], "unknown arm"),
     "app, unknown key": ("coordchannels", ["train.epoch=3"], "train.epoch"),
     "fanout": ("coordchannels.train.fanout", ["hydra/launcher=submitit_local", "train.seeds=[]"], "train.seeds"),
-    "replicate": ("coordchannels.replicate", ["experiment=ecg_replications", "replicate.first=9"], "replicate.first"),
+    "replications' sweep": (
+        "coordchannels",
+        ["-m", "experiment=ecg_replications", "replicate.first=9"],
+        "replicate.first",
+    ),
+    "sweep, unknown swept key": (
+        "coordchannels",
+        ["-m", "experiment=ecg_replications", "train.epoch=3,4"],
+        "train.epoch",
+    ),
     "final-epoch script": (
         "scripts/authors_ecg/summarise_authors_ecg.py",
         ["--out", "{tmp}/out", "ours={tmp}/none"],

@@ -5,7 +5,8 @@ command works from any folder after `pip install .`; relative paths are under th
 
 A wrong setting stops with one line (`error: ...`) and no traceback (coordchannels.entry).
 `dry_run=true` prints what would run and the training plan (jobs, device, estimated time) and
-stops, writing nothing. Ctrl-C stops with one line: every stage and job resumes where it stopped
+stops, writing nothing. `-m` runs a Hydra sweep of such runs, one after another: a study of
+replications is one (`coordchannels -m experiment=ecg_replications`; coordchannels.sweep). Ctrl-C stops with one line: every stage and job resumes where it stopped
 when the same command is run again.
 """
 

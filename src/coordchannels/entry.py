@@ -1,7 +1,7 @@
 """What every entry point does the same way: one line for an error, nothing written by a dry run.
 
-Every command of the project (`python -m coordchannels`, the fan-out launcher
-`coordchannels.train.fanout`, `coordchannels.replicate`, `coordchannels.compare_replication`, the
+Every command of the project (`python -m coordchannels`, its sweeps `-m` such as the replications,
+the fan-out launcher `coordchannels.train.fanout`, `coordchannels.compare_replication`, the
 scripts) ends a failure with one line on stderr,
 
     error: <what is wrong> (<what to do>)
@@ -12,7 +12,9 @@ way with its type and a pointer to the traceback; `COORDCHANNELS_DEBUG=1` prints
 any error.
 
 A Hydra app run with `dry_run=true` on the command line is composed with Hydra's own output
-switched off (no output folder, no log file), so that the dry run writes nothing anywhere.
+switched off (no output folder, no log file), so that the dry run writes nothing anywhere; a
+sweep's (`-m`), whose sweeper always saves its `multirun.yaml`, goes to a temporary folder that
+is removed when the command ends.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import functools
 import os
 import re
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Iterator
 
@@ -32,6 +35,7 @@ QUIET_HYDRA = {
     "hydra.output_subdir": "hydra.output_subdir=null",
     "hydra/job_logging": "hydra/job_logging=stdout",
 }
+MULTIRUN = ("-m", "--multirun")
 
 
 class UserError(RuntimeError):
@@ -109,13 +113,20 @@ def reports_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def quiet_dry_run(argv: list[str]) -> list[str]:
+def dry_run(argv: list[str]) -> bool:
+    return any(arg.lstrip("+") in ("dry_run=true", "dry_run=True") for arg in argv[1:])
+
+
+def quiet_dry_run(argv: list[str], sweep_dir: str | None = None) -> list[str]:
     """`argv` with Hydra's output switched off when it asks for a dry run (the user's own values of
-    those keys are kept)."""
-    if not any(arg.lstrip("+") in ("dry_run=true", "dry_run=True") for arg in argv[1:]):
+    those keys are kept); a sweep's output folder is `sweep_dir` (a temporary folder)."""
+    if not dry_run(argv):
         return argv
+    quiet = dict(QUIET_HYDRA)
+    if sweep_dir is not None and any(arg in MULTIRUN for arg in argv[1:]):
+        quiet |= {"hydra.sweep.dir": f"hydra.sweep.dir='{sweep_dir}'", "hydra.sweep.subdir": "hydra.sweep.subdir=."}
     given = {arg.split("=", 1)[0].lstrip("+~") for arg in argv[1:] if "=" in arg}
-    return [*argv, *(override for key, override in QUIET_HYDRA.items() if key not in given)]
+    return [*argv, *(override for key, override in quiet.items() if key not in given)]
 
 
 def hydra_entry(main: Callable) -> Callable:
@@ -124,22 +135,33 @@ def hydra_entry(main: Callable) -> Callable:
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
-        sys.argv = quiet_dry_run(sys.argv)
-        with reported_errors():
-            check_composes(sys.argv[1:])
-        return main(*args, **kwargs)
+        with contextlib.ExitStack() as stack:
+            sweep = dry_run(sys.argv) and any(arg in MULTIRUN for arg in sys.argv[1:])
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="coordchannels-")) if sweep else None
+            sys.argv = quiet_dry_run(sys.argv, scratch)
+            with reported_errors():
+                check_composes(sys.argv[1:])
+            return main(*args, **kwargs)
 
     return wrapper
 
 
 def check_composes(overrides: list[str]) -> None:
     """Compose the app's config with `overrides` as Hydra will, raising a UserError that says what
-    is wrong when it cannot. Command lines with Hydra flags (-m, --cfg, ...) are left to Hydra."""
-    if any(arg.startswith("-") for arg in overrides):
+    is wrong when it cannot. A sweep (-m) is composed with its fixed overrides (each of its runs
+    is composed by Hydra before it starts); command lines with other Hydra flags (--cfg, ...) are
+    left to Hydra."""
+    if any(arg.startswith("-") and arg not in MULTIRUN for arg in overrides):
         return
     from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    multirun = any(arg in MULTIRUN for arg in overrides)
+    overrides = [arg for arg in overrides if arg not in MULTIRUN]
     try:
+        if multirun:
+            parsed = OverridesParser.create().parse_overrides(overrides)
+            overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
         with initialize_config_module(config_module="coordchannels.conf", version_base="1.3"):
             compose(config_name="config", overrides=overrides, return_hydra_config=True)
     except Exception as exc:

@@ -5,9 +5,12 @@ with its own training seed and its own fold split, both `replicate.base_seed + r
 replication 1 is the published protocol (42 and 42). The episodes and their augmentation are the
 same in every replication: they depend on neither seed.
 
-`make replicate` (`python -m coordchannels.replicate`) runs every replication of every grouping
-through the usual stages into `<replicate.out_dir>/<grouping>/replication_<r>/` (resumable: the
-runner skips finished stages and jobs), then the `replication_summary` stage writes, from the
+Replication r of a grouping is an ordinary run of the app (`experiment=ecg_replications
+replicate.grouping=<g> replicate.index=<r>`; conf/study/replications.yaml derives its seeds, its
+run folder and its results folder `<replicate.out_dir>/<grouping>/replication_<r>/`). `make
+replicate` (`python -m coordchannels -m experiment=ecg_replications`) runs every replication of
+every grouping as one Hydra sweep (resumable: the runner skips finished stages and jobs), then
+(coordchannels.sweep) the `replication_summary` stage of this module writes, from the
 replications' committed per-fold logs alone:
 
 - `replication_summary.csv` / `.md`: per grouping, model and metric, the published difference and
@@ -23,24 +26,20 @@ replications' committed per-fold logs alone:
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pandas as pd
 from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from coordchannels.entry import hydra_entry, reports_errors
 from coordchannels.io import atomic_files, write_csv, write_text
 from coordchannels.logs import load_logs, order_models
-from coordchannels.pipeline import preflight, run_stages
-from coordchannels.settings import SettingError, check_added_keys
+from coordchannels.settings import SettingError
 from coordchannels.stages import StageError
 from coordchannels.stats.comparison import (
     INSTABILITY_FITS,
@@ -84,29 +83,11 @@ GROUPINGS = {"episode", "record"}
 
 
 # --------------------------------------------------------------------------------------------
-# Running the replications
+# The settings of a study and of one replication
 # --------------------------------------------------------------------------------------------
-def replication_seed(cfg: DictConfig, r: int) -> int:
-    return int(cfg.replicate.base_seed) + r - 1
-
-
-def replication_config(cfg: DictConfig, grouping: str, r: int) -> DictConfig:
-    """The config of replication r under `grouping`: its seeds, run folder and results folder."""
-    seed = replication_seed(cfg, r)
-    rep = copy.deepcopy(cfg)
-    for key, value in {
-        "task.data.group_by": grouping,
-        "task.data.fold_seed": seed,
-        "train.seeds": [seed],
-        "train.run_name": f"replication_{grouping}_{r}",
-        "stats.out_dir": f"{cfg.replicate.out_dir}/{grouping}/replication_{r}",
-        "stages": list(cfg.task.stages),
-    }.items():
-        OmegaConf.update(rep, key, value, merge=False)
-    return rep
-
-
-def run_replications(cfg: DictConfig) -> None:
+def check_replications(cfg: DictConfig) -> None:
+    """The summary stage's `check`, before any replication of the sweep runs: replications
+    `replicate.first..replicate.n` of `replicate.groupings`."""
     n, groupings = int(cfg.replicate.n), list(cfg.replicate.groupings)
     first = int(cfg.replicate.get("first", 1))
     if n < 1:
@@ -121,28 +102,14 @@ def run_replications(cfg: DictConfig) -> None:
         raise SettingError(
             f"replicate.groupings={groupings}: give one or more of {sorted(GROUPINGS)} (e.g. replicate.groupings=[record])"
         )
-    # Replications before `first` are left as they are (e.g. committed ones trained on another machine,
-    # whose run folders are not here); the summary still reads every replication's committed logs.
-    runs = [(grouping, r, replication_config(cfg, grouping, r)) for grouping in groupings for r in range(first, n + 1)]
-    if not cfg.get("dry_run"):
-        for _, _, rep in runs:
-            preflight(rep)  # e.g. a committed replication made with other settings: refuse before training
-    for grouping, r, rep in runs:
-        log.info("replication %d/%d, %s grouping (seed and fold seed %d)", r, n, grouping, replication_seed(cfg, r))
-        run_stages(rep)
-    summary = copy.deepcopy(cfg)
-    OmegaConf.update(summary, "stages", ["replication_summary"], merge=False)
-    run_stages(summary)
 
 
-@hydra_entry
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-@reports_errors
-def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    check_added_keys(HydraConfig.get().overrides.task)  # `+train.epoch=3` is a typo too
-    run_replications(cfg)
+def check_replication(cfg: DictConfig) -> None:
+    """One replication's number: replications are numbered from 1 (replication 1 is the published
+    protocol), and the summary reads `replication_<r>` folders for r = 1..replicate.n only."""
+    index = cfg.replicate.index
+    if isinstance(index, bool) or not isinstance(index, int) or index < 1:
+        raise SettingError(f"replicate.index={index!r}: give a replication number from 1 (1 = the published protocol)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -492,5 +459,8 @@ def levels_figure(levels: pd.DataFrame) -> Figure:
     return fig
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the command of the removed replication loop: say what replaced it
+    raise SystemExit(
+        "error: the replications are a sweep of the app now: `python -m coordchannels -m "
+        "experiment=ecg_replications [overrides]` (`make replicate`; docs/replication.md)"
+    )

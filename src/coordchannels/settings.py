@@ -20,6 +20,23 @@ class SettingError(ValueError):
     """A setting has a value the project cannot use; the message names the setting."""
 
 
+def register_resolvers() -> None:
+    """The config's own resolvers (registered when the package is imported):
+
+    - `${cc.sum:a,b,...}`: the integers added (replication r's seed: `base_seed + r - 1`);
+    - `${cc.join:list}`: a list as `a,b,...`, the values of a sweep (`hydra.sweeper.params`).
+
+    >>> register_resolvers()
+    >>> cfg = OmegaConf.create({"r": 3, "seed": "${cc.sum:42,${r},-1}", "g": "${cc.join:[episode,record]}"})
+    >>> cfg.seed, cfg.g
+    (44, 'episode,record')
+    """
+    if not OmegaConf.has_resolver("cc.sum"):
+        OmegaConf.register_new_resolver("cc.sum", lambda *values: sum(int(v) for v in values))
+    if not OmegaConf.has_resolver("cc.join"):
+        OmegaConf.register_new_resolver("cc.join", lambda values: ",".join(str(v) for v in values))
+
+
 def choice(value: Any, allowed: Iterable, key: str) -> Any:
     """`value` when it is one of `allowed`, else a SettingError naming the setting `key`.
 
