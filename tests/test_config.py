@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from coordchannels.channels import KINDS
 from coordchannels.components import CONF_DIR, arm_order, group_files, model_order
 from coordchannels.settings import SettingError, validate_choices
-from coordchannels.stages import output_paths, stage_function, stage_names, stage_record, stage_spec
+from coordchannels.stages import output_paths, stage_context, stage_function, stage_names, stage_record, stage_spec
 from coordchannels.train import build_model
 from tests.conftest import compose_config
 
@@ -51,7 +51,7 @@ def test_every_config_composes_resolves_and_names_real_code(overrides, tmp_path)
     validate_choices(cfg)
     for name in stage_names(cfg):
         stage = stage_spec(cfg, name)
-        inspect.signature(stage_function(stage)).bind(cfg, stage.out)  # the runner's call: fn(cfg, out)
+        inspect.signature(stage_function(stage)).bind(cfg, stage_context(cfg, stage))  # the runner's call: fn(cfg, ctx)
         assert str(stage.out).startswith(str(tmp_path)), f"stage {name} writes outside paths.root_dir"
         if name != "train" or cfg.task.models:
             assert output_paths(cfg, stage), f"stage {name} declares no outputs"

@@ -45,6 +45,7 @@ from coordchannels.io import write_csv, write_text
 from coordchannels.logs import load_logs
 from coordchannels.replicate import replication_folders
 from coordchannels.settings import SettingError
+from coordchannels.stages import StageContext
 from coordchannels.stats.comparison import METRIC_LABELS, fold_values, holm, paired_differences
 from coordchannels.stats.inference import pool_replications
 from coordchannels.stats.stage import STYLE, save_png
@@ -419,18 +420,18 @@ def ranking_figure(means: pd.DataFrame, ranking: pd.DataFrame, cfg: DictConfig) 
     return fig
 
 
-def summary_stage(cfg: DictConfig, out: Path) -> None:
+def summary_stage(cfg: DictConfig, ctx: StageContext) -> None:
     """The `mechanisms_summary` stage: tables and ranking figure from the replications' logs."""
-    table = fold_table(out, cfg)
+    table = fold_table(ctx.out, cfg)
     primary, ranking = primary_table(table, cfg), ranking_table(table, cfg)
     if primary.empty:
-        raise FileNotFoundError(f"{out}: fewer than 2 replications with logs of every arm; nothing to pool")
+        raise FileNotFoundError(f"{ctx.out}: fewer than 2 replications with logs of every arm; nothing to pool")
     means = replication_means(table)
     text = summary_markdown(primary, ranking, cfg)
     fig = ranking_figure(means, ranking, cfg)
-    write_csv(primary, out / "mechanisms_primary.csv")
-    write_csv(ranking, out / "mechanisms_ranking.csv")
-    write_csv(means, out / "mechanisms_replications.csv")
-    write_text(out / "mechanisms_summary.md", text)
-    save_png(fig, out / "mechanisms_ranking.png")
-    log.info("mechanisms_summary: %d comparisons, %d ranked arm rows -> %s", len(primary), len(ranking), out)
+    write_csv(primary, ctx.out / "mechanisms_primary.csv")
+    write_csv(ranking, ctx.out / "mechanisms_ranking.csv")
+    write_csv(means, ctx.out / "mechanisms_replications.csv")
+    write_text(ctx.out / "mechanisms_summary.md", text)
+    save_png(fig, ctx.out / "mechanisms_ranking.png")
+    log.info("mechanisms_summary: %d comparisons, %d ranked arm rows -> %s", len(primary), len(ranking), ctx.out)

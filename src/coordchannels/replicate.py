@@ -41,7 +41,7 @@ from coordchannels.io import atomic_files, write_csv, write_text
 from coordchannels.logs import load_logs, order_models
 from coordchannels.pipeline import preflight, run_stages
 from coordchannels.settings import SettingError, check_added_keys
-from coordchannels.stages import StageError
+from coordchannels.stages import StageContext, StageError
 from coordchannels.stats.comparison import (
     INSTABILITY_FITS,
     METRIC_LABELS,
@@ -198,15 +198,15 @@ def published_rows(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.read_csv(table), pd.read_csv(values)
 
 
-def summary_stage(cfg: DictConfig, out: Path) -> None:
+def summary_stage(cfg: DictConfig, ctx: StageContext) -> None:
     """Write the replication summary, forest plots and arm levels from the replications' logs."""
     k = int(cfg.replicate.final_epochs)
     published, published_values = published_rows(cfg)
     summary, levels, per_rep = [], [], []
     for grouping in cfg.replicate.groupings:
-        folders = summarised_folders(out, grouping, cfg)
+        folders = summarised_folders(ctx.out, grouping, cfg)
         if not folders:
-            log.warning("replication_summary: no finished replication under %s", out / grouping)
+            log.warning("replication_summary: no finished replication under %s", ctx.out / grouping)
             continue
         results = []
         for r, folder in folders:
@@ -239,7 +239,7 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
                 }
             )
     if not summary:
-        raise StageError(f"no finished replication under {out} (run `make replicate` first)")
+        raise StageError(f"no finished replication under {ctx.out} (run `make replicate` first)")
     table = pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
     per_rep = pd.concat(per_rep, ignore_index=True).drop(columns="diffs")
     pub_levels = published_values[published_values.metric == "test_r2"].groupby(["model", "arm"])["value"].mean()
@@ -251,9 +251,9 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
     }
     figures["arm_levels.png"] = levels_figure(levels)
     sensitivity = pd.DataFrame(
-        [row for g in table.grouping.unique() for row in sensitivity_rows(out, g, cfg)], columns=SENSITIVITY_COLUMNS
+        [row for g in table.grouping.unique() for row in sensitivity_rows(ctx.out, g, cfg)], columns=SENSITIVITY_COLUMNS
     )
-    with atomic_files(out) as tmp:  # one set, as the stats stage writes its tables and figures
+    with atomic_files(ctx.out) as tmp:  # one set, as the stats stage writes its tables and figures
         write_csv(sensitivity, tmp / "instability_sensitivity.csv")
         write_text(tmp / "instability_sensitivity.md", sensitivity_markdown(sensitivity))
         write_csv(table, tmp / "replication_summary.csv")
@@ -266,7 +266,7 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
         "replication_summary: %d rows from %d replication(s) -> %s",
         len(table),
         per_rep.groupby("grouping").replication.nunique().sum(),
-        out,
+        ctx.out,
     )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +21,7 @@ from coordchannels.deblur.data import load_task_data
 from coordchannels.deblur.evaluate import Evaluation, evaluate_grid
 from coordchannels.deblur.metrics import centre_edge_ratio, error_map, mean_ci, psnr, ssim
 from coordchannels.io import write_csv, write_text
+from coordchannels.stages import StageContext
 from coordchannels.stats.comparison import montecarlo_means
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def heading(cfg: DictConfig) -> str:
     return f"{smoke} {cfg.task.scale}" if smoke else str(cfg.task.scale)
 
 
-def stats_stage(cfg: DictConfig, out: Path) -> None:
+def stats_stage(cfg: DictConfig, ctx: StageContext) -> None:
     data = load_task_data(cfg)
     evaluations, missing, val_idx = evaluate_grid(cfg, data)
     if not evaluations:
@@ -57,21 +57,21 @@ def stats_stage(cfg: DictConfig, out: Path) -> None:
             for i, seed in enumerate(ev.seeds)
         ]
     )
-    psf_report = json.loads((Path(cfg.task.processed_dir) / "psf_report.json").read_text())
+    psf_report = json.loads((ctx.after["blur"] / "psf_report.json").read_text())
     head = heading(cfg)
     labels = {m: str(cfg.task.models[m].label) for m in evaluations}
     maps = {"blurred input": error_map(blurred, sharp), **{labels[m]: ev.error_map for m, ev in evaluations.items()}}
     # Everything is computed; now write (a failure above leaves the previous set whole).
-    write_csv(table, out / "metrics.csv", float_format="%.4f")
-    write_csv(per_image, out / "per_image.csv", float_format="%.4f")
+    write_csv(table, ctx.out / "metrics.csv", float_format="%.4f")
+    write_csv(per_image, ctx.out / "per_image.csv", float_format="%.4f")
     md = markdown(table, head, blurred_psnr, float(ssim(blurred, sharp).mean()), len(val_idx), missing)
-    write_text(out / "table.md", md)
-    write_text(out / "summary.md", summary(head, md, claims, gains, psf_report, missing))
-    field = np.load(Path(cfg.task.processed_dir) / "psf.npy")
-    figures.psf_grid(field, out / "psf_grid.png", head)
-    figures.restored(sharp[0], blurred[0], evaluations, labels, out / "restored.png", head)
-    figures.psnr_vs_params(table, out / "psnr_vs_params.png", head, blurred_psnr)
-    figures.error_maps(maps, out / "error_maps.png", head)
+    write_text(ctx.out / "table.md", md)
+    write_text(ctx.out / "summary.md", summary(head, md, claims, gains, psf_report, missing))
+    field = np.load(ctx.after["blur"] / "psf.npy")
+    figures.psf_grid(field, ctx.out / "psf_grid.png", head)
+    figures.restored(sharp[0], blurred[0], evaluations, labels, ctx.out / "restored.png", head)
+    figures.psnr_vs_params(table, ctx.out / "psnr_vs_params.png", head, blurred_psnr)
+    figures.error_maps(maps, ctx.out / "error_maps.png", head)
 
 
 def metrics_table(

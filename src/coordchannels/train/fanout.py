@@ -53,7 +53,7 @@ from coordchannels.entry import UserError, hydra_entry, reports_errors
 from coordchannels.io import write_text
 from coordchannels.pipeline import run_stages
 from coordchannels.settings import SettingError, validate_choices
-from coordchannels.stages import StageError, check_upstream, stage_spec
+from coordchannels.stages import StageContext, StageError, check_upstream, stage_spec
 from coordchannels.train.device import threads_per_job, torch_threads
 from coordchannels.train.grid import Job, job_grid
 from coordchannels.train.job import run_job
@@ -212,7 +212,7 @@ def unfinished(cfg: DictConfig, jobs: list[Job]) -> list[Job]:
     ]
 
 
-def fanout_stage(cfg: DictConfig, out: Path | None = None) -> None:
+def fanout_stage(cfg: DictConfig, ctx: StageContext | None = None) -> None:
     """The train stage's work under `main`: the unfinished jobs through the launcher, waited for."""
     fan = _ACTIVE
     if fan is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from coordchannels.stages import StageContext
 from coordchannels.train.device import jobs_side_by_side, threads_per_job, torch_threads
 from coordchannels.train.grid import Job, job_grid
 from coordchannels.train.job import _DATA_CACHE, run_job
@@ -33,8 +34,8 @@ def expected_logs(cfg: DictConfig) -> list[Path]:
     return [job_log_path(cfg, job).relative_to(run_dir) for job in job_grid(cfg)] if cfg.task.models else []
 
 
-def train_stage(cfg: DictConfig, out: Path | None = None) -> None:
-    """Run every job of the grid (models x arms x seeds x folds) in `out` = train.run_dir,
+def train_stage(cfg: DictConfig, ctx: StageContext | None = None) -> None:
+    """Run every job of the grid (models x arms x seeds x folds) in `ctx.out` = train.run_dir,
     skipping finished ones and resuming interrupted ones."""
     if not cfg.task.models:
         log.info("task %s trains no models (its experiment stage trains its own): nothing to do", cfg.task.name)
