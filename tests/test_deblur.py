@@ -409,3 +409,24 @@ def test_jobs_submitted_through_submitit_give_the_serial_logs(tmp_path):
         assert train.job_log_path(submitted, job).read_bytes() == train.job_log_path(serial, job).read_bytes(), job
         record = json.loads(job_record_path(submitted, job).read_text())
         assert record["launcher"] == "submitit_local", job  # trained in a submitit job, not here
+
+
+def test_the_committed_table_is_what_the_report_writes_from_the_committed_metrics():
+    """results/deblur/table.md, byte for byte, from results/deblur/metrics.csv (the markdown-table
+    helper keeps the committed layout: a spaced alignment rule, empty cells as `| |`)."""
+    import re
+    from pathlib import Path
+
+    import pandas as pd
+
+    from coordchannels.deblur.report import markdown
+
+    folder = Path(__file__).resolve().parents[1] / "results" / "deblur"
+    if not (folder / "table.md").is_file():
+        pytest.skip("no committed results/deblur")
+    committed = (folder / "table.md").read_text()
+    blurred = re.search(r"\| blurred input \(no restoration\) \| 0 \| ([\d.]+) \| \| ([\d.]+) \|", committed)
+    n_val = int(re.search(r"over (\d+) images", committed).group(1))
+    head = committed.splitlines()[0].strip("*")
+    table = pd.read_csv(folder / "metrics.csv")
+    assert markdown(table, head, float(blurred.group(1)), float(blurred.group(2)), n_val, []) == committed
