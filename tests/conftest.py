@@ -45,6 +45,7 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
 def _is_group(key: str) -> bool:
     return (
         key in {"task", "experiment", "debug", "paths", "train", "stats", "hydra"}
+        or "/" in key
         or "@" in key
         or key.startswith("arm")
     )

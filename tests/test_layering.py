@@ -9,13 +9,12 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "coordchannels"
 # The entry points (each a command of its own: the app, the replications, the mechanisms study,
-# the fan-out launcher, the recomputation of committed tables) may import the runner; nothing else may.
+# the recomputation of committed tables) may import the runner; nothing else may.
 ENTRY_POINTS = {
     "coordchannels.__main__",
     "coordchannels.replicate",
     "coordchannels.mechanisms",
     "coordchannels.stats.restats",
-    "coordchannels.train.fanout",
 }
 # The bottom layer: data formats, settings, models and layers, statistics' arithmetic. It imports
 # nothing above it (no stage, task, trainer or runner).

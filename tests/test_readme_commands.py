@@ -23,7 +23,7 @@ from coordchannels.settings import validate_choices
 from coordchannels.train.grid import job_grid
 from tests.conftest import REPO, compose_config
 
-APP = re.compile(r"-m (coordchannels(?:\.train\.fanout|\.replicate)?)[ \t]+(.*?)(?:\|\||;|$)", re.M)
+APP = re.compile(r"-m (coordchannels(?:\.replicate)?)[ \t]+(.*?)(?:\|\||;|$)", re.M)
 LOOP = re.compile(r"for t in ([^;]+);")
 
 
@@ -47,10 +47,9 @@ def readme_commands() -> list[Command]:
 
 @dataclass
 class AppRun:
-    """One run of a Hydra entry point: its module, launcher and composed config."""
+    """One run of a Hydra entry point: its module and composed config."""
 
     module: str
-    launcher: str | None
     cfg: DictConfig
 
 
@@ -74,11 +73,10 @@ def app_runs(command: str, root: Path) -> list[AppRun]:
     runs = []
     for module, args in lines:
         assert "-m" not in args, f"`{command}`: a Hydra multirun (-m) shares one run folder between its members"
-        launcher = next((a.split("=", 1)[1] for a in args if a.startswith("hydra/launcher=")), None)
         overrides = [a for a in args if not a.startswith("hydra")]
         cfg = compose_config([*overrides, f"paths.root_dir={root}"])
         validate_choices(cfg)
-        runs.append(AppRun(module, launcher, cfg))
+        runs.append(AppRun(module, cfg))
     return runs
 
 
@@ -99,7 +97,12 @@ CLAIMS = [
     (r"local mirror", lambda runs, m, root: runs[0].cfg.paths.vfdb_mirror is not None),
     (r"side by side", lambda runs, m, root: int(runs[0].cfg.train.n_jobs) > 1),
     (r"continues finished 15-epoch", lambda runs, m, root: int(runs[0].cfg.train.epochs) > 15),
-    (r"own process", lambda runs, m, root: runs[0].module.endswith("fanout") and runs[0].launcher is not None),
+    (
+        r"own process",
+        lambda runs, m, root: (
+            runs[0].cfg.train.executor == "submitit" and runs[0].cfg.train.submitit.cluster == "local"
+        ),
+    ),
     (r"tiny settings", lambda runs, m, root: runs[-1].cfg.train.limit_train is not None),
 ]
 

@@ -49,6 +49,7 @@ from coordchannels.stages import StageContext
 from coordchannels.stats.comparison import METRIC_LABELS, fold_values, holm, paired_differences
 from coordchannels.stats.inference import pool_replications
 from coordchannels.stats.stage import STYLE, save_png
+from coordchannels.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -316,17 +317,20 @@ def summary_markdown(primary: pd.DataFrame, ranking: pd.DataFrame, cfg: DictConf
         "",
         f"## Does {ref} beat each other arm?",
         "",
-        f"| grouping | metric | {ref} − other | pooled [CI] | p (RE) | p (RE, Holm) | p (sign-flip) "
-        "| p (sign-flip, Holm) | n_agree | conclusion |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for r in primary.itertuples():
         n = decimals(r.metric)
-        lines.append(
-            f"| {r.grouping} | {metric_name(r.metric)} | {r.other} | {r.estimate:+.{n}f} [{r.ci_low:+.{n}f}, "
-            f"{r.ci_high:+.{n}f}] | {fmt_p(r.p_re)} | {fmt_p(r.p_re_holm)} | {fmt_p(r.p_sign_flip)} | "
-            f"{fmt_p(r.p_sign_flip_holm)} | {r.n_agree}/{r.n_replications} | {r.conclusion} |"
+        rows.append(
+            [r.grouping, metric_name(r.metric), r.other]
+            + [f"{r.estimate:+.{n}f} [{r.ci_low:+.{n}f}, {r.ci_high:+.{n}f}]", fmt_p(r.p_re), fmt_p(r.p_re_holm)]
+            + [fmt_p(r.p_sign_flip), fmt_p(r.p_sign_flip_holm), f"{r.n_agree}/{r.n_replications}", r.conclusion]
         )
+    lines += markdown_table(
+        ["grouping", "metric", f"{ref} − other", "pooled [CI]", "p (RE)", "p (RE, Holm)", "p (sign-flip)"]
+        + ["p (sign-flip, Holm)", "n_agree", "conclusion"],
+        rows,
+    )
     shown = primary[primary.conclusion != "not shown"]
     alone = int((shown.p_sign_flip_holm >= alpha).sum())
     lines += [
@@ -348,21 +352,29 @@ def summary_markdown(primary: pd.DataFrame, ranking: pd.DataFrame, cfg: DictConf
         "equivalent. The best arm is chosen from these data (its pooled level), so these statements are "
         "conditional on that choice.",
         "",
-        "| grouping | metric | rank | arm | pooled mean [CI] | − best [TOST interval] | p (TOST) "
-        "| p (difference, Holm) | status |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
     metric_rank = {m: i for i, m in enumerate(a.metrics)}
+    rows = []
     for r in ranking.sort_values(
         ["grouping", "metric", "rank"], key=lambda c: c.map(metric_rank) if c.name == "metric" else c, kind="stable"
     ).itertuples():
         n = decimals(r.metric)
         vs = "" if r.best else f"{r.diff_vs_best:+.{n}f} [{r.tost_low:+.{n}f}, {r.tost_high:+.{n}f}]"
-        lines.append(
-            f"| {r.grouping} | {metric_name(r.metric)} | {r.rank} | {r.arm} | {r.pooled_mean:.{n}f} "
-            f"[{r.ci_low:.{n}f}, {r.ci_high:.{n}f}] | {vs} | {'' if r.best else fmt_p(r.p_tost)} | "
-            f"{'' if r.best else fmt_p(r.p_diff_holm)} | {r.status} |"
+        rows.append(
+            [
+                r.grouping,
+                metric_name(r.metric),
+                r.rank,
+                r.arm,
+                f"{r.pooled_mean:.{n}f} [{r.ci_low:.{n}f}, {r.ci_high:.{n}f}]",
+            ]
+            + [vs, "" if r.best else fmt_p(r.p_tost), "" if r.best else fmt_p(r.p_diff_holm), r.status]
         )
+    lines += markdown_table(
+        ["grouping", "metric", "rank", "arm", "pooled mean [CI]", "− best [TOST interval]", "p (TOST)"]
+        + ["p (difference, Holm)", "status"],
+        rows,
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -52,6 +52,7 @@ from coordchannels.stats.comparison import (
 )
 from coordchannels.stats.inference import pool_replications
 from coordchannels.stats.stage import STYLE, save_png
+from coordchannels.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -325,16 +326,17 @@ def sensitivity_markdown(table: pd.DataFrame) -> str:
         "two-sided p on k − 1 df) and the exact two-sided sign-flip test over replication means. "
         "`study < control`: replications whose mean difference is negative.",
         "",
-        "| grouping | model | fit | study < control | pooled (random effects) [95% CI] | p (RE, two-sided) "
-        "| p (sign-flip, two-sided) |",
-        "|---|---|---|---|---|---|---|",
+        *markdown_table(
+            ["grouping", "model", "fit", "study < control", "pooled (random effects) [95% CI]", "p (RE, two-sided)"]
+            + ["p (sign-flip, two-sided)"],
+            [
+                [r.grouping, r.model, r.fit, f"{r.n_same_direction}/{r.n_replications}"]
+                + [f"{r.re_estimate:+.4f} [{r.re_ci_low:+.4f}, {r.re_ci_high:+.4f}]", f"{r.re_p_two_sided:.3g}"]
+                + [f"{r.p_sign_flip:.3g}"]
+                for r in table.itertuples()
+            ],
+        ),
     ]
-    for r in table.itertuples():
-        lines.append(
-            f"| {r.grouping} | {r.model} | {r.fit} | {r.n_same_direction}/{r.n_replications} | "
-            f"{r.re_estimate:+.4f} [{r.re_ci_low:+.4f}, {r.re_ci_high:+.4f}] | {r.re_p_two_sided:.3g} | "
-            f"{r.p_sign_flip:.3g} |"
-        )
     return "\n".join(lines) + "\n"
 
 
@@ -370,18 +372,19 @@ def summary_markdown(table: pd.DataFrame, cfg: DictConfig, k: int) -> str:
         f"`test_r2_last{k}`: test R² as the mean of the last {k} epochs, a statistic **chosen after seeing** "
         "replications 1-5 (secondary, never the primary reading).",
         "",
-        "| grouping | model | metric | published | n_agree | pooled (random effects) [95% CI] | p (RE, two-sided) "
-        "| p (sign-flip, two-sided) | leave-one-out | plain mean [hierarchical bootstrap] |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *markdown_table(
+            ["grouping", "model", "metric", "published", "n_agree", "pooled (random effects) [95% CI]"]
+            + ["p (RE, two-sided)", "p (sign-flip, two-sided)", "leave-one-out", "plain mean [hierarchical bootstrap]"],
+            [
+                [row.grouping, row.model, row.metric, f"{row.published_mean_diff:+.5f} ({row.published_conclusion})"]
+                + [f"{row.n_agree}/{row.n_replications}"]
+                + [f"{row.re_estimate:+.5f} [{row.re_ci_low:+.5f}, {row.re_ci_high:+.5f}]", f"{row.re_p_two_sided:.3g}"]
+                + [f"{row.p_sign_flip:.3g}", f"{row.loo_min:+.4f} to {row.loo_max:+.4f}"]
+                + [f"{row.pooled_mean_diff:+.5f} [{row.pooled_ci_low:+.5f}, {row.pooled_ci_high:+.5f}]"]
+                for row in table.itertuples()
+            ],
+        ),
     ]
-    for row in table.itertuples():
-        lines.append(
-            f"| {row.grouping} | {row.model} | {row.metric} | {row.published_mean_diff:+.5f} "
-            f"({row.published_conclusion}) | {row.n_agree}/{row.n_replications} | "
-            f"{row.re_estimate:+.5f} [{row.re_ci_low:+.5f}, {row.re_ci_high:+.5f}] | {row.re_p_two_sided:.3g} | "
-            f"{row.p_sign_flip:.3g} | {row.loo_min:+.4f} to {row.loo_max:+.4f} | "
-            f"{row.pooled_mean_diff:+.5f} [{row.pooled_ci_low:+.5f}, {row.pooled_ci_high:+.5f}] |"
-        )
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,7 @@ from coordchannels.deblur.metrics import centre_edge_ratio, error_map, mean_ci, 
 from coordchannels.io import write_csv, write_text
 from coordchannels.stages import StageContext
 from coordchannels.stats.comparison import montecarlo_means
+from coordchannels.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -225,16 +226,16 @@ def markdown(table: pd.DataFrame, head: str, blurred_psnr: float, blurred_ssim: 
         "SD over seeds when there are several). Centre/edge: mean squared error within r <= 1/3 of the "
         "centre over that beyond r >= 2/3 (r = 1 at the corners).",
         "",
-        "| model | parameters | PSNR (dB) | 95% CI | SSIM | 95% CI | seeds | centre/edge |",
-        "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: |",
-        f"| blurred input (no restoration) | 0 | {blurred_psnr:.2f} | | {blurred_ssim:.4f} | | | |",
     ]
+    rows = [["blurred input (no restoration)", 0, f"{blurred_psnr:.2f}", "", f"{blurred_ssim:.4f}", "", "", ""]]
     for r in table.itertuples():
         sd = f" (SD {r.psnr_seed_sd:.2f})" if r.n_seeds > 1 else ""
-        lines.append(
-            f"| {r.label} | {r.n_params:,} | {r.psnr:.2f}{sd} | {r.psnr_low:.2f} to {r.psnr_high:.2f} | "
-            f"{r.ssim:.4f} | {r.ssim_low:.4f} to {r.ssim_high:.4f} | {r.n_seeds} | {r.centre_edge_ratio:.2f} |"
+        rows.append(
+            [r.label, f"{r.n_params:,}", f"{r.psnr:.2f}{sd}", f"{r.psnr_low:.2f} to {r.psnr_high:.2f}"]
+            + [f"{r.ssim:.4f}", f"{r.ssim_low:.4f} to {r.ssim_high:.4f}", r.n_seeds, f"{r.centre_edge_ratio:.2f}"]
         )
+    header = ["model", "parameters", "PSNR (dB)", "95% CI", "SSIM", "95% CI", "seeds", "centre/edge"]
+    lines += markdown_table(header, rows, align="lrrlrlrr", pad_empty=False)
     if missing:
         lines += ["", f"INCOMPLETE: {len(missing)} job(s) not finished: " + "; ".join(map(str, missing))]
     return "\n".join(lines) + "\n"
