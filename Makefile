@@ -1,8 +1,8 @@
 # Entry points of the project. `make help` lists them. Every target runs the one Hydra app,
 # `python -m coordchannels`; ARGS passes any Hydra override through, e.g.
 #   make reproduce TASK=ecg ARGS="train.epochs=3 stats.method=exact"
-# LAUNCHER (reproduce, train) fans the training jobs out through a Hydra launcher, e.g.
-#   make reproduce TASK=ecg LAUNCHER=slurm ARGS="hydra.launcher.partition=gpu"
+# LAUNCHER (reproduce, train) says what runs the training jobs (the train.executor setting), e.g.
+#   make reproduce TASK=ecg LAUNCHER=slurm ARGS="train.submitit.slurm_partition=gpu"
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -29,11 +29,16 @@ MIRRORS := $(if $(VFDB_DIR),"paths.vfdb_mirror='$(VFDB_DIR)'") \
   $(if $(SIPAKMED_DIR),"paths.sipakmed_mirror='$(SIPAKMED_DIR)'") \
   $(if $(PUBLISHED_LOGS_DIR),"paths.published_logs_mirror='$(PUBLISHED_LOGS_DIR)'")
 APP := $(PY) -m coordchannels
-# local: the app itself, jobs side by side on this machine (train.n_jobs). Any other value is a
-# config of hydra/launcher (slurm, submitit_local: conf/hydra/launcher/ and the submitit plugin):
-# the same stages, with the train stage's jobs, one per (model, arm, seed, fold), submitted
-# through it and waited for (coordchannels.train.fanout).
-RUN := $(if $(filter local,$(LAUNCHER)),$(APP),$(PY) -m coordchannels.train.fanout hydra/launcher=$(LAUNCHER))
+# LAUNCHER as settings of the train stage (conf/train/default.yaml, conf/train/submitit/): local =
+# jobs side by side on this machine (train.n_jobs, the default executor); slurm and submitit_local =
+# the same stages, with the train stage's jobs, one per (model, arm, seed, fold), each submitted
+# through submitit (to SLURM, or as a process on this machine) and waited for (coordchannels.train.submit).
+LAUNCHERS := local slurm submitit_local
+EXECUTOR_local :=
+EXECUTOR_slurm := train.executor=submitit train/submitit=slurm
+EXECUTOR_submitit_local := train.executor=submitit train/submitit=local
+$(if $(filter $(LAUNCHERS),$(LAUNCHER)),,$(error LAUNCHER=$(LAUNCHER): give one of $(LAUNCHERS)))
+RUN := $(strip $(APP) $(EXECUTOR_$(LAUNCHER)))
 
 # Runs write their tables and figures under data/results/ (scratch). The targets that regenerate
 # the committed results/ say so on purpose with PUBLISH; the stats stage refuses to replace a

@@ -45,6 +45,7 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
 def _is_group(key: str) -> bool:
     return (
         key in {"task", "experiment", "debug", "paths", "train", "stats", "hydra"}
+        or "/" in key
         or "@" in key
         or key.startswith("arm")
     )
@@ -141,11 +142,9 @@ def train_killed_after_epoch(cfg: DictConfig, monkeypatch, epoch: int = 1) -> No
 
 
 def call_stage(cfg: DictConfig, name: str):
-    """Call stage `name`'s function as the runner does, with its folder, bypassing the runner's
+    """Call stage `name`'s function as the runner does, with its context, bypassing the runner's
     skip and upstream checks (those are tested through `run_stages` in test_pipeline.py)."""
-    from hydra.utils import get_method
-
-    from coordchannels.stages import stage_spec
+    from coordchannels.stages import stage_context, stage_function, stage_spec
 
     stage = stage_spec(cfg, name)
-    return get_method(stage.fn)(cfg, stage.out)
+    return stage_function(stage)(cfg, stage_context(cfg, stage))

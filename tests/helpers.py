@@ -20,6 +20,7 @@ from omegaconf import open_dict
 from coordchannels import train
 from coordchannels.channels import extra_channels_1d, extra_channels_2d
 from coordchannels.logs import log_columns, log_path
+from coordchannels.stages import StageContext
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,24 +123,34 @@ def job_log(cfg, model="nimeshanet", arm="study", fold=1):
 
 # ---- probe stages for the runner's tests (test_pipeline, test_reliability)
 CALLS: list[str] = []
+CONTEXTS: dict[str, object] = {}  # stage name -> the second argument its function was called with
 
 
-def make_stage(cfg, out: Path) -> None:
+def make_stage(cfg, ctx: StageContext) -> None:
     """A data stage: writes made.txt with the settings it was made from."""
     CALLS.append("make")
-    logging.getLogger("probe").info("make running")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "made.txt").write_text(f"{cfg.task.data.label_match} {cfg.seed}{cfg.get('probe_extra', '')}")
+    CONTEXTS["make"] = ctx
+    ctx.log.info("make running")
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    (ctx.out / "made.txt").write_text(f"{cfg.task.data.label_match} {cfg.seed}{cfg.get('probe_extra', '')}")
 
 
-def use_stage(cfg, out: Path) -> None:
+def use_stage(cfg, ctx: StageContext) -> None:
     """A stage reading make's output."""
     CALLS.append("use")
-    (out / "used.txt").write_text((out.parent / "make" / "made.txt").read_text())
+    CONTEXTS["use"] = ctx
+    ctx.log.info("use reads %s", ctx.after["make"])
+    (ctx.out / "used.txt").write_text((ctx.after["make"] / "made.txt").read_text())
 
 
-def failing_stage(cfg, out: Path) -> None:
+def failing_stage(cfg, ctx: StageContext) -> None:
     raise RuntimeError("the probe broke")
+
+
+def folder_stage(cfg, out: Path) -> None:
+    """A stage written for the first contract, `fn(cfg, out)` with `out` its folder."""
+    CONTEXTS["old"] = out
+    (out / "old.txt").write_text("made")
 
 
 def with_probes(tmp_path, *overrides: str):
@@ -165,7 +176,9 @@ def with_probes(tmp_path, *overrides: str):
             "out": str(tmp_path / "broken"),
             "outputs": ["never.txt"],
         }
+        cfg.stage_defs.old = {"fn": "tests.helpers.folder_stage", "out": str(tmp_path / "old"), "outputs": ["old.txt"]}
     CALLS.clear()
+    CONTEXTS.clear()
     return cfg
 
 

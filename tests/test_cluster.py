@@ -1,11 +1,12 @@
-"""The job grid fanned out through Hydra's submitit launcher (coordchannels.train.fanout), for real
-on this machine: `submitit_local` starts every job in its own process, as `slurm` does on a
+"""The job grid through submitit (`train.executor=submitit`, coordchannels.train.submit), for real
+on this machine: `train/submitit=local` starts every job in its own process, as `slurm` does on a
 cluster. A tiny ECG grid on generated data (tests/test_train.py's fake loader) must give the
 serial run's logs and tables; jobs started at the same instant must lose nothing; the `slurm`
 config must give sbatch the settings asked for (checked with a stand-in `sbatch`, no cluster)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import multiprocessing
 import os
@@ -14,16 +15,17 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
+import submitit
+from omegaconf import OmegaConf, open_dict
 
 from coordchannels.pipeline import run_stages
 from coordchannels.settings import SettingError
-from coordchannels.train import fanout
+from coordchannels.train import Job, submit
 from coordchannels.train.record import job_record_path
+from coordchannels.train.submissions import record_path
 from tests.conftest import REPO, compose_config
 from tests.helpers import LENGTH, FakeData, fake_loader
 
@@ -37,8 +39,6 @@ TINY = [
     f"task.models.nimeshanet.net.length={LENGTH}",
     "train.eval_batch_size=16",
     "task.loader=tests.test_cluster.flaky_loader",
-    "+task.data.fake_n=60",
-    "+task.data.fake_seed=0",
     "task.data.n_folds=2",
     "task.train_after=[]",
     "stats.n_resamples=200",
@@ -72,8 +72,12 @@ class FlakyData(FakeData):
 
 
 def flaky_loader(cfg, arm, device):
-    """`task.loader`: tests.helpers.fake_loader, failing as COORDCHANNELS_TEST_FAIL asks."""
-    data = fake_loader(cfg, arm, device)
+    """`task.loader`: tests.helpers.fake_loader of 60 samples, failing as COORDCHANNELS_TEST_FAIL
+    asks. (Its sizes are set here: the app refuses settings its config lacks, `+task.data.fake_n`.)"""
+    sized = copy.deepcopy(cfg)
+    with open_dict(sized):
+        sized.task.data.fake_n, sized.task.data.fake_seed = 60, 0
+    data = fake_loader(sized, arm, device)
     wanted = os.environ.get(FAIL)
     if not wanted or wanted.split(",")[0] != arm.name:
         return data
@@ -84,16 +88,19 @@ def flaky_loader(cfg, arm, device):
     return flaky
 
 
-def fan_out(root: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m coordchannels.train.fanout` of the tiny grid with the submitit_local launcher."""
+SUBMITIT = ["train.executor=submitit", "train/submitit=local"]
+
+
+def submit_run(root: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m coordchannels` of the tiny grid with train.executor=submitit on the local cluster."""
     command = [
         sys.executable,
         "-m",
-        "coordchannels.train.fanout",
+        "coordchannels",
         *TINY,
         f"paths.root_dir={root}",
         "stages=[train,stats,manifest]",
-        "hydra/launcher=submitit_local",
+        *SUBMITIT,
     ]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
@@ -105,16 +112,14 @@ def serial_run(root: Path, *overrides: str):
 
 
 def read_record(cfg, arm, fold) -> dict:
-    from coordchannels.train import Job
-
     return json.loads(job_record_path(cfg, Job("nimeshanet", arm, 42, fold)).read_text())
 
 
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.slow  # about two minutes on two cores: several processes each train tiny jobs
-def test_fanned_out_jobs_match_the_serial_run_and_a_rerun_resumes_only_the_failed_one(tmp_path):
-    root = tmp_path / "fanout"
-    first = fan_out(root, env={**os.environ, FAIL: "study,2"})
+def test_submitted_jobs_match_the_serial_run_and_a_rerun_resumes_only_the_failed_one(tmp_path):
+    root = tmp_path / "submitit"
+    first = submit_run(root, env={**os.environ, FAIL: "study,2"})
     out = first.stdout + first.stderr
     assert first.returncode != 0
     # The failed job is named with its submitit logs, which hold its traceback.
@@ -126,19 +131,25 @@ def test_fanned_out_jobs_match_the_serial_run_and_a_rerun_resumes_only_the_faile
     )
     assert failed, out[-3000:]
     stdout, stderr = Path(failed.group(1)), Path(failed.group(2))
-    assert stdout.parent.parent.name == ".submitit" and stderr.exists()
+    cluster = compose_config([*TINY, f"paths.root_dir={root}", *SUBMITIT])
+    folder = Path(cluster.train.submitit.folder)
+    assert folder == Path(cluster.train.run_dir) / "submitit"
+    assert stdout.is_relative_to(folder) and stderr.exists()
     assert "simulated failure in the second epoch" in stdout.read_text()
+    assert not record_path(cluster).exists()  # every submitted job has ended
 
-    second = fan_out(root)  # the same command: only the unfinished job goes out, and resumes
+    second = submit_run(root)  # the same command: only the unfinished job goes out, and resumes
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
-    sweeps = sorted((root / "data" / "logs" / "hydra" / "multirun").iterdir())
-    summaries = [json.loads((s / "fanout.json").read_text()) for s in sweeps]
+    submissions = sorted(p for p in folder.iterdir() if p.is_dir())
+    summaries = [json.loads((s / "jobs.json").read_text()) for s in submissions]
     assert [len(s["jobs"]) for s in summaries] == [4, 1]
-    assert summaries[1]["jobs"][0]["job"] == "nimeshanet/study seed 42 fold 2"
-    assert "resuming after epoch 1" in next((sweeps[1] / "0").glob("*.log")).read_text()
+    assert [s["cluster"] for s in summaries] == ["local", "local"]
+    [resumed] = summaries[1]["jobs"]
+    assert resumed["job"] == "nimeshanet/study seed 42 fold 2" and resumed["error"] is None
+    assert Path(resumed["stdout"]).is_relative_to(submissions[1])
+    assert "resuming after epoch 1" in Path(resumed["stdout"]).read_text()
 
     serial = serial_run(tmp_path / "serial", "stages=[train,stats,manifest]")
-    cluster = compose_config([*TINY, f"paths.root_dir={root}"])
     pids = set()
     for arm, fold in JOBS:
         name = Path("NimeshaNet") / f"{arm}_set_fold_{fold}_log.csv"
@@ -162,44 +173,92 @@ def test_fanned_out_jobs_match_the_serial_run_and_a_rerun_resumes_only_the_faile
 
 
 # ---------------------------------------------------------------------------------------------
-def _train_at_once(barrier, cfg, results) -> None:
+class InProcess:
+    """A stand-in for submitit's executor: keeps what `map_array` is given and runs each job here,
+    at once, as a job of the local cluster would run it."""
+
+    cluster = "local"
+
+    def __init__(self, folder: Path):
+        self.folder, self.calls = folder, []
+
+    def map_array(self, fn, cfgs, jobs):
+        self.calls.append((fn, list(cfgs), list(jobs)))
+        return [Ran(fn, c, j, self.folder / str(900000 + i)) for i, (c, j) in enumerate(zip(cfgs, jobs))]
+
+
+class Ran:
+    """A submitit job that has ended: what `submit` reads of it."""
+
+    state = "FINISHED"
+
+    def __init__(self, fn, cfg, job, folder: Path):
+        self.job_id, self.value = folder.name, fn(cfg, job)
+        self.paths = SimpleNamespace(folder=folder, stdout=folder / "log.out", stderr=folder / "log.err")
+
+    def done(self) -> bool:
+        return True
+
+    def result(self):
+        return self.value
+
+
+def test_the_train_stage_submits_only_unfinished_jobs_each_with_the_resolved_config(tmp_path, monkeypatch):
+    overrides = [*TINY, f"paths.root_dir={tmp_path}", "stages=[train]", "train.arms=[study]"]
+    serial = compose_config([*overrides, "train.folds=[1]"])
+    assert run_stages(serial) == ["train"]  # fold 1 finished beforehand
+    cfg = compose_config([*overrides, *SUBMITIT])
+    executor = InProcess(tmp_path / "jobs")
+    monkeypatch.setattr(submit, "submitit_executor", lambda cfg, folder: executor)
+
+    assert run_stages(cfg) == ["train"]
+    [(fn, cfgs, jobs)] = executor.calls
+    assert jobs == [Job("nimeshanet", "study", 42, 2)]  # the finished job is not submitted again
+    # Every job gets the submitter's config, resolved once (paths and values fixed), and is
+    # requeued by submitit with the same arguments when preempted or at its time limit.
+    assert cfgs == [OmegaConf.to_container(cfg, resolve=True)]
+    assert isinstance(fn, submitit.helpers.Checkpointable)
+    again = fn.checkpoint(cfgs[0], jobs[0])
+    assert again.function is fn and again.args == (cfgs[0], jobs[0])
+    assert not record_path(cfg).exists()  # the record of running jobs is empty once all ended
+    [summary] = [json.loads(p.read_text()) for p in Path(cfg.train.submitit.folder).glob("*/jobs.json")]
+    assert [j["job"] for j in summary["jobs"]] == ["nimeshanet/study seed 42 fold 2"]
+    assert summary["jobs"][0]["error"] is None and summary["jobs"][0]["launcher"] == "local"
+    logs = Path(cfg.train.run_dir) / "logs"
+    assert len(json.loads((logs / "train.outputs.json").read_text())["sizes"]) == 2
+    for fold in (1, 2):
+        name = Path("NimeshaNet") / f"study_set_fold_{fold}_log.csv"
+        assert (Path(cfg.train.logs_dir) / name).is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+def _train_at_once(barrier, cfg, job, results) -> None:
     barrier.wait()
     try:
-        results.put(("ok", fanout.train_one_job(cfg)))
+        results.put(("ok", submit.TrainJob()(cfg, job)))
     except Exception as exc:  # reported to the test, which fails on it
         results.put(("error", repr(exc)))
 
 
 def test_jobs_started_at_the_same_instant_in_one_run_folder_lose_nothing(tmp_path):
     root = tmp_path / "shared"
-    cfgs = [
-        compose_config(
-            [
-                *TINY,
-                f"paths.root_dir={root}",
-                "stages=[train]",
-                f"train.arms=[{arm}]",
-                f"train.folds=[{fold}]",
-                "+fanout.seed=42",
-            ]
-        )
-        for arm, fold in JOBS
-    ]
+    run = compose_config([*TINY, f"paths.root_dir={root}", "stages=[train]", *SUBMITIT])
+    resolved = OmegaConf.to_container(run, resolve=True)  # what every submitted job is given
+    jobs = [Job("nimeshanet", arm, 42, fold) for arm, fold in JOBS]
     # Processes forked from a server that has imported the trainer once (what the trainer imports
     # lazily too), so that they start together instead of one import after another.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["tests.test_cluster", "torch._dynamo"])
-    barrier, results = context.Barrier(len(cfgs)), context.Queue()
-    workers = [context.Process(target=_train_at_once, args=(barrier, cfg, results)) for cfg in cfgs]
+    barrier, results = context.Barrier(len(jobs)), context.Queue()
+    workers = [context.Process(target=_train_at_once, args=(barrier, resolved, job, results)) for job in jobs]
     for w in workers:
         w.start()
     outcomes = [results.get(timeout=300) for _ in workers]
     for w in workers:
         w.join(timeout=60)
-    assert [status for status, _ in outcomes] == ["ok"] * len(cfgs), outcomes
-    assert len({info["pid"] for _, info in outcomes}) == len(cfgs)
+    assert [status for status, _ in outcomes] == ["ok"] * len(jobs), outcomes
+    assert len({info["pid"] for _, info in outcomes}) == len(jobs)
 
-    run = compose_config([*TINY, f"paths.root_dir={root}", "stages=[train]"])
     logs = Path(run.train.run_dir) / "logs"
     assert not list(logs.glob("train.*"))  # jobs leave the stage's shared files alone
     serial = serial_run(tmp_path / "serial", "stages=[train]")
@@ -208,22 +267,34 @@ def test_jobs_started_at_the_same_instant_in_one_run_folder_lose_nothing(tmp_pat
         assert (Path(run.train.logs_dir) / name).read_bytes() == (Path(serial.train.logs_dir) / name).read_bytes()
         assert read_record(run, arm, fold)["fingerprint"] == read_record(serial, arm, fold)["fingerprint"]
     assert not list(Path(run.train.run_dir).rglob("*.part"))
-    # The train stage over the whole grid, as the submitting process runs it: every job is done,
-    # and the stage's files are written once.
+    # The train stage over the whole grid, as the submitting process runs it: every job is done
+    # (nothing is submitted), and the stage's files are written once.
     before = {arm_fold: read_record(run, *arm_fold)["pid"] for arm_fold in JOBS}
     assert run_stages(run) == ["train"]
     assert {arm_fold: read_record(run, *arm_fold)["pid"] for arm_fold in JOBS} == before
+    assert not Path(run.train.submitit.folder).exists()
     assert len(json.loads((logs / "train.time.json").read_text())) == 1
     assert len(json.loads((logs / "train.outputs.json").read_text())["sizes"]) == len(JOBS)
     assert (logs / "train.inputs.json").is_file() and (logs / "train.config.yaml").is_file()
 
 
 # ---------------------------------------------------------------------------------------------
-def hydra_config(*overrides: str):
-    """The app's config with its hydra node (the launcher), as `python -m coordchannels.train.fanout` composes it."""
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="coordchannels.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+def test_a_wrong_executor_is_refused_naming_the_setting_and_its_values(tmp_path):
+    cfg = compose_config(["task=ecg", f"paths.root_dir={tmp_path}", "train.executor=slurm"])
+    with pytest.raises(
+        SettingError, match=re.escape("train.executor must be one of ['serial', 'joblib', 'submitit'], got 'slurm'")
+    ):
+        run_stages(cfg)
+    assert list(tmp_path.iterdir()) == []  # refused before anything is written
+
+
+def test_serial_runs_one_job_at_a_time_whatever_n_jobs_says():
+    from coordchannels.train.device import jobs_side_by_side
+
+    cfg = compose_config(["task=ecg", "train.n_jobs=4", "train.device=cpu"])
+    assert jobs_side_by_side(cfg, 20) == 4  # joblib, the default
+    cfg.train.executor = "serial"
+    assert jobs_side_by_side(cfg, 20) == 1
 
 
 @pytest.fixture
@@ -244,21 +315,22 @@ def fake_slurm(tmp_path, monkeypatch):
     return scripts
 
 
+SLURM = ["task=ecg", "train.executor=submitit", "train/submitit=slurm"]
+
+
 def test_the_slurm_config_gives_sbatch_the_settings_asked_for(tmp_path, fake_slurm):
-    cfg = hydra_config(
-        "task=ecg",
-        f"paths.root_dir={tmp_path}",
-        "hydra/launcher=slurm",
-        "hydra.launcher.partition=gpu",
-        "hydra.launcher.account=mylab",
-        "hydra.launcher.timeout_min=30",
-        "hydra.launcher.array_parallelism=2",
+    cfg = compose_config(
+        [
+            *SLURM,
+            f"paths.root_dir={tmp_path}",
+            "train.submitit.slurm_partition=gpu",
+            "train.submitit.slurm_account=mylab",
+            "train.submitit.timeout_min=30",
+            "train.submitit.slurm_array_parallelism=2",
+        ]
     )
-    launcher = cfg.hydra.launcher
-    fanout.check_launcher("slurm", launcher)
-    params = OmegaConf.to_container(launcher, resolve=True)
-    assert params.pop("_target_").endswith(".SlurmLauncher")
-    executor = fanout.submitit_executor(params, "slurm")
+    submit.check_submitit(cfg)
+    executor = submit.submitit_executor(cfg, submit.submission_folder(cfg))
     jobs = executor.map_array(abs, [-1, -2, -3, -4])  # four jobs: one array of four tasks
     assert [j.job_id for j in jobs] == ["4242_0", "4242_1", "4242_2", "4242_3"]
     [script] = [p.read_text() for p in fake_slurm.iterdir()]
@@ -267,62 +339,41 @@ def test_the_slurm_config_gives_sbatch_the_settings_asked_for(tmp_path, fake_slu
     assert flags["gpus-per-node"] == "1" and flags["cpus-per-task"] == "2" and flags["mem"] == "16GB"
     assert flags["time"] == "30" and flags["array"] == "0-3%2"  # 4 tasks, at most 2 at once
     assert flags["job-name"] == "train_ecg"
-    assert str(tmp_path / "data" / "logs" / "hydra" / "multirun") in flags["output"]  # submitit's logs
+    assert str(tmp_path / "data" / "runs" / "ecg" / "default" / "submitit") in flags["output"]  # submitit's logs
     assert "--signal=USR2@120" in script  # the warning before the time limit, for the requeue
 
 
-def test_a_required_launcher_value_not_given_is_a_clear_error():
-    cfg = hydra_config("task=ecg", "hydra/launcher=slurm")
+def test_a_required_submitit_value_not_given_is_a_clear_error_before_anything_runs(tmp_path, fake_slurm):
+    cfg = compose_config([*SLURM, f"paths.root_dir={tmp_path / 'root'}"])
     with pytest.raises(
         SettingError,
-        match=r"hydra/launcher=slurm needs hydra.launcher.partition: add "
-        r"hydra.launcher.partition=<value>",
+        match=r"needs train.submitit.slurm_partition: add train.submitit.slurm_partition=<value>",
     ):
-        fanout.check_launcher("slurm", cfg.hydra.launcher)
+        run_stages(cfg)
+    assert not (tmp_path / "root").exists()
 
 
-def test_slurm_without_sbatch_is_refused_before_anything_runs(monkeypatch):
+def test_slurm_without_sbatch_is_refused_before_anything_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    cfg = hydra_config("task=ecg", "hydra/launcher=slurm", "hydra.launcher.partition=gpu")
+    cfg = compose_config([*SLURM, f"paths.root_dir={tmp_path}", "train.submitit.slurm_partition=gpu"])
     with pytest.raises(SettingError, match="sbatch"):
-        fanout.check_launcher("slurm", cfg.hydra.launcher)
-
-
-def test_each_job_repeats_the_users_overrides_and_selects_one_job():
-    from coordchannels.train import Job
-
-    given = [
-        "task=ecg",
-        "stages=[train,stats]",
-        "train.epochs=3",
-        "train.seeds=[1,2]",
-        "train.arms=[study]",
-        "+train.folds=[1,2]",
-    ]
-    overrides = fanout.repeated_overrides(given)
-    assert overrides == ["task=ecg", "train.epochs=3", "train.seeds=[1,2]"]
-    fan = fanout.FanOut(launcher=None, name="slurm", sweep_dir=Path("."), overrides=overrides)
-
-    assert fan.job_overrides(Job("nimeshanet", "study", 2, 5)) == [
-        "task=ecg",
-        "train.epochs=3",
-        "train.seeds=[1,2]",
-        "stages=[train]",
-        "train.models=[nimeshanet]",
-        "train.arms=[study]",
-        "train.folds=[5]",
-        "+fanout.seed=2",
-    ]
+        run_stages(cfg)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-def test_make_launcher_chooses_between_the_app_and_the_fan_out():
-    def dry_run(*args: str) -> str:
+def test_make_launcher_maps_onto_the_executor_settings():
+    def dry_run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
         command = ["make", "-n", "-s", "-C", str(REPO), "-o", ".venv/.installed", "TASK=ecg", *args]
-        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=check)
 
-    assert "-m coordchannels.train.fanout hydra/launcher=slurm task=$t" in dry_run("reproduce", "LAUNCHER=slurm")
-    assert "-m coordchannels.train.fanout hydra/launcher=submitit_local task=$t stages=[train]" in dry_run(
-        "train", "LAUNCHER=submitit_local"
+    assert "-m coordchannels train.executor=submitit train/submitit=slurm task=$t" in (
+        dry_run("reproduce", "LAUNCHER=slurm").stdout
     )
-    assert "-m coordchannels task=$t" in dry_run("reproduce") and "fanout" not in dry_run("reproduce")
+    assert "-m coordchannels train.executor=submitit train/submitit=local task=$t stages=[train]" in (
+        dry_run("train", "LAUNCHER=submitit_local").stdout
+    )
+    local = dry_run("reproduce").stdout
+    assert "-m coordchannels task=$t" in local and "submitit" not in local
+    wrong = dry_run("reproduce", "LAUNCHER=slurmm", check=False)
+    assert wrong.returncode != 0 and "LAUNCHER=slurmm" in wrong.stderr and "submitit_local" in wrong.stderr

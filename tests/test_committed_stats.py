@@ -49,6 +49,7 @@ def test_the_committed_replication_summary_recomputes_from_the_replications_logs
     from omegaconf import OmegaConf
 
     from coordchannels.replicate import summary_outputs, summary_stage
+    from coordchannels.stages import stage_context
     from coordchannels.stats.restats import summary_config
 
     committed = ROOT / "results" / "ecg_replications"
@@ -58,7 +59,8 @@ def test_the_committed_replication_summary_recomputes_from_the_replications_logs
     shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("*.png"))
     cfg = summary_config(committed.relative_to(ROOT))
     OmegaConf.update(cfg, "replicate.out_dir", str(copy), merge=False)
-    summary_stage(cfg, copy)
+    OmegaConf.update(cfg, "stage_defs.replication_summary.out", str(copy), merge=False)
+    summary_stage(cfg, stage_context(cfg, "replication_summary"))
     for name in summary_outputs(cfg):
         if name.endswith(".csv"):
             pd.testing.assert_frame_equal(

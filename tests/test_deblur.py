@@ -381,27 +381,52 @@ def test_the_claims_are_judged_from_the_numbers_and_seeds_give_a_spread():
 
 
 @pytest.mark.slow
-def test_jobs_fanned_out_through_the_cluster_launcher_give_the_serial_logs(tmp_path):
-    """Each model is a job the Hydra launcher can take (here submitit_local, one process per job):
-    the logs are byte for byte those of a serial run."""
+def test_jobs_submitted_through_submitit_give_the_serial_logs(tmp_path):
+    """Each model is a job submitit can take (train.executor=submitit; here its local cluster, one
+    process per job): the logs are byte for byte those of a serial run."""
+    import json
     import subprocess
     import sys
 
     from coordchannels import train
     from coordchannels.pipeline import run_stages
+    from coordchannels.train.record import job_record_path
 
     models = "train.models=[unet1,unet1_coordgate]"
     serial = compose_config([*TINY, models, f"paths.root_dir={tmp_path / 'serial'}", "stages=[images,blur,train]"])
     run_stages(serial)
-    root = tmp_path / "fanout"
-    command = [sys.executable, "-m", "coordchannels.train.fanout", *TINY, models, f"paths.root_dir={root}"]
+    root = tmp_path / "submitit"
+    command = [sys.executable, "-m", "coordchannels", *TINY, models, f"paths.root_dir={root}"]
     done = subprocess.run(
-        [*command, "stages=[images,blur,train]", "hydra/launcher=submitit_local"],
+        [*command, "stages=[images,blur,train]", "train.executor=submitit", "train/submitit=local"],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    fanned = compose_config([*TINY, models, f"paths.root_dir={root}"])
+    submitted = compose_config([*TINY, models, f"paths.root_dir={root}"])
     for job in train.job_grid(serial):
-        assert train.job_log_path(fanned, job).read_bytes() == train.job_log_path(serial, job).read_bytes(), job
+        assert train.job_log_path(submitted, job).read_bytes() == train.job_log_path(serial, job).read_bytes(), job
+        record = json.loads(job_record_path(submitted, job).read_text())
+        assert record["launcher"] == "submitit_local", job  # trained in a submitit job, not here
+
+
+def test_the_committed_table_is_what_the_report_writes_from_the_committed_metrics():
+    """results/deblur/table.md, byte for byte, from results/deblur/metrics.csv (the markdown-table
+    helper keeps the committed layout: a spaced alignment rule, empty cells as `| |`)."""
+    import re
+    from pathlib import Path
+
+    import pandas as pd
+
+    from coordchannels.deblur.report import markdown
+
+    folder = Path(__file__).resolve().parents[1] / "results" / "deblur"
+    if not (folder / "table.md").is_file():
+        pytest.skip("no committed results/deblur")
+    committed = (folder / "table.md").read_text()
+    blurred = re.search(r"\| blurred input \(no restoration\) \| 0 \| ([\d.]+) \| \| ([\d.]+) \|", committed)
+    n_val = int(re.search(r"over (\d+) images", committed).group(1))
+    head = committed.splitlines()[0].strip("*")
+    table = pd.read_csv(folder / "metrics.csv")
+    assert markdown(table, head, float(blurred.group(1)), float(blurred.group(2)), n_val, []) == committed

@@ -8,14 +8,13 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "coordchannels"
-# The entry points (each a command of its own: the app, the fan-out launcher, the recomputation of
-# committed tables) and the app's sweep callback (a study of replications: coordchannels.sweep) may
-# import the runner; nothing else may.
+# The entry points (each a command of its own: the app, the recomputation of committed tables)
+# and the app's sweep callback (a study of replications: coordchannels.sweep) may import the
+# runner; nothing else may.
 ENTRY_POINTS = {
     "coordchannels.__main__",
     "coordchannels.sweep",
     "coordchannels.stats.restats",
-    "coordchannels.train.fanout",
 }
 # The bottom layer: data formats, settings, models and layers, statistics' arithmetic. It imports
 # nothing above it (no stage, task, trainer or runner).

@@ -219,6 +219,35 @@ def test_a_committed_log_whose_fingerprint_differs_is_refused(reuse_setup, chang
         assert not list((Path(rep.train.logs_dir) / "NimeshaNet").glob(f"{arm}_*"))
 
 
+def test_an_older_committed_config_is_read_with_this_codes_settings_list(reuse_setup):
+    """A committed config carries the stage declarations of the code that made it: an older one
+    declares fewer training settings (they were listed in code then), but holds their values.
+    The fingerprint compares this code's settings, read from it; a value it lacks is refused."""
+    cfg, rep, source, _ = reuse_setup
+    manifest = json.loads((source / "manifest.json").read_text())
+    manifest["config"]["stage_defs"]["train"]["settings"] = ["train.epochs", "train.seeds"]
+    (source / "manifest.json").write_text(json.dumps(manifest))
+    rows = reuse_committed_logs(rep, source, ["control", "study"], "episode", 1, dry_run=True)
+    assert {r["status"] for r in rows} == {"reusable"}
+    del manifest["config"]["train"]["channels_last"]  # a setting the committed run did not record
+    (source / "manifest.json").write_text(json.dumps(manifest))
+    rows = reuse_committed_logs(rep, source, ["control", "study"], "episode", 1, dry_run=True)
+    assert {r["status"] for r in rows} == {"refused"} and all("train.channels_last" in r["reason"] for r in rows)
+
+
+@pytest.mark.parametrize("grouping", ["episode", "record"])
+def test_the_committed_replications_are_reusable_by_the_study(tmp_path, grouping):
+    """The study's plan rests on this: replication 1's committed control and study logs (results/,
+    made by an older version of the code) have the job fingerprints of the study's jobs."""
+    overrides = ["experiment=ecg_mechanisms", f"task.data.raw_dir={tmp_path / 'no_raw'}"]
+    cfg = compose_config(overrides)
+    rep = compose_config([*overrides, f"replicate.grouping={grouping}", "replicate.index=1"])
+    source = Path(cfg.mechanisms.reuse_from) / grouping / "replication_1"
+    rows = reuse_committed_logs(rep, source, ["control", "study"], grouping, 1, dry_run=True)
+    assert len(rows) == 10 and {r["status"] for r in rows} == {"reusable"}, rows
+    assert not (tmp_path / "no_raw").exists()
+
+
 def test_a_committed_log_with_other_epochs_is_refused(reuse_setup):
     cfg, rep, source, _ = reuse_setup
     path = source / "fold_logs/NimeshaNet/study_set_fold_3_log.csv"

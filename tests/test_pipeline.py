@@ -1,5 +1,6 @@
-"""The runner owns the stage contract: it passes each stage its folder, skips finished stages
-without writing anything, chains settings through upstream stages, and refuses stale inputs."""
+"""The runner owns the stage contract: it calls each stage as `fn(cfg, ctx)` with its context (its
+folder, declared inputs, upstream folders and logger), skips finished stages without writing
+anything, chains settings through upstream stages, and refuses stale inputs."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from coordchannels.pipeline import run_stages
-from coordchannels.stages import StageError
+from coordchannels.stages import StageContext, StageError, stage_context
 from tests.conftest import compose_config
-from tests.helpers import CALLS, with_probes
+from tests.helpers import CALLS, CONTEXTS, with_probes
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
@@ -28,6 +29,46 @@ def test_a_stage_gets_its_folder_log_config_and_record(tmp_path):
     assert OmegaConf.load(out / "logs" / "make.config.yaml").task.name == "ecg"
     assert json.loads((out / "logs" / "make.inputs.json").read_text()) == {"task.data.label_match": "substring"}
     assert len(json.loads((out / "logs" / "make.time.json").read_text())) == 1
+
+
+def test_a_stage_is_called_with_its_context(tmp_path):
+    """`fn(cfg, ctx)`: ctx.out is the stage's folder, ctx.inputs its declared `inputs` as paths (by
+    config key, without their globs), ctx.after the folders of the stages it reads (by name), and
+    ctx.log a logger of its own whose records go to the stage's log file while it runs."""
+    logs = tmp_path / "logs_in"
+    logs.mkdir()
+    cfg = with_probes(tmp_path, "stages=[make,use]")
+    with open_dict(cfg):
+        cfg.probe_dir = str(logs)
+        cfg.stage_defs.use.inputs = ["probe_dir:*/*_log.csv"]
+    assert run_stages(cfg) == ["make", "use"]
+    ctx = CONTEXTS["use"]
+    assert ctx == StageContext(
+        name="use", out=tmp_path / "use", inputs={"probe_dir": logs}, after={"make": tmp_path / "make"}
+    )
+    assert CONTEXTS["make"] == StageContext(name="make", out=tmp_path / "make")
+    assert ctx.log.name == "coordchannels.stages.use"
+    use_log = (tmp_path / "use" / "logs" / "use.log").read_text()
+    assert f"coordchannels.stages.use: use reads {tmp_path / 'make'}" in use_log
+    assert "coordchannels.stages.make: make running" in (tmp_path / "make" / "logs" / "make.log").read_text()
+    assert "use reads" not in (tmp_path / "make" / "logs" / "make.log").read_text()
+    # Out of the run the stage's records go to no stage's file; code calling a stage's function
+    # itself builds the same context from the declaration.
+    ctx.log.warning("after the run")
+    assert "after the run" not in (tmp_path / "use" / "logs" / "use.log").read_text()
+    assert stage_context(cfg, "use") == ctx
+
+
+def test_a_stage_written_as_fn_cfg_out_gets_a_context_not_its_folder(tmp_path):
+    """The second argument is a StageContext, not a path: a stage still written for `fn(cfg, out)`
+    fails at its first use of the folder, and the runner records nothing for it."""
+    cfg = with_probes(tmp_path, "stages=[old]")
+    with pytest.raises(TypeError, match="StageContext"):
+        run_stages(cfg)
+    assert isinstance(CONTEXTS["old"], StageContext) and CONTEXTS["old"].out == tmp_path / "old"
+    logs = tmp_path / "old" / "logs"
+    assert "stage old failed" in (logs / "old.log").read_text()
+    assert not (tmp_path / "old" / "old.txt").exists() and not (logs / "old.inputs.json").exists()
 
 
 def test_a_finished_stage_is_skipped_and_writes_nothing(tmp_path):

@@ -28,7 +28,7 @@ from coordchannels.sweep import sweep_overrides
 from coordchannels.train.grid import job_grid
 from tests.conftest import REPO, compose_config, sweep_config
 
-APP = re.compile(r"-m (coordchannels(?:\.train\.fanout)?)[ \t]+(.*?)(?:\|\||;|$)", re.M)
+APP = re.compile(r"-m (coordchannels)[ \t]+(.*?)(?:\|\||;|$)", re.M)
 MULTIRUN = ("-m", "--multirun")
 LOOP = re.compile(r"for t in ([^;]+);")
 
@@ -53,11 +53,10 @@ def readme_commands() -> list[Command]:
 
 @dataclass
 class AppRun:
-    """One run of a Hydra entry point: its module, launcher and composed config (`summary`: the
-    summary stage a study's sweep runs after its replications)."""
+    """One run of a Hydra entry point: its module and composed config (`summary`: the summary
+    stage a study's sweep runs after its replications)."""
 
     module: str
-    launcher: str | None
     cfg: DictConfig
     summary: bool = False
 
@@ -83,22 +82,21 @@ def app_runs(command: str, root: Path) -> list[AppRun]:
     for module, args in lines:
         multirun = any(a in MULTIRUN for a in args)
         args = [a for a in args if a not in MULTIRUN]
-        launcher = next((a.split("=", 1)[1] for a in args if a.startswith("hydra/launcher=")), None)
         overrides = [a for a in args if not a.startswith("hydra")]
         if multirun:
-            runs += sweep_runs(command, module, launcher, [*overrides, f"paths.root_dir={root}"])
+            runs += sweep_runs(command, module, [*overrides, f"paths.root_dir={root}"])
             continue
         cfg = compose_config([*overrides, f"paths.root_dir={root}"])
         validate_choices(cfg)
         summary = OmegaConf.select(cfg, "replicate.summary")  # a study's summary stage run alone
-        runs.append(AppRun(module, launcher, cfg, summary=bool(summary) and list(cfg.stages) == [summary]))
+        runs.append(AppRun(module, cfg, summary=bool(summary) and list(cfg.stages) == [summary]))
     return runs
 
 
-def sweep_runs(command: str, module: str, launcher: str | None, overrides: list[str]) -> list[AppRun]:
+def sweep_runs(command: str, module: str, overrides: list[str]) -> list[AppRun]:
     """The runs of a sweep, as `coordchannels.sweep` expands it, then its summary stage (if any)."""
     sweep = sweep_config(*overrides)
-    runs = [AppRun(module, launcher, compose_config(members)) for members in sweep_overrides(sweep)]
+    runs = [AppRun(module, compose_config(members)) for members in sweep_overrides(sweep)]
     for run in runs:
         validate_choices(run.cfg)
     for folder in ("train.run_dir", "stats.out_dir"):
@@ -108,7 +106,7 @@ def sweep_runs(command: str, module: str, launcher: str | None, overrides: list[
     if summary:
         parsed = OverridesParser.create().parse_overrides(overrides)
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-        runs.append(AppRun(module, launcher, compose_config([*fixed, f"stages=[{summary}]"]), summary=True))
+        runs.append(AppRun(module, compose_config([*fixed, f"stages=[{summary}]"]), summary=True))
     return runs
 
 
@@ -129,7 +127,12 @@ CLAIMS = [
     (r"local mirror", lambda runs, m, root: runs[0].cfg.paths.vfdb_mirror is not None),
     (r"side by side", lambda runs, m, root: int(runs[0].cfg.train.n_jobs) > 1),
     (r"continues finished 15-epoch", lambda runs, m, root: int(runs[0].cfg.train.epochs) > 15),
-    (r"own process", lambda runs, m, root: runs[0].module.endswith("fanout") and runs[0].launcher is not None),
+    (
+        r"own process",
+        lambda runs, m, root: (
+            runs[0].cfg.train.executor == "submitit" and runs[0].cfg.train.submitit.cluster == "local"
+        ),
+    ),
     (r"tiny settings", lambda runs, m, root: runs[-1].cfg.train.limit_train is not None),
     (r"\bno training\b", lambda runs, m, root: runs and all(r.summary for r in runs)),
     (r"(\d+) replications?\b", lambda runs, m, root: sum(not r.summary for r in runs) == int(m.group(1))),

@@ -197,10 +197,10 @@ def run_entry(module: str, *argv: str, cwd: Path = REPO) -> subprocess.Completed
     "module, argv",
     [
         ("coordchannels", ["-m", "experiment=ecg_replications", "replicate.n=1", "replicate.groupings=[record]"]),
-        ("coordchannels.train.fanout", ["hydra/launcher=submitit_local", "task=ecg"]),
+        ("coordchannels", ["train.executor=submitit", "train/submitit=local", "task=ecg"]),
     ],
 )
-def test_a_dry_run_of_replicate_and_fanout_writes_nothing_anywhere(tmp_path, module, argv, monkeypatch):
+def test_a_dry_run_of_replicate_and_of_submitted_training_writes_nothing_anywhere(tmp_path, module, argv, monkeypatch):
     """The replications' sweep too: its sweeper's own file goes to a temporary folder, removed."""
     cwd, scratch = tmp_path / "cwd", tmp_path / "tmp"
     cwd.mkdir()
@@ -222,7 +222,12 @@ def junk_external_data(folder: Path) -> Path:
 ENTRY_ERRORS = {
     "app": ("coordchannels", ["task=ecg", "train.arms=[bogus]"], "unknown arm"),
     "app, unknown key": ("coordchannels", ["train.epoch=3"], "train.epoch"),
-    "fanout": ("coordchannels.train.fanout", ["hydra/launcher=submitit_local", "train.seeds=[]"], "train.seeds"),
+    "app, submitit without its partition": (
+        "coordchannels",
+        ["train.executor=submitit", "train/submitit=slurm"],
+        "train.submitit.slurm_partition",
+    ),
+    "app, unknown executor": ("coordchannels", ["train.executor=slurm"], "train.executor must be one of"),
     "replications' sweep": (
         "coordchannels",
         ["-m", "experiment=ecg_replications", "replicate.first=9"],
@@ -383,7 +388,7 @@ def test_plan_time_after_one_job_is_within_2x_of_the_recorded_epoch_times(make_c
 # 15. A killed submitter's jobs are found by the restart, waited for, and reported truthfully
 # --------------------------------------------------------------------------------------------
 class FakeSubmitted:
-    """What the fan-out reads of a submitit job: its id, files, state and result."""
+    """What the submitter (coordchannels.train.submit) reads of a submitit job: its id, files, state and result."""
 
     def __init__(self, job_id: str, folder: Path, state: str = "RUNNING", error: Exception | None = None):
         from types import SimpleNamespace
@@ -421,8 +426,8 @@ def test_a_restart_after_the_submitter_was_killed_waits_for_its_running_jobs(mak
 def test_a_job_whose_process_ended_without_a_result_is_not_called_finished(tmp_path):
     from submitit.core.utils import UncompletedJobError
 
-    from coordchannels.train.fanout import outcome
     from coordchannels.train.grid import Job
+    from coordchannels.train.submit import outcome
 
     lost = FakeSubmitted("123", tmp_path, "FINISHED", UncompletedJobError("Job 123 has not produced any output"))
     ended = outcome(Job("nimeshanet", "study", 42, 1), lost)

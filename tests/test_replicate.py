@@ -211,7 +211,9 @@ def test_each_committed_replication_is_the_run_its_two_settings_name():
                 ]
             )
         )
-        ignore = {"mirror", "n_jobs"}  # where the raw data came from; jobs side by side (no number changes)
+        # Where the raw data came from, and how jobs are launched (side by side, submitted, the
+        # settings' allowed values): none changes a number (none is in a job's fingerprint).
+        ignore = {"mirror", "n_jobs", "executor", "submitit", "choices"}
         for node in ("task.data", "train"):
             ours, theirs = new, committed
             for part in node.split("."):

@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from coordchannels.entry import UserError, reports_errors
+from coordchannels.tables import markdown_table
 
 DIFFS, LEVELS = "replications.csv", "arm_levels.csv"
 DIFF_KEYS = ["grouping", "replication", "model", "metric"]
@@ -93,16 +94,13 @@ def comparison(fresh: Path, committed: Path, diff_tolerance: float | None, level
 
 
 def render(table: pd.DataFrame) -> str:
-    lines = [
-        "| grouping | rep | model | metric | statistic | fresh | committed | difference | tolerance | agrees |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+    header = ["grouping", "rep", "model", "metric", "statistic", "fresh", "committed", "difference", "tolerance"]
+    rows = [
+        [r.grouping, r.replication, r.model, r.metric, r.statistic, f"{r.fresh:+.4f}", f"{r.committed:+.4f}"]
+        + [f"{r.difference:+.4f}", f"{r.tolerance:.4f}", "yes" if r.within else "NO"]
+        for r in table.itertuples()
     ]
-    for r in table.itertuples():
-        lines.append(
-            f"| {r.grouping} | {r.replication} | {r.model} | {r.metric} | {r.statistic} | {r.fresh:+.4f} | "
-            f"{r.committed:+.4f} | {r.difference:+.4f} | {r.tolerance:.4f} | {'yes' if r.within else 'NO'} |"
-        )
-    return "\n".join(lines)
+    return "\n".join(markdown_table([*header, "agrees"], rows))
 
 
 @reports_errors

@@ -35,7 +35,6 @@ above.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -52,7 +51,8 @@ import urllib3
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from coordchannels.io import atomic_path, write_text
+from coordchannels.io import atomic_path, file_sha256, write_text
+from coordchannels.stages import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +118,6 @@ def _parse_sha256sums(text: str) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 # Verification
 # --------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = CHUNK) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_file(
@@ -636,8 +628,8 @@ def local_copy_hint(which: str) -> Iterator[None]:
         raise DownloadError(f"{err}\n{LOCAL_COPY_HINT[which]}") from None
 
 
-def published_logs_stage(cfg: DictConfig, out: Path) -> None:
-    """The authors' 40 per-fold logs into `out` (`paths.published_logs_dir`), SHA-256 verified.
+def published_logs_stage(cfg: DictConfig, ctx: StageContext) -> None:
+    """The authors' 40 per-fold logs into `ctx.out` (`paths.published_logs_dir`), SHA-256 verified.
 
     Layout `<Model>/<arm>_set_fold_<k>_log.csv` (SPEC section 6), fetched from
     `cfg.sources.published_logs_url` or copied from the optional folder `paths.published_logs_mirror`.
@@ -645,13 +637,13 @@ def published_logs_stage(cfg: DictConfig, out: Path) -> None:
     with local_copy_hint("published_logs"):
         paths = obtain_all(
             registry("published_logs"),
-            out,
+            ctx.out,
             base_url=cfg.sources.published_logs_url,
             mirror=mirror_setting(cfg, "paths.published_logs_mirror"),
             replace_bad=bool(cfg.overwrite),
             **network_settings(cfg),
         )
-    log.info("published logs: %d files verified in %s", len(paths), out)
+    log.info("published logs: %d files verified in %s", len(paths), ctx.out)
 
 
 def published_logs_outputs(cfg: DictConfig) -> list[str]:

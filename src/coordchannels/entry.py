@@ -1,8 +1,7 @@
 """What every entry point does the same way: one line for an error, nothing written by a dry run.
 
 Every command of the project (`python -m coordchannels`, its sweeps `-m` such as the replications,
-the fan-out launcher `coordchannels.train.fanout`, `coordchannels.compare_replication`, the
-scripts) ends a failure with one line on stderr,
+`coordchannels.compare_replication`, the scripts) ends a failure with one line on stderr,
 
     error: <what is wrong> (<what to do>)
 

@@ -13,6 +13,7 @@ then remove the other's temporary if it sat unmodified since before the writer s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -31,6 +32,15 @@ log = logging.getLogger(__name__)
 _STARTED = time.time()
 # tempfile's random part: 8 characters of "abcdefghijklmnopqrstuvwxyz0123456789_".
 _RANDOM = r"[a-z0-9_]{8}"
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file, read `chunk` bytes at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def stale_parts(path: str | os.PathLike, before: float | None = None) -> list[Path]:

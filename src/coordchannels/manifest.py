@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from coordchannels.download import file_sha256
 from coordchannels.environment import hardware, package_versions
 from coordchannels.io import atomic_dir, write_text
-from coordchannels.stages import git_state, read_record, stage_spec, stage_timings, tree_sha256
+from coordchannels.stages import StageContext, git_state, read_record, stage_spec, stage_timings, tree_sha256
 from coordchannels.stats.comparison import SCALE_MARK
 from coordchannels.train.grid import job_grid
 from coordchannels.train.record import job_record_path
@@ -79,9 +79,9 @@ def copy_logs(src: Path, dest: Path) -> int:
     return len(files)
 
 
-def manifest_stage(cfg: DictConfig, out: Path) -> None:
+def manifest_stage(cfg: DictConfig, ctx: StageContext) -> None:
     root = Path(cfg.paths.root_dir)
-    n_logs = copy_logs(Path(cfg.stats.logs_dir), out / "fold_logs")
+    n_logs = copy_logs(Path(cfg.stats.logs_dir), ctx.out / "fold_logs")
     raw_dir = Path(cfg.task.data.raw_dir) if "raw_dir" in cfg.task.get("data", {}) else None
     manifest = {
         "task": cfg.task.name,
@@ -98,6 +98,6 @@ def manifest_stage(cfg: DictConfig, out: Path) -> None:
         "logs_copied": n_logs,
         "config": OmegaConf.to_container(cfg, resolve=True),
         # SHA-256 of every result file beside it, checked by `make verify` and before logs are read
-        "files": file_sums(out),
+        "files": file_sums(ctx.out),
     }
-    write_text(out / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
+    write_text(ctx.out / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")

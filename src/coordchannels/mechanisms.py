@@ -32,6 +32,7 @@ from coordchannels.io import write_csv
 from coordchannels.mechanisms_analysis import check_analysis
 from coordchannels.reuse import REUSE_COLUMNS, reuse_committed_logs
 from coordchannels.settings import SettingError
+from coordchannels.stages import StageContext
 from coordchannels.train.progress import duration, make_plan
 
 log = logging.getLogger(__name__)
@@ -73,12 +74,12 @@ def considered_logs(cfg: DictConfig, dry_run: bool = False) -> list[dict]:
 REUSE_TABLE = "reused_logs.csv"
 
 
-def reuse_stage(cfg: DictConfig, out: Path) -> None:
+def reuse_stage(cfg: DictConfig, ctx: StageContext) -> None:
     """The `reuse_logs` stage: install the committed logs that may stand in for this replication's
-    jobs; list every log considered in `<out>/reused_logs.csv` (this replication's) and merged into
+    jobs; list every log considered in `<ctx.out>/reused_logs.csv` (this replication's) and merged into
     `<mechanisms.out_dir>/reused_logs.csv` (the study's)."""
     rows = considered_logs(cfg)
-    write_csv(pd.DataFrame(rows, columns=REUSE_COLUMNS).astype(str), out / REUSE_TABLE)
+    write_csv(pd.DataFrame(rows, columns=REUSE_COLUMNS).astype(str), ctx.out / REUSE_TABLE)
     write_reuse_table(cfg, rows)
 
 

@@ -45,9 +45,11 @@ from coordchannels.io import write_csv, write_text
 from coordchannels.logs import load_logs
 from coordchannels.replicate import replication_folders
 from coordchannels.settings import SettingError
+from coordchannels.stages import StageContext
 from coordchannels.stats.comparison import METRIC_LABELS, fold_values, holm, paired_differences
 from coordchannels.stats.inference import pool_replications
 from coordchannels.stats.stage import STYLE, save_png
+from coordchannels.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -315,17 +317,20 @@ def summary_markdown(primary: pd.DataFrame, ranking: pd.DataFrame, cfg: DictConf
         "",
         f"## Does {ref} beat each other arm?",
         "",
-        f"| grouping | metric | {ref} − other | pooled [CI] | p (RE) | p (RE, Holm) | p (sign-flip) "
-        "| p (sign-flip, Holm) | n_agree | conclusion |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for r in primary.itertuples():
         n = decimals(r.metric)
-        lines.append(
-            f"| {r.grouping} | {metric_name(r.metric)} | {r.other} | {r.estimate:+.{n}f} [{r.ci_low:+.{n}f}, "
-            f"{r.ci_high:+.{n}f}] | {fmt_p(r.p_re)} | {fmt_p(r.p_re_holm)} | {fmt_p(r.p_sign_flip)} | "
-            f"{fmt_p(r.p_sign_flip_holm)} | {r.n_agree}/{r.n_replications} | {r.conclusion} |"
+        rows.append(
+            [r.grouping, metric_name(r.metric), r.other]
+            + [f"{r.estimate:+.{n}f} [{r.ci_low:+.{n}f}, {r.ci_high:+.{n}f}]", fmt_p(r.p_re), fmt_p(r.p_re_holm)]
+            + [fmt_p(r.p_sign_flip), fmt_p(r.p_sign_flip_holm), f"{r.n_agree}/{r.n_replications}", r.conclusion]
         )
+    lines += markdown_table(
+        ["grouping", "metric", f"{ref} − other", "pooled [CI]", "p (RE)", "p (RE, Holm)", "p (sign-flip)"]
+        + ["p (sign-flip, Holm)", "n_agree", "conclusion"],
+        rows,
+    )
     shown = primary[primary.conclusion != "not shown"]
     alone = int((shown.p_sign_flip_holm >= alpha).sum())
     lines += [
@@ -347,21 +352,29 @@ def summary_markdown(primary: pd.DataFrame, ranking: pd.DataFrame, cfg: DictConf
         "equivalent. The best arm is chosen from these data (its pooled level), so these statements are "
         "conditional on that choice.",
         "",
-        "| grouping | metric | rank | arm | pooled mean [CI] | − best [TOST interval] | p (TOST) "
-        "| p (difference, Holm) | status |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
     metric_rank = {m: i for i, m in enumerate(a.metrics)}
+    rows = []
     for r in ranking.sort_values(
         ["grouping", "metric", "rank"], key=lambda c: c.map(metric_rank) if c.name == "metric" else c, kind="stable"
     ).itertuples():
         n = decimals(r.metric)
         vs = "" if r.best else f"{r.diff_vs_best:+.{n}f} [{r.tost_low:+.{n}f}, {r.tost_high:+.{n}f}]"
-        lines.append(
-            f"| {r.grouping} | {metric_name(r.metric)} | {r.rank} | {r.arm} | {r.pooled_mean:.{n}f} "
-            f"[{r.ci_low:.{n}f}, {r.ci_high:.{n}f}] | {vs} | {'' if r.best else fmt_p(r.p_tost)} | "
-            f"{'' if r.best else fmt_p(r.p_diff_holm)} | {r.status} |"
+        rows.append(
+            [
+                r.grouping,
+                metric_name(r.metric),
+                r.rank,
+                r.arm,
+                f"{r.pooled_mean:.{n}f} [{r.ci_low:.{n}f}, {r.ci_high:.{n}f}]",
+            ]
+            + [vs, "" if r.best else fmt_p(r.p_tost), "" if r.best else fmt_p(r.p_diff_holm), r.status]
         )
+    lines += markdown_table(
+        ["grouping", "metric", "rank", "arm", "pooled mean [CI]", "− best [TOST interval]", "p (TOST)"]
+        + ["p (difference, Holm)", "status"],
+        rows,
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -419,18 +432,18 @@ def ranking_figure(means: pd.DataFrame, ranking: pd.DataFrame, cfg: DictConfig) 
     return fig
 
 
-def summary_stage(cfg: DictConfig, out: Path) -> None:
+def summary_stage(cfg: DictConfig, ctx: StageContext) -> None:
     """The `mechanisms_summary` stage: tables and ranking figure from the replications' logs."""
-    table = fold_table(out, cfg)
+    table = fold_table(ctx.out, cfg)
     primary, ranking = primary_table(table, cfg), ranking_table(table, cfg)
     if primary.empty:
-        raise FileNotFoundError(f"{out}: fewer than 2 replications with logs of every arm; nothing to pool")
+        raise FileNotFoundError(f"{ctx.out}: fewer than 2 replications with logs of every arm; nothing to pool")
     means = replication_means(table)
     text = summary_markdown(primary, ranking, cfg)
     fig = ranking_figure(means, ranking, cfg)
-    write_csv(primary, out / "mechanisms_primary.csv")
-    write_csv(ranking, out / "mechanisms_ranking.csv")
-    write_csv(means, out / "mechanisms_replications.csv")
-    write_text(out / "mechanisms_summary.md", text)
-    save_png(fig, out / "mechanisms_ranking.png")
-    log.info("mechanisms_summary: %d comparisons, %d ranked arm rows -> %s", len(primary), len(ranking), out)
+    write_csv(primary, ctx.out / "mechanisms_primary.csv")
+    write_csv(ranking, ctx.out / "mechanisms_ranking.csv")
+    write_csv(means, ctx.out / "mechanisms_replications.csv")
+    write_text(ctx.out / "mechanisms_summary.md", text)
+    save_png(fig, ctx.out / "mechanisms_ranking.png")
+    log.info("mechanisms_summary: %d comparisons, %d ranked arm rows -> %s", len(primary), len(ranking), ctx.out)

@@ -3,7 +3,9 @@
 A stage is declared in the config (`stage_defs` in conf/config.yaml for the stages every task
 shares, `task.stage_defs` for a task's own) with:
 
-- `fn`: the function `fn(cfg, out)` that does the work; `out` is the stage's folder, resolved here;
+- `fn`: the function `fn(cfg, ctx)` that does the work; `ctx` (a `coordchannels.stages.StageContext`
+  built here) gives its folder `ctx.out`, its declared inputs (`ctx.inputs`: config key -> path;
+  `ctx.after`: upstream stage -> folder) and its logger `ctx.log`, whose records go to its log file;
 - `out`: that folder;
 - `outputs`: what a finished stage leaves in `out`: a list of names, or the dotted name of a
   function `cfg -> [names or paths]` when they depend on the config (one file per record, per job);
@@ -64,6 +66,7 @@ from coordchannels.stages import (
     output_sums,
     read_record,
     read_timings,
+    stage_context,
     stage_function,
     stage_record,
     stage_spec,
@@ -163,7 +166,7 @@ def needs_run(cfg: DictConfig, stage: Stage, record: dict) -> bool:
 def run_stage(cfg: DictConfig, stage: Stage, commit: str | None = None) -> None:
     """Run one stage with its log file in `out/logs/`; on success, its resolved config and wall time.
     A refused stage (a setting or input it will not use) leaves its folder and log as they were."""
-    fn = stage_function(stage)
+    fn, ctx = stage_function(stage), stage_context(cfg, stage)
     logs = stage.out / "logs"
     log_file = logs / f"{stage.name}.log"
     made = [d for d in (stage.out, logs) if not d.exists()]
@@ -178,7 +181,7 @@ def run_stage(cfg: DictConfig, stage: Stage, commit: str | None = None) -> None:
     start = time.perf_counter()
     log.info("stage %s (task %s) -> %s", stage.name, cfg.task.name, stage.out)
     try:
-        fn(cfg, stage.out)
+        fn(cfg, ctx)
         seconds = time.perf_counter() - start
         log.info("stage %s finished in %.1f s", stage.name, seconds)
         # The config beside the outputs describes the run that made them: written on success only.

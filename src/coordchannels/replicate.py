@@ -40,7 +40,7 @@ from omegaconf import DictConfig
 from coordchannels.io import atomic_files, write_csv, write_text
 from coordchannels.logs import load_logs, order_models
 from coordchannels.settings import SettingError
-from coordchannels.stages import StageError
+from coordchannels.stages import StageContext, StageError
 from coordchannels.stats.comparison import (
     INSTABILITY_FITS,
     METRIC_LABELS,
@@ -51,6 +51,7 @@ from coordchannels.stats.comparison import (
 )
 from coordchannels.stats.inference import pool_replications
 from coordchannels.stats.stage import STYLE, save_png
+from coordchannels.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -165,15 +166,15 @@ def published_rows(cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.read_csv(table), pd.read_csv(values)
 
 
-def summary_stage(cfg: DictConfig, out: Path) -> None:
+def summary_stage(cfg: DictConfig, ctx: StageContext) -> None:
     """Write the replication summary, forest plots and arm levels from the replications' logs."""
     k = int(cfg.replicate.final_epochs)
     published, published_values = published_rows(cfg)
     summary, levels, per_rep = [], [], []
     for grouping in cfg.replicate.groupings:
-        folders = summarised_folders(out, grouping, cfg)
+        folders = summarised_folders(ctx.out, grouping, cfg)
         if not folders:
-            log.warning("replication_summary: no finished replication under %s", out / grouping)
+            log.warning("replication_summary: no finished replication under %s", ctx.out / grouping)
             continue
         results = []
         for r, folder in folders:
@@ -206,7 +207,7 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
                 }
             )
     if not summary:
-        raise StageError(f"no finished replication under {out} (run `make replicate` first)")
+        raise StageError(f"no finished replication under {ctx.out} (run `make replicate` first)")
     table = pd.DataFrame(summary, columns=SUMMARY_COLUMNS)
     per_rep = pd.concat(per_rep, ignore_index=True).drop(columns="diffs")
     pub_levels = published_values[published_values.metric == "test_r2"].groupby(["model", "arm"])["value"].mean()
@@ -218,9 +219,9 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
     }
     figures["arm_levels.png"] = levels_figure(levels)
     sensitivity = pd.DataFrame(
-        [row for g in table.grouping.unique() for row in sensitivity_rows(out, g, cfg)], columns=SENSITIVITY_COLUMNS
+        [row for g in table.grouping.unique() for row in sensitivity_rows(ctx.out, g, cfg)], columns=SENSITIVITY_COLUMNS
     )
-    with atomic_files(out) as tmp:  # one set, as the stats stage writes its tables and figures
+    with atomic_files(ctx.out) as tmp:  # one set, as the stats stage writes its tables and figures
         write_csv(sensitivity, tmp / "instability_sensitivity.csv")
         write_text(tmp / "instability_sensitivity.md", sensitivity_markdown(sensitivity))
         write_csv(table, tmp / "replication_summary.csv")
@@ -233,7 +234,7 @@ def summary_stage(cfg: DictConfig, out: Path) -> None:
         "replication_summary: %d rows from %d replication(s) -> %s",
         len(table),
         per_rep.groupby("grouping").replication.nunique().sum(),
-        out,
+        ctx.out,
     )
 
 
@@ -292,16 +293,17 @@ def sensitivity_markdown(table: pd.DataFrame) -> str:
         "two-sided p on k − 1 df) and the exact two-sided sign-flip test over replication means. "
         "`study < control`: replications whose mean difference is negative.",
         "",
-        "| grouping | model | fit | study < control | pooled (random effects) [95% CI] | p (RE, two-sided) "
-        "| p (sign-flip, two-sided) |",
-        "|---|---|---|---|---|---|---|",
+        *markdown_table(
+            ["grouping", "model", "fit", "study < control", "pooled (random effects) [95% CI]", "p (RE, two-sided)"]
+            + ["p (sign-flip, two-sided)"],
+            [
+                [r.grouping, r.model, r.fit, f"{r.n_same_direction}/{r.n_replications}"]
+                + [f"{r.re_estimate:+.4f} [{r.re_ci_low:+.4f}, {r.re_ci_high:+.4f}]", f"{r.re_p_two_sided:.3g}"]
+                + [f"{r.p_sign_flip:.3g}"]
+                for r in table.itertuples()
+            ],
+        ),
     ]
-    for r in table.itertuples():
-        lines.append(
-            f"| {r.grouping} | {r.model} | {r.fit} | {r.n_same_direction}/{r.n_replications} | "
-            f"{r.re_estimate:+.4f} [{r.re_ci_low:+.4f}, {r.re_ci_high:+.4f}] | {r.re_p_two_sided:.3g} | "
-            f"{r.p_sign_flip:.3g} |"
-        )
     return "\n".join(lines) + "\n"
 
 
@@ -337,18 +339,19 @@ def summary_markdown(table: pd.DataFrame, cfg: DictConfig, k: int) -> str:
         f"`test_r2_last{k}`: test R² as the mean of the last {k} epochs, a statistic **chosen after seeing** "
         "replications 1-5 (secondary, never the primary reading).",
         "",
-        "| grouping | model | metric | published | n_agree | pooled (random effects) [95% CI] | p (RE, two-sided) "
-        "| p (sign-flip, two-sided) | leave-one-out | plain mean [hierarchical bootstrap] |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *markdown_table(
+            ["grouping", "model", "metric", "published", "n_agree", "pooled (random effects) [95% CI]"]
+            + ["p (RE, two-sided)", "p (sign-flip, two-sided)", "leave-one-out", "plain mean [hierarchical bootstrap]"],
+            [
+                [row.grouping, row.model, row.metric, f"{row.published_mean_diff:+.5f} ({row.published_conclusion})"]
+                + [f"{row.n_agree}/{row.n_replications}"]
+                + [f"{row.re_estimate:+.5f} [{row.re_ci_low:+.5f}, {row.re_ci_high:+.5f}]", f"{row.re_p_two_sided:.3g}"]
+                + [f"{row.p_sign_flip:.3g}", f"{row.loo_min:+.4f} to {row.loo_max:+.4f}"]
+                + [f"{row.pooled_mean_diff:+.5f} [{row.pooled_ci_low:+.5f}, {row.pooled_ci_high:+.5f}]"]
+                for row in table.itertuples()
+            ],
+        ),
     ]
-    for row in table.itertuples():
-        lines.append(
-            f"| {row.grouping} | {row.model} | {row.metric} | {row.published_mean_diff:+.5f} "
-            f"({row.published_conclusion}) | {row.n_agree}/{row.n_replications} | "
-            f"{row.re_estimate:+.5f} [{row.re_ci_low:+.5f}, {row.re_ci_high:+.5f}] | {row.re_p_two_sided:.3g} | "
-            f"{row.p_sign_flip:.3g} | {row.loo_min:+.4f} to {row.loo_max:+.4f} | "
-            f"{row.pooled_mean_diff:+.5f} [{row.pooled_ci_low:+.5f}, {row.pooled_ci_high:+.5f}] |"
-        )
     return "\n".join(lines) + "\n"
 
 

@@ -55,9 +55,20 @@ REUSE_COLUMNS = [
 ]
 
 
-def portable_fingerprint(cfg: DictConfig, job: Job) -> dict:
-    """`job_fingerprint` without the data stages' run ids (machine-specific)."""
+def portable_fingerprint(cfg: DictConfig, job: Job, declared: DictConfig | None = None) -> dict:
+    """`job_fingerprint` without the data stages' run ids (machine-specific).
+
+    With `declared` (this run's config), the settings fingerprinted are the ones this code declares
+    (its stages' `settings`), read from `cfg` (a committed run's config): a committed config carries
+    the stage declarations of the code that made it, and an older one lists fewer training
+    settings, although their values are in it. A setting the committed config lacks reads as None,
+    so it differs from any value set here and the log is refused."""
     c = copy.deepcopy(cfg)
+    if declared is not None:
+        for key in ("stage_defs", "task.stage_defs"):
+            node = OmegaConf.select(declared, key)
+            if node is not None:
+                OmegaConf.update(c, key, OmegaConf.to_container(node, resolve=False), merge=False)
     OmegaConf.update(c, "external_data", True, merge=False)
     fingerprint = job_fingerprint(c, job)
     fingerprint["task"].pop("data_runs", None)
@@ -94,7 +105,7 @@ def check(cfg: DictConfig, job: Job, folder: Path, manifest: dict | None, dry_ru
     if not source.is_file():
         return f"no committed log {source}", None
     try:
-        theirs = portable_fingerprint(committed, job)
+        theirs = portable_fingerprint(committed, job, declared=cfg)
     except Exception as exc:  # a committed config without this model or arm
         return f"its job fingerprint cannot be computed from {folder / 'manifest.json'} ({exc})", source
     ours = portable_fingerprint(cfg, job)

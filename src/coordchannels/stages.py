@@ -3,9 +3,25 @@
 A stage is declared in the config (`stage_defs` in conf/config.yaml for the stages every task
 shares, `task.stage_defs` for a task's own); see `coordchannels.pipeline` for the keys and for the
 runner that decides what is done. This module holds what stages, readers and reports may use
-without the runner: a stage's declaration (`stage_spec`), its record of settings and inputs
-(`stage_record`, `read_record`), what it produced (`produced`, `upstream_run_ids`), digests of
-files and folders, wall times, and the commit a run started from.
+without the runner: a stage's declaration (`stage_spec`), the context it runs with
+(`StageContext`, `stage_context`), its record of settings and inputs (`stage_record`,
+`read_record`), what it produced (`produced`, `upstream_run_ids`), digests of files and folders,
+wall times, and the commit a run started from.
+
+A stage is a function `fn(cfg, ctx)`: `cfg` is the run's config (the settings it declared are
+there), `ctx` a `StageContext` that the runner builds from the declaration:
+
+- `ctx.name`: the stage's name;
+- `ctx.out`: its folder (declared `out`), where it writes its outputs;
+- `ctx.inputs`: {config key: path} of its declared `inputs` (`stats.logs_dir:*/*_log.csv` gives
+  `ctx.inputs["stats.logs_dir"]`, the folder whose matching files are digested);
+- `ctx.after`: {stage name: folder} of the stages it reads (declared `after`), whose outputs the
+  runner has checked before calling it;
+- `ctx.log`: the logger `coordchannels.stages.<name>`; while the stage runs, its records go to the
+  stage's log file (`<out>/logs/<name>.log`) as every record does.
+
+Code that calls a stage's function without the runner (a test, a recomputation into another
+folder) builds the same context with `stage_context(cfg, name)`.
 """
 
 from __future__ import annotations
@@ -15,13 +31,13 @@ import json
 import logging
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
-from coordchannels.download import file_sha256
+from coordchannels.io import file_sha256
 from coordchannels.settings import canonical, plain
 
 log = logging.getLogger(__name__)
@@ -68,6 +84,21 @@ class Stage:
     @property
     def timing_path(self) -> Path:
         return self.out / "logs" / f"{self.name}.time.json"
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage's function is given beside the config (see the module docstring)."""
+
+    name: str
+    out: Path
+    inputs: dict[str, Path] = field(default_factory=dict)
+    after: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def log(self) -> logging.Logger:
+        """The stage's logger; the runner's handler puts its records in `out/logs/<name>.log`."""
+        return logging.getLogger(f"{__name__}.{self.name}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,6 +151,23 @@ def stage_function(stage: Stage) -> Callable:
         raise StageError(f"stage {stage.name!r}: cannot import its function {stage.fn!r} ({exc})") from exc
 
 
+def stage_context(cfg: DictConfig, stage: Stage | str) -> StageContext:
+    """The context the runner calls `stage` (a declaration or a stage's name) with."""
+    stage = stage if isinstance(stage, Stage) else stage_spec(cfg, stage)
+    return StageContext(
+        name=stage.name,
+        out=stage.out,
+        inputs={key: path for key, path, _ in (declared_input(cfg, entry) for entry in stage.inputs)},
+        after={name: stage_spec(cfg, name).out for name in stage.after},
+    )
+
+
+def declared_input(cfg: DictConfig, entry: str) -> tuple[str, Path, str]:
+    """An `inputs` entry `key[:glob]` as (config key, the path it names, the glob of the files read)."""
+    key, _, pattern = entry.partition(":")
+    return key, Path(str(OmegaConf.select(cfg, key))), pattern or "**/*"
+
+
 def output_paths(cfg: DictConfig, stage: Stage) -> list[Path]:
     """The stage's declared outputs as paths (relative names are under its folder)."""
     names = get_method(stage.outputs)(cfg) if isinstance(stage.outputs, str) else stage.outputs
@@ -142,8 +190,8 @@ def stage_record(cfg: DictConfig, stage: Stage, _chain: tuple[str, ...] = ()) ->
     for key in stage.settings:
         record[key] = plain(OmegaConf.select(cfg, key, throw_on_missing=True))
     for entry in stage.inputs:
-        key, _, pattern = entry.partition(":")
-        record[f"sha256({entry})"] = path_digest(Path(str(OmegaConf.select(cfg, key))), pattern or "**/*")
+        _, path, pattern = declared_input(cfg, entry)
+        record[f"sha256({entry})"] = path_digest(path, pattern)
     for key in stage.watch:
         value = OmegaConf.select(cfg, key)
         record[f"listing({key})"] = None if value in (None, "") else listing_digest(Path(str(value)))

@@ -42,6 +42,7 @@ from coordchannels.coordgate.fit import run_experiment
 from coordchannels.coordgate.nets import grid_config
 from coordchannels.coordgate.summary import condition_title, plot_psnr, summary_markdown
 from coordchannels.io import save_npy, write_csv, write_text
+from coordchannels.stages import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +100,11 @@ def run_condition(cfg: DictConfig, out: Path) -> tuple[pd.DataFrame, dict]:
     return df, meta
 
 
-def experiment_stage(cfg: DictConfig, out: Path) -> None:
+def experiment_stage(cfg: DictConfig, ctx: StageContext) -> None:
     """Run the experiment under each condition (the configured one, then experiment.extra_conditions),
     each writing results.csv, the two figures, summary.md, run.json, config.yaml and operator.npy; the
     stage folder's summary.md then also compares the claims across the conditions."""
-    runs = conditions(cfg, out)
+    runs = conditions(cfg, ctx.out)
     threads = torch.get_num_threads()
     torch.set_num_threads(int(cfg.task.experiment.num_threads))
     try:

@@ -23,7 +23,7 @@ from coordchannels.deblur.images import CellSettings, folder_patches, generate
 from coordchannels.deblur.psf import Lens, PSFBasis, blur_direct, psf_field, relative_error
 from coordchannels.io import save_npy, write_text
 from coordchannels.settings import SettingError, choice
-from coordchannels.stages import require_input
+from coordchannels.stages import StageContext, require_input
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def check_settings(cfg: DictConfig) -> None:
         raise SettingError(f"task.data.n_images={d.n_images}: need at least 2 (training and validation)")
 
 
-def images_stage(cfg: DictConfig, out: Path) -> None:
+def images_stage(cfg: DictConfig, ctx: StageContext) -> None:
     d = cfg.task.data
     size, n, seed = int(d.patch_size), int(d.n_images), int(d.image_seed)
     if choice(str(d.source), SOURCES, "task.data.source") == "generated":
@@ -64,14 +64,14 @@ def images_stage(cfg: DictConfig, out: Path) -> None:
         if not d.get("folder"):
             raise ValueError("task.data.source=folder needs task.data.folder (DEBLUR_IMAGES_DIR=<folder of images>)")
         sharp, groups = folder_patches(Path(str(d.folder)), n, size, seed)
-    save_npy(out / "sharp.npy", sharp)
-    save_npy(out / "groups.npy", groups.astype(np.int64))
-    log.info("%d sharp %s images of %dx%d px in %s", n, d.source, size, size, out)
+    save_npy(ctx.out / "sharp.npy", sharp)
+    save_npy(ctx.out / "groups.npy", groups.astype(np.int64))
+    log.info("%d sharp %s images of %dx%d px in %s", n, d.source, size, size, ctx.out)
 
 
-def blur_stage(cfg: DictConfig, out: Path) -> None:
+def blur_stage(cfg: DictConfig, ctx: StageContext) -> None:
     d = cfg.task.data
-    sharp = np.load(require_input(Path(cfg.task.processed_dir) / "sharp.npy", "images", cfg.task.name))
+    sharp = np.load(require_input(ctx.after["images"] / "sharp.npy", "images", cfg.task.name))
     lens = Lens.from_config(d.psf)
     field = psf_field(sharp.shape[-1], lens)
     basis = PSFBasis.fit(field, float(d.basis_tolerance))
@@ -87,8 +87,8 @@ def blur_stage(cfg: DictConfig, out: Path) -> None:
     check = torch.as_tensor(sharp[:BASIS_CHECK], dtype=torch.float64)
     if float(d.blur_noise) > 0:  # camera noise after the lens, seeded apart from the images
         y = y + float(d.blur_noise) * np.random.default_rng([int(d.image_seed), 1]).standard_normal(y.shape)
-    save_npy(out / "psf.npy", field.astype(np.float32))
-    save_npy(out / "blurred.npy", y.astype(np.float32))
+    save_npy(ctx.out / "psf.npy", field.astype(np.float32))
+    save_npy(ctx.out / "blurred.npy", y.astype(np.float32))
     report = {
         "kernel_size": lens.kernel_size,
         "sigma_centre_px": lens.sigma_centre,
@@ -100,7 +100,7 @@ def blur_stage(cfg: DictConfig, out: Path) -> None:
         "basis_blur_relative_error": relative_error(basis.blur(check), blur_direct(check, field_t)),
         "basis_checked_on_images": len(check),
     }
-    write_text(out / "psf_report.json", json.dumps(report, indent=1) + "\n")
+    write_text(ctx.out / "psf_report.json", json.dumps(report, indent=1) + "\n")
     log.info("blurred %d images: %s", len(y), report)
 
 

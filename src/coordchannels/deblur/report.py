@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,7 +21,9 @@ from coordchannels.deblur.data import load_task_data
 from coordchannels.deblur.evaluate import Evaluation, evaluate_grid
 from coordchannels.deblur.metrics import centre_edge_ratio, error_map, mean_ci, psnr, ssim
 from coordchannels.io import write_csv, write_text
+from coordchannels.stages import StageContext
 from coordchannels.stats.comparison import montecarlo_means
+from coordchannels.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def heading(cfg: DictConfig) -> str:
     return f"{smoke} {cfg.task.scale}" if smoke else str(cfg.task.scale)
 
 
-def stats_stage(cfg: DictConfig, out: Path) -> None:
+def stats_stage(cfg: DictConfig, ctx: StageContext) -> None:
     data = load_task_data(cfg)
     evaluations, missing, val_idx = evaluate_grid(cfg, data)
     if not evaluations:
@@ -57,21 +58,21 @@ def stats_stage(cfg: DictConfig, out: Path) -> None:
             for i, seed in enumerate(ev.seeds)
         ]
     )
-    psf_report = json.loads((Path(cfg.task.processed_dir) / "psf_report.json").read_text())
+    psf_report = json.loads((ctx.after["blur"] / "psf_report.json").read_text())
     head = heading(cfg)
     labels = {m: str(cfg.task.models[m].label) for m in evaluations}
     maps = {"blurred input": error_map(blurred, sharp), **{labels[m]: ev.error_map for m, ev in evaluations.items()}}
     # Everything is computed; now write (a failure above leaves the previous set whole).
-    write_csv(table, out / "metrics.csv", float_format="%.4f")
-    write_csv(per_image, out / "per_image.csv", float_format="%.4f")
+    write_csv(table, ctx.out / "metrics.csv", float_format="%.4f")
+    write_csv(per_image, ctx.out / "per_image.csv", float_format="%.4f")
     md = markdown(table, head, blurred_psnr, float(ssim(blurred, sharp).mean()), len(val_idx), missing)
-    write_text(out / "table.md", md)
-    write_text(out / "summary.md", summary(head, md, claims, gains, psf_report, missing))
-    field = np.load(Path(cfg.task.processed_dir) / "psf.npy")
-    figures.psf_grid(field, out / "psf_grid.png", head)
-    figures.restored(sharp[0], blurred[0], evaluations, labels, out / "restored.png", head)
-    figures.psnr_vs_params(table, out / "psnr_vs_params.png", head, blurred_psnr)
-    figures.error_maps(maps, out / "error_maps.png", head)
+    write_text(ctx.out / "table.md", md)
+    write_text(ctx.out / "summary.md", summary(head, md, claims, gains, psf_report, missing))
+    field = np.load(ctx.after["blur"] / "psf.npy")
+    figures.psf_grid(field, ctx.out / "psf_grid.png", head)
+    figures.restored(sharp[0], blurred[0], evaluations, labels, ctx.out / "restored.png", head)
+    figures.psnr_vs_params(table, ctx.out / "psnr_vs_params.png", head, blurred_psnr)
+    figures.error_maps(maps, ctx.out / "error_maps.png", head)
 
 
 def metrics_table(
@@ -225,16 +226,16 @@ def markdown(table: pd.DataFrame, head: str, blurred_psnr: float, blurred_ssim: 
         "SD over seeds when there are several). Centre/edge: mean squared error within r <= 1/3 of the "
         "centre over that beyond r >= 2/3 (r = 1 at the corners).",
         "",
-        "| model | parameters | PSNR (dB) | 95% CI | SSIM | 95% CI | seeds | centre/edge |",
-        "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: |",
-        f"| blurred input (no restoration) | 0 | {blurred_psnr:.2f} | | {blurred_ssim:.4f} | | | |",
     ]
+    rows = [["blurred input (no restoration)", 0, f"{blurred_psnr:.2f}", "", f"{blurred_ssim:.4f}", "", "", ""]]
     for r in table.itertuples():
         sd = f" (SD {r.psnr_seed_sd:.2f})" if r.n_seeds > 1 else ""
-        lines.append(
-            f"| {r.label} | {r.n_params:,} | {r.psnr:.2f}{sd} | {r.psnr_low:.2f} to {r.psnr_high:.2f} | "
-            f"{r.ssim:.4f} | {r.ssim_low:.4f} to {r.ssim_high:.4f} | {r.n_seeds} | {r.centre_edge_ratio:.2f} |"
+        rows.append(
+            [r.label, f"{r.n_params:,}", f"{r.psnr:.2f}{sd}", f"{r.psnr_low:.2f} to {r.psnr_high:.2f}"]
+            + [f"{r.ssim:.4f}", f"{r.ssim_low:.4f} to {r.ssim_high:.4f}", r.n_seeds, f"{r.centre_edge_ratio:.2f}"]
         )
+    header = ["model", "parameters", "PSNR (dB)", "95% CI", "SSIM", "95% CI", "seeds", "centre/edge"]
+    lines += markdown_table(header, rows, align="lrrlrlrr", pad_empty=False)
     if missing:
         lines += ["", f"INCOMPLETE: {len(missing)} job(s) not finished: " + "; ".join(map(str, missing))]
     return "\n".join(lines) + "\n"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +17,7 @@ from scipy import signal as sps
 
 from coordchannels.ecg.records import read_episodes
 from coordchannels.io import atomic_path, write_csv
+from coordchannels.stages import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -215,13 +215,13 @@ def episode_changepoint(episode: pd.Series, rule: str = "exact") -> int:
     raise ValueError(f"task.data.changepoint must be one of {list(CHANGEPOINT_RULES)}, got {rule!r}")
 
 
-def augment_stage(cfg: DictConfig, out: Path) -> None:
+def augment_stage(cfg: DictConfig, ctx: StageContext) -> None:
     """Write augmented.npy (E * n, leads, L) float32 and augmented.csv (one row per sample)."""
-    episodes, windows = read_episodes(out)
+    episodes, windows = read_episodes(ctx.after["extract"])
     aug = AugmentSettings.from_cfg(cfg.task.data)
     n = aug.n_variants
     tables = []
-    with atomic_path(out / AUGMENTED_NPY) as tmp:
+    with atomic_path(ctx.out / AUGMENTED_NPY) as tmp:
         # Written straight into a memory-mapped .npy: the full array is ~1 GB for the VFDB.
         dest = np.lib.format.open_memmap(
             tmp, mode="w+", dtype=np.float32, shape=(len(episodes) * n, *windows.shape[1:])
@@ -236,5 +236,5 @@ def augment_stage(cfg: DictConfig, out: Path) -> None:
             tables.append(_variant_rows(episode, row, p, n))
         dest.flush()
         del dest
-    write_csv(pd.concat(tables, ignore_index=True), out / AUGMENTED_CSV)
+    write_csv(pd.concat(tables, ignore_index=True), ctx.out / AUGMENTED_CSV)
     log.info("augment: %d episodes x %d variants = %d samples", len(episodes), n, len(episodes) * n)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from pathlib import Path
 
 from omegaconf import DictConfig
 
 from coordchannels import download
+from coordchannels.stages import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ def outputs(cfg: DictConfig) -> list[str]:
     return list(vfdb_files(cfg.task.data.records))
 
 
-def download_stage(cfg: DictConfig, out: Path) -> None:
-    """The VFDB records of `task.data.records` into `out`, SHA-256 verified.
+def download_stage(cfg: DictConfig, ctx: StageContext) -> None:
+    """The VFDB records of `task.data.records` into `ctx.out`, SHA-256 verified.
 
     Source: the local folder `task.data.mirror` when set (Make variable VFDB_DIR), else
     PhysioNet at `task.data.url`.
@@ -44,10 +44,10 @@ def download_stage(cfg: DictConfig, out: Path) -> None:
     with download.local_copy_hint("vfdb"):
         paths = download.obtain_all(
             vfdb_files(data.records),
-            out,
+            ctx.out,
             base_url=data.url,
             mirror=download.mirror_setting(cfg, "task.data.mirror"),
             replace_bad=bool(cfg.overwrite),
             **download.network_settings(cfg),
         )
-    log.info("VFDB: %d files verified in %s", len(paths), out)
+    log.info("VFDB: %d files verified in %s", len(paths), ctx.out)

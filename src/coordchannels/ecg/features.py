@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from coordchannels.channels import KINDS, N_EXTRA, extra_channels_1d
 from coordchannels.ecg.augment import AUGMENTED_NPY
 from coordchannels.ecg.records import N_LEADS
 from coordchannels.io import atomic_path
+from coordchannels.stages import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,11 @@ def chunk_features(x: np.ndarray, width: int, stride: int, duration_s: float) ->
     return feats
 
 
-def features_stage(cfg: DictConfig, out: Path, chunk: int = 1000) -> None:
+def features_stage(cfg: DictConfig, ctx: StageContext, chunk: int = 1000) -> None:
     """Write leads.npy and extra_<kind>.npy (float32, (N, k, L // stride)) from augmented.npy."""
     files = feature_files()
     data = cfg.task.data
-    src = out / AUGMENTED_NPY
+    src = ctx.after["augment"] / AUGMENTED_NPY
     if not src.is_file():
         raise FileNotFoundError(f"{src} not found: run the augment stage first (`make data TASK=ecg`)")
     aug = np.load(src, mmap_mode="r")
@@ -91,7 +91,7 @@ def features_stage(cfg: DictConfig, out: Path, chunk: int = 1000) -> None:
     with contextlib.ExitStack() as stack:
         dests = {}
         for name, k in files.items():
-            tmp = stack.enter_context(atomic_path(out / name))
+            tmp = stack.enter_context(atomic_path(ctx.out / name))
             dests[name] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, k, out_len))
         for lo in range(0, n, chunk):
             for name, values in chunk_features(aug[lo : lo + chunk], width, stride, float(data.window_s)).items():

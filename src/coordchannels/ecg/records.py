@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from coordchannels.io import save_npy, write_csv
 from coordchannels.settings import SettingError
+from coordchannels.stages import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -221,11 +222,11 @@ def extract_episodes(data: DictConfig) -> tuple[pd.DataFrame, np.ndarray]:
     return pd.DataFrame(rows), np.concatenate(windows)
 
 
-def extract_stage(cfg: DictConfig, out: Path) -> None:
+def extract_stage(cfg: DictConfig, ctx: StageContext) -> None:
     """Write episodes.csv and windows.npy (float32, zero-padded at the end) from the raw records."""
     episodes, windows = extract_episodes(cfg.task.data)
-    save_npy(out / WINDOWS_NPY, windows)
-    write_csv(episodes, out / EPISODES_CSV)
+    save_npy(ctx.out / WINDOWS_NPY, windows)
+    write_csv(episodes, ctx.out / EPISODES_CSV)
     log.info(
         "extract: %d episodes (label_match=%s) from %d records",
         len(episodes),

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from coordchannels import download
 from coordchannels.io import atomic_dir, write_text
 from coordchannels.sipakmed.cells import CLASSES
+from coordchannels.stages import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +250,8 @@ def cropped_ready(folder: Path) -> bool:
     return all((folder / cls).is_dir() for cls in CLASSES)
 
 
-def download_stage(cfg: DictConfig, out: Path) -> None:
-    """`<out>/cropped/<Class>/` with every cell's `.bmp` and `_nuc.dat` (`out` = task.data.raw_dir).
+def download_stage(cfg: DictConfig, ctx: StageContext) -> None:
+    """`<ctx.out>/cropped/<Class>/` with every cell's `.bmp` and `_nuc.dat` (`ctx.out` = task.data.raw_dir).
 
     Source, in order: an extracted tree in `task.data.mirror` (CROPPED folders at any depth;
     Make variable SIPAKMED_DIR), else the five archives (read in place from the mirror or
@@ -262,7 +263,7 @@ def download_stage(cfg: DictConfig, out: Path) -> None:
     mirror = Path(data.mirror) if data.get("mirror") else None
     sources: dict[str, str] = {}
     archives = []
-    with atomic_dir(out / CROPPED) as tmp:
+    with atomic_dir(ctx.out / CROPPED) as tmp:
         if mirror is not None and has_cropped_tree(mirror):
             for cls, folder in find_cropped_dirs(mirror).items():
                 n = copy_cropped(folder, tmp / cls, sources)
@@ -293,8 +294,8 @@ def download_outputs(cfg: DictConfig) -> list[str]:
     return [f"{CROPPED}/{cls}" for cls in CLASSES]
 
 
-def authors_list_stage(cfg: DictConfig, out: Path) -> None:
-    """The authors' invalid_samples.csv into `out`, when `task.data.fetch_authors_invalid`.
+def authors_list_stage(cfg: DictConfig, ctx: StageContext) -> None:
+    """The authors' invalid_samples.csv into `ctx.out`, when `task.data.fetch_authors_invalid`.
 
     Report-only (preprocess compares it with the contour rule, or takes its ids with
     invalid_rule=authors): a failure to get it is a warning, and the next run tries again.

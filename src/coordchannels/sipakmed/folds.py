@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig
@@ -11,24 +10,22 @@ from omegaconf import DictConfig
 from coordchannels.folds import SIPAKMED_GROUPINGS, sipakmed_folds, slide_of
 from coordchannels.io import write_csv
 from coordchannels.sipakmed.preprocess import SAMPLES_CSV
-from coordchannels.stages import require_input
+from coordchannels.stages import StageContext, require_input
 
 log = logging.getLogger(__name__)
 
 FOLDS_CSV = "folds.csv"
 
 
-def folds_stage(cfg: DictConfig, out: Path) -> None:
+def folds_stage(cfg: DictConfig, ctx: StageContext) -> None:
     """folds.csv: sample_id, slide, fold_cell, fold_slide over the sorted valid ids (SPEC section 5).
 
     Both groupings go in one file so that switching task.data.group_by needs no rerun.
     """
-    target = out / FOLDS_CSV
+    target = ctx.out / FOLDS_CSV
     # The folds are a function of the whole sample set; the runner reruns this stage whenever the
     # preprocess settings (and so the sample set) change, as it chains their settings into ours.
-    samples = pd.read_csv(
-        require_input(Path(cfg.task.processed_dir) / SAMPLES_CSV, "preprocess", "sipakmed"), dtype=str
-    )
+    samples = pd.read_csv(require_input(ctx.after["preprocess"] / SAMPLES_CSV, "preprocess", "sipakmed"), dtype=str)
     ids = sorted(samples["sample_id"])
     data = cfg.task.data
     table = pd.DataFrame({"sample_id": ids, "slide": [slide_of(i) for i in ids]})

@@ -50,6 +50,7 @@ from coordchannels.sipakmed.cells import (
     read_contour,
     sample_id,
 )
+from coordchannels.stages import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ def report_invalid(outside: dict[str, str], authors: set[str] | None, all_ids: s
     )
 
 
-def preprocess_stage(cfg: DictConfig, out: Path) -> None:
+def preprocess_stage(cfg: DictConfig, ctx: StageContext) -> None:
     """Valid cells -> the 8-bit image cache, contours, centres, and the variant table.
 
     Peak memory is one cell plus the small per-cell arrays: images go straight into a memory-
@@ -241,7 +242,7 @@ def preprocess_stage(cfg: DictConfig, out: Path) -> None:
 
     invalid_rule = choice(str(data.invalid_rule), INVALID_RULES, "task.data.invalid_rule")
 
-    cells = list_cells(Path(data.raw_dir) / CROPPED)
+    cells = list_cells(ctx.after["download"] / CROPPED)
     outside, degenerate, contours = contour_rule(cells)
     authors = read_authors_list(cfg, required=invalid_rule != "contour")
     excluded = exclusions(invalid_rule, outside, authors)
@@ -257,19 +258,19 @@ def preprocess_stage(cfg: DictConfig, out: Path) -> None:
     )
     if not valid:
         raise ValueError("preprocess: every cell was excluded; nothing to train on")
-    out.mkdir(parents=True, exist_ok=True)
+    ctx.out.mkdir(parents=True, exist_ok=True)
     present = {c.sample_id for c in cells}
     absent = sorted((authors or set()) - present)
     if absent and invalid_rule != "contour":
         log.warning("preprocess: %d id(s) of the authors' list are not in this data: %s", len(absent), absent[:10])
     gone = [i for i in sorted(excluded) if i in present]
-    write_csv(pd.DataFrame({"sample_id": gone, "reason": [excluded[i] for i in gone]}), out / EXCLUDED_CSV)
-    report_invalid(outside, authors, present, out)
+    write_csv(pd.DataFrame({"sample_id": gone, "reason": [excluded[i] for i in gone]}), ctx.out / EXCLUDED_CSV)
+    report_invalid(outside, authors, present, ctx.out)
 
     n = len(valid)
     rows, points, mean, std, box = [], [], np.empty(n), np.empty(n), np.empty((n, 4), np.int64)
     centres = {how: np.empty((n, 2)) for how in CENTRES}
-    with atomic_path(out / IMAGES_NPY) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(ctx.out / IMAGES_NPY) as tmp, open(tmp, "wb") as fh:
         # A .npy written image by image (header, then C-order bytes): memory stays one image,
         # where a memory map would keep every written page resident.
         header = {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": (n, 3, size, size)}
@@ -302,7 +303,7 @@ def preprocess_stage(cfg: DictConfig, out: Path) -> None:
             )
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in points])]).astype(np.int64)
     save_npz(
-        out / CACHE_NPZ,
+        ctx.out / CACHE_NPZ,
         sample_id=np.array([c.sample_id for c in valid]),
         mean=mean,
         std=std,
@@ -312,12 +313,12 @@ def preprocess_stage(cfg: DictConfig, out: Path) -> None:
         centre_vertex_mean=centres["vertex_mean"],
         centre_polygon_centroid=centres["polygon_centroid"],
     )
-    write_csv(variant_table(cfg, n), out / VARIANTS_CSV)
-    write_csv(pd.DataFrame(rows), out / SAMPLES_CSV)
+    write_csv(variant_table(cfg, n), ctx.out / VARIANTS_CSV)
+    write_csv(pd.DataFrame(rows), ctx.out / SAMPLES_CSV)
     log.info(
         "preprocess: %d images cached in %s (%.0f MB); %d variants each",
         n,
-        out / IMAGES_NPY,
+        ctx.out / IMAGES_NPY,
         n * 3 * size * size / 1e6,
         int(data.n_variants),
     )

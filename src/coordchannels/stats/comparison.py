@@ -45,6 +45,7 @@ from scipy.interpolate import LSQUnivariateSpline, UnivariateSpline, make_smooth
 from coordchannels.io import write_csv, write_text
 from coordchannels.logs import MIN_EPOCHS, Expected, FoldLog, LogError, load_logs, order_arms, unit_key
 from coordchannels.stats.inference import sign_flip
+from coordchannels.tables import markdown_table as table_lines
 
 log = logging.getLogger(__name__)
 
@@ -544,7 +545,7 @@ def markdown_table(results: pd.DataFrame, note: str, confidence: float, all_pair
     else:
         header += ["Conclusion (exact)"]
     header += ["Effect size (mean/SD)", "Per-fold differences"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for row in results.itertuples():
         cells = [row.model] + ([f"{row.arm_a} − {row.arm_b}"] if all_pairs else [])
         cells += [
@@ -561,8 +562,8 @@ def markdown_table(results: pd.DataFrame, note: str, confidence: float, all_pair
             cells += [row.conclusion_exact]
         effect = "n/a" if np.isnan(row.effect_size) else f"{row.effect_size:.3f}"
         cells += [effect, ", ".join(_num(x) for x in row.fold_diffs)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return f"{note}\n\n" + "\n".join(lines) + "\n"
+        rows.append(cells)
+    return f"{note}\n\n" + "\n".join(table_lines(header, rows)) + "\n"
 
 
 def _tex(text: str) -> str:

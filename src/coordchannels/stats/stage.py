@@ -33,6 +33,7 @@ from coordchannels.figures import STYLE, save_figure, save_png
 from coordchannels.io import atomic_files
 from coordchannels.logs import FoldLog
 from coordchannels.settings import SettingError, plain
+from coordchannels.stages import StageContext
 from coordchannels.stats.comparison import build_outputs, limited_note, load_checked_logs, table_names, write_outputs
 
 log = logging.getLogger(__name__)
@@ -261,15 +262,15 @@ def final_values_figure(values: pd.DataFrame, heading: str | None = None, confid
     return fig
 
 
-def stats_stage(cfg: DictConfig, out: Path) -> None:
+def stats_stage(cfg: DictConfig, ctx: StageContext) -> None:
     """The `stats` stage: compare arms on a folder of per-fold logs and draw their learning curves,
-    into `out` (stats.out_dir).
+    into `ctx.out` (stats.out_dir).
 
     Tables and figures come from one reading of the logs and are written as one set (a temporary
     folder renamed into place), so that a failure leaves the previous set whole and a new set is
     never paired with an old figure.
     """
-    check_committed_logs(cfg, out)
+    check_committed_logs(cfg, ctx.out)
     check_run_logs_intact(cfg)
     heading = cfg.stats.get("heading")
     logs = load_checked_logs(cfg)
@@ -281,11 +282,11 @@ def stats_stage(cfg: DictConfig, out: Path) -> None:
     values = next(v for k, v in outputs.items() if k.startswith("fold_values"))
     finals = final_values_figure(values, titles, float(cfg.stats.confidence))
     # One set: a failure while writing leaves the previous tables and figures, never a mixture.
-    with atomic_files(out) as tmp:
+    with atomic_files(ctx.out) as tmp:
         write_outputs(outputs, tmp)
         save_figure(figure, tmp / FIGURE_NAME, summary, tmp / CURVES_NAME)
         save_png(finals, tmp / FINALS_NAME)
-    log.info("stats: wrote %s, %s, %s and %s to %s", ", ".join(outputs), CURVES_NAME, FIGURE_NAME, FINALS_NAME, out)
+    log.info("stats: wrote %s, %s, %s and %s to %s", ", ".join(outputs), CURVES_NAME, FIGURE_NAME, FINALS_NAME, ctx.out)
 
 
 def with_heading(outputs: dict, heading: str | None) -> dict:

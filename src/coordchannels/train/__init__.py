@@ -1,14 +1,14 @@
 """The one trainer (SPEC section 5): every task, model and arm goes through `run_job`.
 
 - `grid`: which jobs, one job = (model, arm, seed, fold);
-- `stage`: the train stage, jobs one after another or side by side;
+- `stage`: the train stage, jobs one after another, side by side or submitted (`train.executor`);
 - `job`: one job's training loop, evaluation and per-fold log;
 - `record`: checkpoints, fingerprints and the run record that guard resuming and skipping;
 - `paths`: where a job's log and checkpoint live;
 - `progress`: the plan before training (the stage's `plan` hook) and a line per finished job;
 - `tracker`: optional TensorBoard event files per job;
 - `device`: device, seeds, determinism, threads and how many jobs run side by side;
-- `fanout`, `submissions`: the jobs through a Hydra launcher (SLURM, submitit) and their record.
+- `submit`, `submissions`: the jobs through submitit (SLURM, or processes here) and their record.
 """
 
 from __future__ import annotations

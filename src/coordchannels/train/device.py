@@ -66,9 +66,22 @@ def tune_malloc() -> None:
         pass
 
 
+# What runs the train stage's jobs (train.executor): in this process one after another, in joblib
+# processes side by side, or each in its own submitit job (coordchannels.train.submit).
+EXECUTORS = ("serial", "joblib", "submitit")
+
+
 def jobs_side_by_side(cfg: DictConfig, n_jobs_total: int) -> int:
-    """cfg.train.n_jobs, where `auto` = one job per core on a CPU (the small models gain little
-    from more threads per job) and one at a time on a GPU (which a single job keeps busy)."""
+    """How many jobs run at once: with train.executor=joblib (the default) cfg.train.n_jobs, where
+    `auto` = one job per core on a CPU (the small models gain little from more threads per job) and
+    one at a time on a GPU (which a single job keeps busy); one with serial; with submitit, all of
+    them (at most `train.submitit.slurm_array_parallelism` on SLURM)."""
+    executor = str(cfg.train.get("executor", "joblib"))
+    if executor == "serial":
+        return 1
+    if executor == "submitit":
+        limit = cfg.train.submitit.get("slurm_array_parallelism") if cfg.train.submitit.cluster == "slurm" else None
+        return max(1, min(int(limit or n_jobs_total), n_jobs_total))
     wanted = cfg.train.n_jobs
     if str(wanted) == "auto":
         wanted = 1 if resolve_device(cfg.train.device).type == "cuda" else _cores()

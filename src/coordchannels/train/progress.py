@@ -234,13 +234,18 @@ def training_plan(cfg: DictConfig) -> Iterator[str]:
 
 
 def check_train_settings(cfg: DictConfig) -> None:
-    """The train stage's `check`, run before any stage: the training settings, the tracker, and
-    that the grid's finished jobs were made with these settings (or fewer epochs)."""
+    """The train stage's `check`, run before any stage: the training settings, the tracker, the
+    submitit settings (train.executor=submitit), and that the grid's finished jobs were made with
+    these settings (or fewer epochs)."""
     from coordchannels.train.grid import check_settings
     from coordchannels.train.record import check_finished_jobs
 
     check_settings(cfg)
     check_tracker(cfg)
+    if cfg.task.get("models") and str(cfg.train.get("executor")) == "submitit":
+        from coordchannels.train.submit import check_submitit
+
+        check_submitit(cfg)
     if cfg.task.get("models"):
         from coordchannels.stages import check_upstream, stage_spec
 

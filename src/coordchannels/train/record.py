@@ -5,7 +5,7 @@
 - its *checkpoint*, after every epoch: the fingerprint, the log rows so far, weights and optimiser;
 - its *record*, `<run_dir>/jobs/<Model>/<log name>.json`, written with its log when it
   finishes: the fingerprint and the number of epochs (and, for the manifest, the host, process,
-  device and Hydra launcher it ran on). A log is reused only beside a record with
+  device and launcher it ran on). A log is reused only beside a record with
   the same fingerprint; a job asked for more epochs than it has continues from its checkpoint.
   One file per job (no shared run file), so jobs on many machines never write the same file;
 - its *lock*, held while it trains: two processes never train one job of one run folder at once.
@@ -184,8 +184,9 @@ def write_job_record(path: Path, fingerprint: dict, epochs: int, log_path: Path)
 
 
 def where_it_ran() -> dict:
-    """This process's host, pid, device and the Hydra launcher that started it (`local` outside a
-    fanned-out job: the app itself, or one of its joblib workers)."""
+    """This process's host, pid, device and what started it (`launcher`): `submitit_<cluster>` in a
+    job submitted with train.executor=submitit, else `local` (this process, or one of its joblib
+    workers)."""
     return {"host": socket.gethostname(), "pid": os.getpid(), "device": device_in_use(), "launcher": launcher_in_use()}
 
 
@@ -199,14 +200,13 @@ def device_in_use() -> str:
 
 
 def launcher_in_use() -> str:
-    """The `hydra/launcher` choice of the Hydra job this process runs (`submitit_slurm`, `slurm`, ...),
-    `local` for Hydra's basic launcher or outside a Hydra job."""
-    from hydra.core.hydra_config import HydraConfig
+    """`submitit_local` or `submitit_slurm` in a submitit job (submitit's JobEnvironment), else `local`."""
+    import submitit
 
-    if not HydraConfig.initialized():
+    try:
+        return f"submitit_{submitit.JobEnvironment().cluster}"
+    except RuntimeError:  # not a submitit job
         return "local"
-    name = HydraConfig.get().runtime.choices.get("hydra/launcher")
-    return "local" if name in (None, "basic") else str(name)
 
 
 def finished_epochs(cfg: DictConfig, job: Job, log_path: Path, fingerprint: dict) -> int:

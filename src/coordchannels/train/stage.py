@@ -1,6 +1,7 @@
-"""The train stage: every job of the grid, one after another or side by side (`train.n_jobs`).
-
-Jobs share nothing but read-only data, so they can also be fanned out by a Hydra launcher.
+"""The train stage: every job of the grid, as `train.executor` says: one after another (serial),
+side by side in joblib processes (`train.n_jobs`), or each in its own submitit job (submitit: on a
+SLURM cluster or on this machine; coordchannels.train.submit). Jobs share nothing but read-only
+data, so the executor changes where and when a job runs, never its numbers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from coordchannels.train.device import jobs_side_by_side, threads_per_job, torch_threads
+from coordchannels.settings import choice
+from coordchannels.stages import StageContext
+from coordchannels.train.device import EXECUTORS, jobs_side_by_side, threads_per_job, torch_threads
 from coordchannels.train.grid import Job, job_grid
 from coordchannels.train.job import _DATA_CACHE, run_job
 from coordchannels.train.paths import job_log_path
@@ -33,11 +36,16 @@ def expected_logs(cfg: DictConfig) -> list[Path]:
     return [job_log_path(cfg, job).relative_to(run_dir) for job in job_grid(cfg)] if cfg.task.models else []
 
 
-def train_stage(cfg: DictConfig, out: Path | None = None) -> None:
-    """Run every job of the grid (models x arms x seeds x folds) in `out` = train.run_dir,
+def train_stage(cfg: DictConfig, ctx: StageContext | None = None) -> None:
+    """Run every job of the grid (models x arms x seeds x folds) in `ctx.out` = train.run_dir,
     skipping finished ones and resuming interrupted ones."""
     if not cfg.task.models:
         log.info("task %s trains no models (its experiment stage trains its own): nothing to do", cfg.task.name)
+        return
+    if choice(str(cfg.train.get("executor", "joblib")), EXECUTORS, "train.executor") == "submitit":
+        from coordchannels.train.submit import submit_jobs
+
+        submit_jobs(cfg)
         return
     jobs = job_grid(cfg)
     n_jobs = jobs_side_by_side(cfg, len(jobs))

@@ -1,9 +1,10 @@
-"""The fan-out's record of the jobs it submitted, so that a restarted submitter finds them.
+"""The record of the jobs submitted with train.executor=submitit, so that a restarted submitter
+finds them.
 
 A submitter killed with kill -9 (or a lost login session) cannot stop the jobs it submitted: local
 processes and SLURM tasks go on training. Their ids are therefore written, as soon as they are
-submitted, to `<run_dir>/fanout/submitted.json` (the run folder, which a restart of the same
-command uses again; Hydra's sweep folder is new each time). A restart reads it first:
+submitted, to `<run_dir>/submitit/submitted.json` (the run folder, which a restart of the same
+command uses again; each submission's own folder is new). A restart reads it first:
 
 - a job of the record whose process or SLURM task is still alive is waited for (reattached), not
   submitted a second time beside itself; the log says which and how to cancel them;
@@ -53,7 +54,7 @@ class Submitted:
 
 
 def record_path(cfg: DictConfig) -> Path:
-    return Path(str(cfg.train.run_dir)) / "fanout" / "submitted.json"
+    return Path(str(cfg.train.run_dir)) / "submitit" / "submitted.json"
 
 
 def read_submitted(cfg: DictConfig) -> list[Submitted]:
