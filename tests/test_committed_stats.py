@@ -99,3 +99,39 @@ def test_restats_updates_the_manifest_and_restores_a_folder_whose_logs_changed(t
         restat(folder)
     assert _tree(folder) == before
     assert _tree(committed) == untouched  # it wrote only into the folder it was given
+
+
+def resummarise_mechanisms(committed: Path, into: Path) -> Path:
+    """Recompute the mechanisms study's pre-stated analysis from a copy of its committed logs, with
+    the summary config saved beside it; returns the copy."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from coordchannels.mechanisms_analysis import summary_stage
+    from coordchannels.stages import stage_context
+
+    copy = into / committed.name
+    shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("*.png", "mechanisms_*.csv", "mechanisms_*.md"))
+    cfg = OmegaConf.load(committed / "logs" / "mechanisms_summary.config.yaml")
+    OmegaConf.update(cfg, "mechanisms.out_dir", str(copy), merge=False)
+    OmegaConf.update(cfg, "stage_defs.mechanisms_summary.out", str(copy), merge=False)
+    summary_stage(cfg, stage_context(cfg, "mechanisms_summary"))
+    return copy
+
+
+def test_the_committed_mechanisms_summary_recomputes_from_the_replications_logs(tmp_path):
+    from coordchannels.mechanisms_analysis import OUTPUTS
+
+    committed = ROOT / "results" / "ecg_mechanisms"
+    if not (committed / "logs" / "mechanisms_summary.config.yaml").is_file():
+        pytest.skip("results/ecg_mechanisms has no pooled summary yet: it is written once all ten replications exist")
+    copy = resummarise_mechanisms(committed, tmp_path)
+    for name in OUTPUTS:
+        if name.endswith(".csv"):
+            pd.testing.assert_frame_equal(
+                pd.read_csv(committed / name), pd.read_csv(copy / name), check_exact=False, rtol=1e-12, obj=name
+            )
+    assert (committed / "mechanisms_summary.md").read_text() == (copy / "mechanisms_summary.md").read_text()
+    primary = pd.read_csv(copy / "mechanisms_primary.csv")
+    assert len(primary) == 6 * 3 * 2  # six comparisons x three metrics x two groupings, as pre-stated
