@@ -107,6 +107,39 @@ def test_the_pre_stated_analysis_from_generated_logs(tmp_path):
     assert "| episode | Test R², final epoch | control |" in text and "p = 0 " not in text
 
 
+def test_the_ranking_figure_marks_each_arms_status_as_the_table_does(tmp_path):
+    from coordchannels.mechanisms_analysis import (
+        STATUS_MARK,
+        fold_table,
+        ranking_figure,
+        ranking_table,
+        replication_means,
+    )
+
+    cfg = study_cfg(tmp_path)
+    out = Path(cfg.mechanisms.out_dir)
+    fake_study(out)
+    table = fold_table(out, cfg)
+    ranking = ranking_table(table, cfg)
+    fig = ranking_figure(replication_means(table), ranking, cfg)
+    axes = fig.get_axes()
+    assert len(axes) == len(cfg.mechanisms.analysis.metrics) * 2
+    for ax, ((metric, grouping), block) in zip(axes, _panels(ranking, cfg), strict=True):
+        marks = sorted(a.get_text() for a in ax.texts)
+        assert marks == sorted(STATUS_MARK[s] for s in block.status if s in STATUS_MARK), (metric, grouping)
+        band = [p for p in ax.patches if p.get_facecolor()[:3] == pytest.approx((0.9, 0.9, 0.9))]
+        assert len(band) == 1  # the best arm's margin
+        if metric == "instability":  # a mean square: the band stops at 0 (here best - margin < 0)
+            assert band[0].get_y() == 0
+
+
+def _panels(ranking: pd.DataFrame, cfg):
+    """The figure's panels in order: rows are metrics, columns groupings."""
+    for metric in cfg.mechanisms.analysis.metrics:
+        for grouping in cfg.mechanisms.groupings:
+            yield (metric, grouping), ranking[(ranking.metric == metric) & (ranking.grouping == grouping)]
+
+
 def test_the_summary_regenerates_identically_from_the_logs_alone(tmp_path):
     cfg = study_cfg(tmp_path, "mechanisms.n=3", "mechanisms.groupings=[episode]")
     out = Path(cfg.mechanisms.out_dir)

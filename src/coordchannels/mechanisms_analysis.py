@@ -378,6 +378,11 @@ def summary_markdown(primary: pd.DataFrame, ranking: pd.DataFrame, cfg: DictConf
     return "\n".join(lines) + "\n"
 
 
+# How the ranking figure marks each arm's status (docs/mechanisms.md, section 2); "inconclusive" is
+# left unmarked.
+STATUS_MARK = {"best": "best", "equivalent to the best": "≈ best", "worse than the best": "worse"}
+
+
 def ranking_figure(means: pd.DataFrame, ranking: pd.DataFrame, cfg: DictConfig) -> Figure:
     """Rows: metrics; columns: groupings. Per arm its replication means (dots) and pooled mean with
     CI (black); the best arm's margin shaded."""
@@ -410,11 +415,14 @@ def ranking_figure(means: pd.DataFrame, ranking: pd.DataFrame, cfg: DictConfig) 
                             capsize=3,
                         )
                         if r.best:
-                            ax.axhspan(r.pooled_mean - r.margin, r.pooled_mean + r.margin, color="0.9", zorder=0)
-                        elif r.status == "equivalent to the best":
+                            low = r.pooled_mean - r.margin
+                            if direction(metric) < 0:
+                                low = max(low, 0.0)  # an instability is a mean square: never below 0
+                            ax.axhspan(low, r.pooled_mean + r.margin, color="0.9", zorder=0)
+                        if r.status in STATUS_MARK:
                             ax.annotate(
-                                "≈ best",
-                                (x, r.ci_high),
+                                STATUS_MARK[r.status],
+                                (x, max(reps.value.max(), r.ci_high)),
                                 xytext=(0, 4),
                                 textcoords="offset points",
                                 ha="center",
@@ -422,11 +430,14 @@ def ranking_figure(means: pd.DataFrame, ranking: pd.DataFrame, cfg: DictConfig) 
                             )
                 ax.set_xticks(range(len(arms)), arms, rotation=35, ha="right", fontsize=8)
                 ax.set_xlim(-0.6, len(arms) - 0.3)
+                ax.margins(y=0.12)  # room for the status marks above the highest arm
                 ax.set_ylabel(metric_name(metric), fontsize=9)
                 ax.set_title(f"{grouping} grouping", fontsize=10)
         fig.suptitle(
             "Each arm per replication (dots: mean over folds) and pooled (black: random effects, "
-            f"{1 - float(a.alpha):.0%} CI); grey band: the best arm ± the equivalence margin; ≈ best: equivalent (TOST)",
+            f"{1 - float(a.alpha):.0%} CI); grey band: the best arm ± the equivalence margin;\n"
+            "≈ best: equivalent to the best (TOST); worse: worse than the best (random effects, Holm); "
+            "unmarked: inconclusive",
             fontsize=9,
         )
     return fig
