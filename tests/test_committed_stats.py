@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from coordchannels.pipeline import run_stages
 from coordchannels.stats.comparison import build_outputs
 from coordchannels.stats.restats import restats_config, stats_folders
 
@@ -43,25 +44,28 @@ def test_there_are_committed_results_to_check():
     assert np.all([os.path.isdir(f / "logs") for f in FOLDERS])
 
 
-def test_the_committed_replication_summary_recomputes_from_the_replications_logs(tmp_path):
+def resummarise(committed: Path, stage: str, into: Path) -> Path:
+    """Rerun a committed study summary (`make restats`'s way) on a copy of its folder without the
+    summary's own outputs; returns the copy."""
     import shutil
 
-    from omegaconf import OmegaConf
+    from coordchannels.stats.restats import summary_config
 
-    from coordchannels.replicate import summary_outputs, summary_stage
-    from coordchannels.stages import stage_context
+    copy = into / committed.name
+    shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("*.png", f"{stage}*.csv", f"{stage}*.md"))
+    assert run_stages(summary_config(copy, stage)) == [stage]
+    return copy
+
+
+def test_the_committed_replication_summary_recomputes_from_the_replications_logs(tmp_path):
+    from coordchannels.replicate import summary_outputs
     from coordchannels.stats.restats import summary_config
 
     committed = ROOT / "results" / "ecg_replications"
     if not (committed / "logs" / "replication_summary.config.yaml").is_file():
         pytest.skip("no committed replication summary in results/ecg_replications")
-    copy = tmp_path / "ecg_replications"
-    shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("*.png"))
-    cfg = summary_config(committed.relative_to(ROOT))
-    OmegaConf.update(cfg, "replicate.out_dir", str(copy), merge=False)
-    OmegaConf.update(cfg, "stage_defs.replication_summary.out", str(copy), merge=False)
-    summary_stage(cfg, stage_context(cfg, "replication_summary"))
-    for name in summary_outputs(cfg):
+    copy = resummarise(committed, "replication_summary", tmp_path)
+    for name in summary_outputs(summary_config(copy)):
         if name.endswith(".csv"):
             pd.testing.assert_frame_equal(
                 pd.read_csv(committed / name), pd.read_csv(copy / name), check_exact=False, rtol=1e-12, obj=name
@@ -101,32 +105,13 @@ def test_restats_updates_the_manifest_and_restores_a_folder_whose_logs_changed(t
     assert _tree(committed) == untouched  # it wrote only into the folder it was given
 
 
-def resummarise_mechanisms(committed: Path, into: Path) -> Path:
-    """Recompute the mechanisms study's pre-stated analysis from a copy of its committed logs, with
-    the summary config saved beside it; returns the copy."""
-    import shutil
-
-    from omegaconf import OmegaConf
-
-    from coordchannels.mechanisms_analysis import summary_stage
-    from coordchannels.stages import stage_context
-
-    copy = into / committed.name
-    shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("*.png", "mechanisms_*.csv", "mechanisms_*.md"))
-    cfg = OmegaConf.load(committed / "logs" / "mechanisms_summary.config.yaml")
-    OmegaConf.update(cfg, "mechanisms.out_dir", str(copy), merge=False)
-    OmegaConf.update(cfg, "stage_defs.mechanisms_summary.out", str(copy), merge=False)
-    summary_stage(cfg, stage_context(cfg, "mechanisms_summary"))
-    return copy
-
-
 def test_the_committed_mechanisms_summary_recomputes_from_the_replications_logs(tmp_path):
     from coordchannels.mechanisms_analysis import OUTPUTS
 
     committed = ROOT / "results" / "ecg_mechanisms"
     if not (committed / "logs" / "mechanisms_summary.config.yaml").is_file():
         pytest.skip("results/ecg_mechanisms has no pooled summary yet: it is written once all ten replications exist")
-    copy = resummarise_mechanisms(committed, tmp_path)
+    copy = resummarise(committed, "mechanisms_summary", tmp_path)
     for name in OUTPUTS:
         if name.endswith(".csv"):
             pd.testing.assert_frame_equal(

@@ -3,7 +3,8 @@
 `make restats` (`python -m coordchannels.stats.restats [FOLDER ...]`): when the statistics change (a new
 test, a new column), every committed result folder that holds its per-fold logs (`fold_logs/`) is
 recomputed from them with the settings it was made with (`logs/stats.config.yaml`), and every
-replication summary (`logs/replication_summary.config.yaml`) from its replications. The per-fold
+study summary (`logs/<stage>.config.yaml` of the `SUMMARY_STAGES`: the replication and mechanisms
+summaries) from its replications. The per-fold
 values are the numbers; they must come out identical, or the folder is restored and the run stops
 (only derived columns may change). With no FOLDER, every such folder under paths.results_dir.
 
@@ -33,7 +34,9 @@ from coordchannels.verify import MANIFEST, check_files, file_sums, recorded_file
 log = logging.getLogger(__name__)
 
 STATS_CONFIG = Path("logs") / "stats.config.yaml"
-SUMMARY_CONFIG = Path("logs") / "replication_summary.config.yaml"
+# The study-level stages run once after a sweep of replications (conf/study/replications.yaml);
+# restats reruns each committed one from the config saved beside it.
+SUMMARY_STAGES = ("replication_summary", "mechanisms_summary")
 
 
 def logs_of(folder: Path) -> Path | None:
@@ -72,8 +75,16 @@ def stats_folders(results_dir: Path) -> list[Path]:
     )
 
 
-def summary_folders(results_dir: Path) -> list[Path]:
-    return sorted(p.parent.parent for p in results_dir.rglob(str(SUMMARY_CONFIG)))
+def saved_config(stage: str) -> Path:
+    """Where the runner saves a stage's resolved config, relative to the stage's folder."""
+    return Path("logs") / f"{stage}.config.yaml"
+
+
+def summary_folders(results_dir: Path) -> list[tuple[Path, str]]:
+    """(folder, stage) of every committed study summary under `results_dir`."""
+    return sorted(
+        (p.parent.parent, stage) for stage in SUMMARY_STAGES for p in results_dir.rglob(str(saved_config(stage)))
+    )
 
 
 def restats_config(folder: Path) -> DictConfig:
@@ -89,11 +100,12 @@ def restats_config(folder: Path) -> DictConfig:
     return cfg
 
 
-def summary_config(folder: Path) -> DictConfig:
-    cfg = OmegaConf.load(folder / SUMMARY_CONFIG)
+def summary_config(folder: Path, stage: str = "replication_summary") -> DictConfig:
+    """A study summary's own saved config, reading the replications in `folder` and writing into it."""
+    cfg = OmegaConf.load(folder / saved_config(stage))
     OmegaConf.update(cfg, "replicate.out_dir", str(folder), merge=False)
-    OmegaConf.update(cfg, "stage_defs.replication_summary.out", str(folder), merge=False)
-    OmegaConf.update(cfg, "stages", ["replication_summary"], merge=False)
+    OmegaConf.update(cfg, f"stage_defs.{stage}.out", str(folder), merge=False)
+    OmegaConf.update(cfg, "stages", [stage], merge=False)
     OmegaConf.update(cfg, "overwrite", True, merge=False)
     return cfg
 
@@ -148,9 +160,9 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"error: {folder} holds no committed statistics with their per-fold logs (nothing to do)")
         log.info("restats: %s", folder)
         restat(folder)
-    for folder in [] if args else summary_folders(results):
-        log.info("restats: replication summary %s", folder)
-        run_stages(summary_config(folder))
+    for folder, stage in [] if args else summary_folders(results):
+        log.info("restats: %s %s", stage, folder)
+        run_stages(summary_config(folder, stage))
 
 
 if __name__ == "__main__":
