@@ -99,12 +99,38 @@ def test_the_pre_stated_analysis_from_generated_logs(tmp_path):
     assert final_rank.loc["control", "status"] == "worse than the best"
     assert final_rank.loc["coordconv_norm", "status"] == "equivalent to the best"
     assert final_rank.loc["softargmax", "rank"] == 7
+    plain = means_of(out, "episode", "test_r2")
+    assert final_rank.replication_mean.to_dict() == pytest.approx(plain)  # the plain mean, beside the pooled level
     inst_rank = ranking[(ranking.metric == "instability") & (ranking.grouping == "episode")].set_index("arm")
     assert inst_rank.loc["control", "rank"] == 7  # lower instability is better
     means = pd.read_csv(out / "mechanisms_replications.csv")
     assert set(means.n_folds) == {5} and means.replication.nunique() == 5
     text = (out / "mechanisms_summary.md").read_text()
     assert "| episode | Test R², final epoch | control |" in text and "p = 0 " not in text
+
+
+def test_the_summary_names_blocks_where_the_pooled_level_and_the_plain_mean_pick_different_best_arms():
+    from coordchannels.mechanisms_analysis import level_best_disagreements, weighting_note
+
+    def block(metric, best, means):
+        return pd.DataFrame(
+            {"grouping": "record", "metric": metric, "arm": list(means), "best": [a == best for a in means]}
+            | {"replication_mean": list(means.values())}
+        )
+
+    agree = block("test_r2", "study", {"study": 0.5, "none": 0.4})
+    # the weighted level picked coordconv_norm, the plain mean favours coordgate
+    differ = block("test_r2_last5", "coordconv_norm", {"coordconv_norm": 0.41, "coordgate": 0.47})
+    # instability: lower is better, so the plain-mean best is the smaller one
+    inst = block("instability", "none", {"none": 0.004, "softargmax": 0.002})
+    ranking = pd.concat([agree, differ, inst], ignore_index=True)
+    assert level_best_disagreements(ranking) == [
+        ("record", "test_r2_last5", "coordconv_norm", "coordgate"),
+        ("record", "instability", "none", "softargmax"),
+    ]
+    note = weighting_note(ranking, ["test_r2", "test_r2_last5", "instability"])
+    assert "In 2 of 3 grouping × metric blocks" in note and "pooled level coordconv_norm, mean of replications coordgate" in note
+    assert "In all 1 grouping × metric blocks both name the same best arm." in weighting_note(agree, ["test_r2"])
 
 
 def test_the_ranking_figure_marks_each_arms_status_as_the_table_does(tmp_path):
@@ -131,6 +157,13 @@ def test_the_ranking_figure_marks_each_arms_status_as_the_table_does(tmp_path):
         assert len(band) == 1  # the best arm's margin
         if metric == "instability":  # a mean square: the band stops at 0 (here best - margin < 0)
             assert band[0].get_y() == 0
+
+
+def means_of(out: Path, grouping: str, metric: str) -> dict[str, float]:
+    """Each arm's plain mean of its replication means, from the written replications table."""
+    means = pd.read_csv(out / "mechanisms_replications.csv")
+    sel = means[(means.grouping == grouping) & (means.metric == metric)]
+    return sel.groupby("arm").value.mean().to_dict()
 
 
 def _panels(ranking: pd.DataFrame, cfg):

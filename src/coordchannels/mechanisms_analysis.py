@@ -23,6 +23,10 @@ is the replication: its mean over folds. Everything below is fixed in the experi
 3. A ranking figure: per metric and grouping, each arm's replication means and its pooled mean with
    the HKSJ CI.
 
+Beside the pooled level, descriptively (added after the pooled numbers were first seen; no test or
+status depends on it): the plain mean of each arm's replication means, and a note naming the blocks
+where it and the pooled level pick different best arms.
+
 Every output is computed from the logs before the first file is written, with no random draw, so
 the summary regenerates byte for byte from the logs alone.
 """
@@ -219,7 +223,9 @@ def level_pool(table: pd.DataFrame, grouping: str, metric: str, arm: str, confid
     groups = [g.value.to_numpy(dtype=float) for _, g in sel.groupby("replication", sort=True)]
     groups = [g[np.isfinite(g)] for g in groups]
     groups = [g for g in groups if len(g) >= 2]
-    return pool_replications(groups, confidence) if len(groups) >= 2 else None
+    if len(groups) < 2:
+        return None
+    return pool_replications(groups, confidence) | {"mean_of_means": float(np.mean([g.mean() for g in groups]))}
 
 
 def ranking_table(table: pd.DataFrame, cfg: DictConfig) -> pd.DataFrame:
@@ -245,6 +251,10 @@ def ranking_table(table: pd.DataFrame, cfg: DictConfig) -> pd.DataFrame:
                     "pooled_mean": pool["estimate"],
                     "ci_low": pool["ci_low"],
                     "ci_high": pool["ci_high"],
+                    # Descriptive, beside the pre-stated pooled level: the plain mean of the
+                    # replication means, which the pooled level need not be near (it weights each
+                    # replication by 1 / (its within-replication variance + tau^2)).
+                    "replication_mean": pool["mean_of_means"],
                     "best": arm == best,
                     "margin": margin,
                 }
@@ -367,15 +377,48 @@ def summary_markdown(primary: pd.DataFrame, ranking: pd.DataFrame, cfg: DictConf
                 r.rank,
                 r.arm,
                 f"{r.pooled_mean:.{n}f} [{r.ci_low:.{n}f}, {r.ci_high:.{n}f}]",
+                f"{r.replication_mean:.{n}f}",
             ]
             + [vs, "" if r.best else fmt_p(r.p_tost), "" if r.best else fmt_p(r.p_diff_holm), r.status]
         )
     lines += markdown_table(
-        ["grouping", "metric", "rank", "arm", "pooled mean [CI]", "− best [TOST interval]", "p (TOST)"]
-        + ["p (difference, Holm)", "status"],
+        ["grouping", "metric", "rank", "arm", "pooled mean [CI]", "mean of replications", "− best [TOST interval]"]
+        + ["p (TOST)", "p (difference, Holm)", "status"],
         rows,
     )
+    lines += ["", weighting_note(ranking, list(a.metrics))]
     return "\n".join(lines) + "\n"
+
+
+def level_best_disagreements(ranking: pd.DataFrame) -> list[tuple[str, str, str, str]]:
+    """(grouping, metric, best by pooled level, best by mean of replication means) for every block
+    where the two name different arms."""
+    out = []
+    for (grouping, metric), block in ranking.groupby(["grouping", "metric"], sort=False):
+        sign = direction(metric)
+        by_level = block.loc[block.best, "arm"].iloc[0]
+        by_mean = block.loc[(sign * block.replication_mean).idxmax(), "arm"]
+        if by_mean != by_level:
+            out.append((grouping, metric, by_level, by_mean))
+    return out
+
+
+def weighting_note(ranking: pd.DataFrame, metrics: list[str]) -> str:
+    """Why a ranked arm can differ from the best with the 'wrong' sign: the best is chosen by the
+    weighted pooled level, the differences are plain means of paired replication differences."""
+    blocks = ranking.groupby(["grouping", "metric"], sort=False).ngroups
+    off = level_best_disagreements(ranking)
+    text = (
+        "*Mean of replications* (descriptive, not part of the pre-stated analysis): the plain mean of the "
+        "arm's replication means. The pooled level weights each replication by 1 / (its within-replication "
+        "variance + τ²), so replications whose folds agree count more and the pooled level need not be near "
+        "the plain mean; the difference from the best (TOST column) is a plain mean of paired replication "
+        "differences, so an arm can differ from the best in its favour. "
+    )
+    if not off:
+        return text + f"In all {blocks} grouping × metric blocks both name the same best arm."
+    named = "; ".join(f"{g}, {metric_name(m)}: pooled level {lv}, mean of replications {mn}" for g, m, lv, mn in off)
+    return text + f"In {len(off)} of {blocks} grouping × metric blocks they name different best arms ({named})."
 
 
 # How the ranking figure marks each arm's status (docs/mechanisms.md, section 2); "inconclusive" is
@@ -384,8 +427,8 @@ STATUS_MARK = {"best": "best", "equivalent to the best": "≈ best", "worse than
 
 
 def ranking_figure(means: pd.DataFrame, ranking: pd.DataFrame, cfg: DictConfig) -> Figure:
-    """Rows: metrics; columns: groupings. Per arm its replication means (dots) and pooled mean with
-    CI (black); the best arm's margin shaded."""
+    """Rows: metrics; columns: groupings. Per arm its replication means (dots, a line at their
+    mean) and pooled mean with CI (black); the best arm's margin shaded."""
     a = cfg.mechanisms.analysis
     metrics, groupings = list(a.metrics), list(cfg.mechanisms.groupings)
     arms = ordered(list(cfg.mechanisms.arms), arm_order(cfg))
@@ -403,6 +446,8 @@ def ranking_figure(means: pd.DataFrame, ranking: pd.DataFrame, cfg: DictConfig) 
                     reps = reps.sort_values("replication")
                     offsets = np.linspace(-0.18, 0.18, len(reps)) if len(reps) > 1 else np.zeros(len(reps))
                     ax.scatter(x + offsets, reps.value, s=14, color=colour, alpha=0.8, zorder=3)
+                    if len(reps):
+                        ax.hlines(reps.value.mean(), x - 0.24, x + 0.24, color=colour, linewidth=1, zorder=2)
                     if arm in rank.index:
                         r = rank.loc[arm]
                         ax.errorbar(
@@ -434,8 +479,9 @@ def ranking_figure(means: pd.DataFrame, ranking: pd.DataFrame, cfg: DictConfig) 
                 ax.set_ylabel(metric_name(metric), fontsize=9)
                 ax.set_title(f"{grouping} grouping", fontsize=10)
         fig.suptitle(
-            "Each arm per replication (dots: mean over folds) and pooled (black: random effects, "
-            f"{1 - float(a.alpha):.0%} CI); grey band: the best arm ± the equivalence margin;\n"
+            "Each arm per replication (dots: mean over folds; line: their mean) and pooled (black: random effects, "
+            f"{1 - float(a.alpha):.0%} CI, each replication weighted by its precision); "
+            "grey band: the best arm ± the equivalence margin;\n"
             "≈ best: equivalent to the best (TOST); worse: worse than the best (random effects, Holm); "
             "unmarked: inconclusive",
             fontsize=9,
