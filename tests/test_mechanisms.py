@@ -129,7 +129,10 @@ def test_the_summary_names_blocks_where_the_pooled_level_and_the_plain_mean_pick
         ("record", "instability", "none", "softargmax"),
     ]
     note = weighting_note(ranking, ["test_r2", "test_r2_last5", "instability"])
-    assert "In 2 of 3 grouping × metric blocks" in note and "pooled level coordconv_norm, mean of replications coordgate" in note
+    assert (
+        "In 2 of 3 grouping × metric blocks" in note
+        and "pooled level coordconv_norm, mean of replications coordgate" in note
+    )
     assert "In all 1 grouping × metric blocks both name the same best arm." in weighting_note(agree, ["test_r2"])
 
 
