@@ -128,12 +128,12 @@ def test_the_summary_names_blocks_where_the_pooled_level_and_the_plain_mean_pick
         ("record", "test_r2_last5", "coordconv_norm", "coordgate"),
         ("record", "instability", "none", "softargmax"),
     ]
-    note = weighting_note(ranking, ["test_r2", "test_r2_last5", "instability"])
+    note = weighting_note(ranking)
     assert (
         "In 2 of 3 grouping × metric blocks" in note
         and "pooled level coordconv_norm, mean of replications coordgate" in note
     )
-    assert "In all 1 grouping × metric blocks both name the same best arm." in weighting_note(agree, ["test_r2"])
+    assert "In all 1 grouping × metric blocks both name the same best arm." in weighting_note(agree)
 
 
 def test_the_ranking_figure_marks_each_arms_status_as_the_table_does(tmp_path):

@@ -386,7 +386,7 @@ def summary_markdown(primary: pd.DataFrame, ranking: pd.DataFrame, cfg: DictConf
         + ["p (TOST)", "p (difference, Holm)", "status"],
         rows,
     )
-    lines += ["", weighting_note(ranking, list(a.metrics))]
+    lines += ["", weighting_note(ranking)]
     return "\n".join(lines) + "\n"
 
 
@@ -403,7 +403,7 @@ def level_best_disagreements(ranking: pd.DataFrame) -> list[tuple[str, str, str,
     return out
 
 
-def weighting_note(ranking: pd.DataFrame, metrics: list[str]) -> str:
+def weighting_note(ranking: pd.DataFrame) -> str:
     """Why a ranked arm can differ from the best with the 'wrong' sign: the best is chosen by the
     weighted pooled level, the differences are plain means of paired replication differences."""
     blocks = ranking.groupby(["grouping", "metric"], sort=False).ngroups
